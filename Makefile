@@ -1,0 +1,43 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+export WANDB_MODE := offline
+export WANDB_SILENT := true
+export MPLBACKEND := Agg
+RUN_DIR ?= runs/demo
+
+.PHONY: install demo test test-slow notebook bench clean
+
+# Re-install only when the package metadata changed.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/spacenet7 pipeline run_dir=$(RUN_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+notebook: $(STAMP)
+	$(BIN)/pip install --quiet jupyterlab
+	RUN_DIR=$(RUN_DIR) $(BIN)/jupyter lab notebooks/explore_predictions.ipynb
+
+bench: $(STAMP)
+	for f in bench/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(RUN_DIR) data/synthetic

@@ -1,0 +1,14 @@
+"""spacenet7: monthly Planet mosaics -> tracked building footprints (SpaceNet 7 style)."""
+
+__version__ = "0.1.0"
+
+STAGES: dict[str, str] = {
+    "synth": "generate a synthetic AOI data set in the exact SpaceNet 7 layout",
+    "chip": "cut georeferenced training chips with footprint/boundary/contact targets",
+    "train": "train a segmentation-models-pytorch model with Lightning",
+    "predict": "sliding-window inference over whole mosaics -> probability COGs",
+    "vectorize": "polygonize probabilities (watershed) and track buildings across months",
+    "export": "write GeoJSON/GPKG footprints and the SN7 submission CSV",
+    "evaluate": "score a submission with SCOT (tracking + change) and per-month F1",
+    "pipeline": "run synth (if needed), chip, train, predict, vectorize, export, evaluate",
+}

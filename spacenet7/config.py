@@ -1,0 +1,204 @@
+"""Typed configuration schemas, one per stage, registered in Hydra's ConfigStore.
+
+Each ``conf/<stage>.yaml`` starts its defaults list with ``_<stage>_schema`` so Hydra validates
+types and unknown keys. ``_target_`` appears only at swap points (model, loss, optimizer,
+scheduler, augment); those fields are typed ``Any`` and built with ``hydra.utils.instantiate``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+CONF_DIR = Path(os.environ.get("SPACENET7_CONFIG_DIR", Path(__file__).resolve().parent.parent / "conf"))
+
+
+@dataclass
+class SynthConfig:
+    out_dir: str = "data/synthetic"
+    n_aois: int = 4
+    n_months: int = 12
+    size: int = 512
+    seed: int = 0
+    start: str = "2018-01"  # YYYY-MM of the first month
+    cloud_prob: float = 0.3
+    preview: bool = False
+
+
+@dataclass
+class ChipConfig:
+    data_root: str = "data/synthetic"
+    split_dir: str = "train"
+    out_dir: str = "runs/demo/chips"
+    aois: Optional[List[str]] = None  # None = every AOI under data_root
+    chip_size: int = 256
+    overlap: int = 32
+    upscale: float = 1.0
+    min_valid_frac: float = 0.5
+    month_stride: int = 1
+    boundary_width: int = 1
+    contact_width: int = 2
+    split: str = "aoi"  # "aoi" (grouped by AOI) or "spatial" (a band of each AOI)
+    val_frac: float = 0.25
+    seed: int = 0
+    index_format: str = "parquet"  # or "csv"
+    progress: bool = True
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    log_every_n_steps: int = 10
+    gradient_clip_val: Optional[float] = None
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = True
+    wandb_mode: str = "offline"  # "online" with a key: logger.wandb_mode=online
+    project: str = "spacenet7"
+    csv: bool = True
+
+
+@dataclass
+class TrainConfig:
+    chip_dir: str = "runs/demo/chips"
+    run_dir: str = "runs/demo/train"
+    model: Any = None
+    loss: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    augment: Any = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    batch_size: int = 16
+    num_workers: int = 0
+    max_epochs: int = 10
+    early_stopping_patience: int = 0  # 0 = off
+    monitor: str = "val/iou"
+    seed: int = 0
+    resume: bool = False
+    threads: int = 0  # torch CPU threads; 0 = library default
+
+
+@dataclass
+class PredictConfig:
+    checkpoint: str = "runs/demo/train/checkpoints/best.ckpt"
+    data_root: str = "data/synthetic"
+    split_dir: str = "train"
+    aois: Optional[List[str]] = None
+    images: Optional[List[str]] = None  # explicit mosaics instead of a data root
+    out_dir: str = "runs/demo/predictions"
+    tile: int = 256
+    overlap: int = 64
+    block: int = 1024  # output block size; bounds memory on huge mosaics
+    batch_size: int = 8
+    tta: bool = False
+    fusion: bool = True
+    fusion_weight: float = 0.35
+    grid: str = "source"  # "source" or "upscaled"
+    device: str = "auto"
+    model: Any = None  # expected architecture; None = the one stored in the checkpoint
+    progress: bool = True
+    threads: int = 0
+
+
+@dataclass
+class TrackConfig:
+    method: str = "hungarian"  # or "greedy"
+    min_iou: float = 0.2
+    max_gap: int = 6  # months a track may go unseen and still be matched
+    fill_gaps: bool = True
+    absent_prob: float = 0.15  # mean footprint probability below which a valid area counts as clearly empty
+    min_persist: int = 2  # months a new building must be seen to count
+    never_demolished: bool = False
+
+
+@dataclass
+class VectorizeConfig:
+    pred_dir: str = "runs/demo/predictions"
+    out_dir: str = "runs/demo/vectors"
+    aois: Optional[List[str]] = None
+    threshold: float = 0.5
+    seed_threshold: float = 0.5
+    min_seed_px: int = 2
+    min_area_px: float = 4.0
+    simplify_px: float = 0.0
+    track: TrackConfig = field(default_factory=TrackConfig)
+
+
+@dataclass
+class ExportConfig:
+    vec_dir: str = "runs/demo/vectors"
+    out_dir: str = "runs/demo/footprints"
+    submission: str = "runs/demo/submission.csv"
+    crs: Optional[str] = None  # None = source CRS; "EPSG:4326" writes RFC 7946 GeoJSON
+    geojson: bool = True
+    gpkg: bool = True
+
+
+@dataclass
+class EvaluateConfig:
+    truth: Optional[str] = None
+    proposal: Optional[str] = None
+    out: str = "runs/demo/metrics.json"
+    data_root: str = "data/synthetic"  # ground truth when truth is None
+    split_dir: str = "train"
+    aois: Optional[List[str]] = None
+    submission: str = "runs/demo/submission.csv"  # proposal when proposal is None
+    iou_threshold: float = 0.25
+    min_truth_area: float = 4.0
+    beta: float = 2.0
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str = "runs/demo"
+    data_root: str = "data/synthetic"
+    n_test_aois: int = 1  # the last AOIs (sorted) are held out: never chipped or trained on
+    stages: List[str] = field(default_factory=lambda: ["synth", "chip", "train", "predict", "vectorize", "export", "evaluate"])
+    overrides: Dict[str, List[str]] = field(default_factory=dict)  # extra Hydra overrides per stage
+
+
+SCHEMAS: dict[str, type] = {
+    "synth": SynthConfig, "chip": ChipConfig, "train": TrainConfig, "predict": PredictConfig,
+    "vectorize": VectorizeConfig, "export": ExportConfig, "evaluate": EvaluateConfig, "pipeline": PipelineConfig,
+}
+
+
+def register() -> None:
+    """Register every stage schema as ``_<stage>_schema`` (idempotent)."""
+    cs = ConfigStore.instance()
+    for name, schema in SCHEMAS.items():
+        cs.store(name=f"_{name}_schema", node=schema)
+
+
+def compose(stage: str, overrides: list[str] | None = None) -> Any:
+    """Compose ``conf/<stage>.yaml`` with overrides and return its typed dataclass.
+
+    Works inside a running Hydra app (the pipeline) and outside one (tests, notebooks).
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register()
+    overrides = list(overrides or [])
+    if GlobalHydra.instance().is_initialized():
+        cfg = hydra_compose(config_name=stage, overrides=overrides)
+    else:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            cfg = hydra_compose(config_name=stage, overrides=overrides)
+    return OmegaConf.to_object(cfg)

@@ -1,0 +1,1 @@
+"""SpaceNet 7 data access: layout scanning, labels, rasterization, splits, torch datasets."""

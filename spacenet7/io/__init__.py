@@ -1,0 +1,1 @@
+"""Small raster and vector I/O helpers shared by all stages."""

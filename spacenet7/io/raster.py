@@ -1,0 +1,130 @@
+"""Raster helpers: checked opening, Cloud-Optimized GeoTIFF writing, grids and windows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from spacenet7.errors import SN7DataError
+from spacenet7.io.atomic import atomic_path
+
+
+def open_raster(path: str | Path, *, require_crs: bool = True, bands: int | None = None):
+    """Open a raster for reading, turning every failure into one clear :class:`SN7DataError`.
+
+    Args:
+        path: GeoTIFF path.
+        require_crs: raise if the file has no CRS.
+        bands: if given, the exact band count the file must have.
+
+    Returns:
+        An open ``rasterio`` dataset (use it as a context manager).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SN7DataError(path, "file not found")
+    try:
+        ds = rasterio.open(path)
+    except RasterioIOError as exc:
+        raise SN7DataError(path, f"not a readable raster ({_short(exc)})") from None
+    if require_crs and ds.crs is None:
+        ds.close()
+        raise SN7DataError(path, "raster has no CRS (expected a georeferenced GeoTIFF)")
+    if bands is not None and ds.count != bands:
+        count = ds.count
+        ds.close()
+        raise SN7DataError(path, f"expected {bands} bands, found {count}")
+    return ds
+
+
+def read_checked(ds, *args: Any, **kwargs: Any) -> np.ndarray:
+    """``ds.read`` that reports truncated or corrupt files as :class:`SN7DataError`."""
+    try:
+        return ds.read(*args, **kwargs)
+    except (RasterioIOError, rasterio.errors.RasterioError) as exc:
+        raise SN7DataError(ds.name, f"truncated or corrupt raster ({_short(exc)})") from None
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200]
+
+
+def cog_profile(profile: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """A GTiff profile for tiled, compressed writing (later copied to a COG)."""
+    out = {
+        "driver": "GTiff",
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        "predictor": 2,
+        "interleave": "pixel",
+        "BIGTIFF": "IF_SAFER",
+    }
+    for key in ("crs", "transform", "width", "height", "count", "dtype", "nodata"):
+        if key in profile:
+            out[key] = profile[key]
+    out.update(overrides)
+    return out
+
+
+def write_cog(path: str | Path, array: np.ndarray, profile: dict[str, Any], **tags: str) -> Path:
+    """Write a (bands, H, W) array as a compressed Cloud-Optimized GeoTIFF, atomically."""
+    path = Path(path)
+    profile = cog_profile(profile, count=array.shape[0], height=array.shape[1], width=array.shape[2], dtype=array.dtype)
+    with atomic_path(path.with_suffix(".tmp.tif")) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(array)
+            if tags:
+                dst.update_tags(**tags)
+        to_cog(tmp, path)
+    return path
+
+
+def to_cog(src: str | Path, dst: str | Path) -> None:
+    """Copy a tiled GeoTIFF to a COG (streams; memory stays bounded), atomically."""
+    from rasterio.shutil import copy as rio_copy
+
+    with atomic_path(dst) as tmp:
+        rio_copy(str(src), str(tmp), driver="COG", compress="DEFLATE", predictor="2", blocksize=256)
+
+
+def scaled_transform(transform: Affine, factor: float) -> Affine:
+    """The transform of the same extent on a grid ``factor`` times finer."""
+    return transform * Affine.scale(1.0 / factor)
+
+
+def read_resampled(ds, indexes: list[int] | int, window: Window, factor: float, resampling=Resampling.bilinear) -> np.ndarray:
+    """Read ``window`` resampled ``factor`` times finer (factor 1 reads it as is)."""
+    if factor == 1:
+        return read_checked(ds, indexes, window=window, boundless=False)
+    shape = (int(round(window.height * factor)), int(round(window.width * factor)))
+    if isinstance(indexes, list):
+        shape = (len(indexes), *shape)
+    return read_checked(ds, indexes, window=window, out_shape=shape, resampling=resampling)
+
+
+def iter_windows(height: int, width: int, size: int, stride: int) -> Iterator[Window]:
+    """Windows of ``size`` every ``stride`` pixels covering the whole grid (last one flush to the edge)."""
+    rows = _starts(height, size, stride)
+    cols = _starts(width, size, stride)
+    for r in rows:
+        for c in cols:
+            yield Window(c, r, min(size, width - c), min(size, height - r))
+
+
+def _starts(length: int, size: int, stride: int) -> list[int]:
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] != length - size:
+        starts.append(length - size)
+    return starts
