@@ -68,9 +68,11 @@ def make_scene(rng: np.random.Generator, size: int, n_months: int) -> Scene:
     roads = _main_roads(rng, size)
     buildings: list[Building] = []
     road_union = shapely.union_all([p for p, _ in roads]) if roads else Polygon()
-    n_hoods = max(2, int(round(rng.uniform(9, 13) * (size / 512) ** 2)))
-    for _ in range(n_hoods):
-        _neighbourhood(rng, size, n_months, buildings, roads, road_union)
+    n_hoods = max(3, int(round(rng.uniform(9, 13) * (size / 512) ** 2)))
+    for k in range(n_hoods):
+        # every AOI has an existing town (k = 0) and an industrial area (k = 1); the rest is random
+        kind = ("dense", "industrial")[k] if k < 2 else None
+        _neighbourhood(rng, size, n_months, buildings, roads, road_union, kind=kind, developing=False if k == 0 else None)
     for i, b in enumerate(buildings):
         b.id = i + 1
     scene = Scene(size, n_months, summer, winter, classes, roads, buildings)
@@ -123,13 +125,15 @@ def _main_roads(rng: np.random.Generator, size: int) -> list[tuple[Polygon, np.n
     return roads
 
 
-def _neighbourhood(rng, size, n_months, buildings, roads, road_union) -> None:
-    kind = rng.choice(["residential", "dense", "industrial"], p=[0.5, 0.35, 0.15])
+def _neighbourhood(rng, size, n_months, buildings, roads, road_union, kind=None, developing=None) -> None:
+    drawn = rng.choice(["residential", "dense", "industrial"], p=[0.5, 0.35, 0.15])
+    kind = kind or drawn
     centre = rng.uniform(0.1, 0.9, 2) * size
     radius = rng.uniform(35, 90) * (1.6 if kind == "industrial" else 1.0)
     theta = rng.uniform(0, np.pi)
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-    developing = rng.random() < 0.45  # a new development: everything built during the series
+    drawn_dev = rng.random() < 0.45  # a new development: everything built during the series
+    developing = drawn_dev if developing is None else developing
     start = int(rng.integers(1, max(2, n_months - 2))) if developing else 0
     if kind == "industrial":
         depth_rng, width_rng, gap_rng, p_touch, street = (18, 40), (25, 60), (4, 10), 0.0, 8

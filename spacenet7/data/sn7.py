@@ -219,6 +219,8 @@ def read_labels(record: MonthRecord, crs=None) -> gpd.GeoDataFrame:
     if record.labels_match is None:
         raise SN7DataError(record.aoi_dir / "labels_match" / f"{record.stem}{LABEL_SUFFIX}", "label file not found")
     gdf = read_vector(record.labels_match)
+    if len(gdf) == 0:
+        gdf["Id"] = np.zeros(0, np.int64)
     if "Id" not in gdf.columns:
         raise SN7DataError(record.labels_match, "missing property 'Id'")
     if crs is None:
@@ -240,6 +242,8 @@ def read_labels_pix(record: MonthRecord) -> gpd.GeoDataFrame:
     if record.labels_match_pix is None:
         raise SN7DataError(record.aoi_dir / "labels_match_pix" / f"{record.stem}{LABEL_SUFFIX}", "label file not found")
     gdf = read_vector(record.labels_match_pix)
+    if len(gdf) == 0:
+        gdf["Id"] = np.zeros(0, np.int64)
     if "Id" not in gdf.columns:
         raise SN7DataError(record.labels_match_pix, "missing property 'Id'")
     gdf = gdf.set_crs(None, allow_override=True)

@@ -1,0 +1,69 @@
+"""Torch dataset and Lightning data module over the chip index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import rasterio
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+IGNORE = -1.0
+
+
+class ChipDataset(Dataset):
+    """Chips of one split -> ``{"image": (3,H,W) float, "target": (3,H,W) float, "ignore": (H,W) bool}``.
+
+    Ignored pixels (alpha 0 or UDM) carry ``-1`` in every target channel. Augmentations (an
+    albumentations pipeline) see the image and all masks together, so geometry stays aligned.
+    """
+
+    def __init__(self, chip_dir: str | Path, index: pd.DataFrame, augment: Any = None) -> None:
+        self.chip_dir = Path(chip_dir)
+        self.paths = index["path"].tolist()
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        with rasterio.open(self.chip_dir / self.paths[i]) as ds:
+            arr = ds.read()
+        image = np.moveaxis(arr[:3], 0, -1)
+        masks = np.moveaxis(arr[3:], 0, -1)
+        if self.augment is not None:
+            res = self.augment(image=image, mask=masks)
+            image, masks = res["image"], res["mask"]
+        image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0))).float() / 255.0
+        masks = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(masks), -1, 0)))
+        ignore = masks[3] > 0
+        target = masks[:3].float()
+        target[:, ignore] = IGNORE
+        return {"image": image, "target": target, "ignore": ignore}
+
+
+class ChipDataModule(L.LightningDataModule):
+    """Train/val loaders from the chip index (``split`` column)."""
+
+    def __init__(self, chip_dir: str | Path, index: pd.DataFrame, batch_size: int, num_workers: int = 0,
+                 augment: Any = None, seed: int = 0) -> None:
+        super().__init__()
+        self.chip_dir, self.index = Path(chip_dir), index
+        self.batch_size, self.num_workers, self.augment, self.seed = batch_size, num_workers, augment, seed
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = ChipDataset(self.chip_dir, self.index[self.index["split"] == split], self.augment if train else None)
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
+                          drop_last=train and len(ds) > self.batch_size, generator=gen,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)

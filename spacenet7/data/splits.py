@@ -1,0 +1,33 @@
+"""Deterministic train/val splits that never leak an AOI (or an area) across the split."""
+
+from __future__ import annotations
+
+import numpy as np
+from rasterio.windows import Window
+
+
+def aoi_split(aois: list[str], val_frac: float, seed: int) -> dict[str, str]:
+    """Assign whole AOIs to ``train`` or ``val``: months of one AOI never straddle the split.
+
+    With a single AOI everything is ``train`` (use the spatial split instead).
+    """
+    aois = sorted(aois)
+    if len(aois) < 2:
+        return {a: "train" for a in aois}
+    n_val = min(len(aois) - 1, max(1, int(round(len(aois) * val_frac))))
+    order = np.random.default_rng(seed).permutation(len(aois))
+    val = {aois[i] for i in order[:n_val]}
+    return {a: ("val" if a in val else "train") for a in aois}
+
+
+def spatial_split(window: Window, width: int, val_frac: float) -> str | None:
+    """Split inside one AOI by columns: the right ``val_frac`` of the grid is validation.
+
+    A chip crossing the boundary belongs to neither side (``None``), so no pixel leaks.
+    """
+    edge = int(round(width * (1 - val_frac)))
+    if window.col_off >= edge:
+        return "val"
+    if window.col_off + window.width <= edge:
+        return "train"
+    return None

@@ -1,0 +1,76 @@
+"""Stage ``evaluate``: SCOT (tracking + change) and per-month building F1 of a submission."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from spacenet7.config import EvaluateConfig
+from spacenet7.data.sn7 import read_labels_pix, scan
+from spacenet7.errors import SN7DataError
+from spacenet7.io.atomic import atomic_path
+from spacenet7.metrics.scot import ScotResult, scot
+from spacenet7.metrics.table import check_table, check_unique_ids, read_table
+
+log = logging.getLogger(__name__)
+
+
+def ground_truth_table(data_root: str | Path, split_dir: str = "train", aois: list[str] | None = None) -> pd.DataFrame:
+    """The SN7 ground truth (``labels_match_pix``) of a data set as a checked table.
+
+    Months without buildings get one empty row, so they still count as months.
+    """
+    rows = []
+    for aoi, records in scan(data_root, split_dir, aois).items():
+        for rec in records:
+            gdf = read_labels_pix(rec)
+            if len(gdf):
+                rows += [{"filename": rec.stem, "id": int(i), "geometry": g.wkt} for i, g in zip(gdf["Id"], gdf.geometry)]
+            else:
+                rows.append({"filename": rec.stem, "id": -1, "geometry": "POLYGON EMPTY"})
+    return check_table(pd.DataFrame(rows, columns=["filename", "id", "geometry"]), Path(data_root))
+
+
+def format_table(result: ScotResult) -> str:
+    """A plain-text per-AOI table followed by the overall scores."""
+    head = f"{'AOI':<34} {'SCOT':>6} {'track':>6} {'change':>6} {'tp':>6} {'fp':>6} {'fn':>6} {'mism':>5} {'cTP':>5} {'cFP':>5} {'cFN':>5}"
+    lines = [head, "-" * len(head)]
+    for a in result.per_aoi:
+        note = "  (no new buildings: change = 0)" if a.no_new_buildings else ""
+        lines.append(f"{a.aoi:<34} {a.scot:6.3f} {a.tracking:6.3f} {a.change:6.3f} {a.tp:6d} {a.fp:6d} {a.fn:6d} "
+                     f"{a.mismatches:5d} {a.change_tp:5d} {a.change_fp:5d} {a.change_fn:5d}{note}")
+    lines.append("-" * len(head))
+    lines.append(f"overall  SCOT {result.scot:.4f}   tracking {result.tracking:.4f}   change {result.change:.4f}   "
+                 f"F1@0.5 {result.f1:.4f}   F1@0.25 {result.f1_25:.4f}   ({len(result.per_aoi)} AOIs)")
+    return "\n".join(lines)
+
+
+def run(cfg: EvaluateConfig) -> dict[str, Path]:
+    """Score ``proposal`` (default: the pipeline's submission) against ``truth`` (default: the data set)."""
+    if cfg.truth:
+        truth = read_table(cfg.truth, name="truth")
+        truth_src = Path(cfg.truth)
+        if cfg.aois:
+            truth = truth[truth["aoi"].isin(cfg.aois)]
+    else:
+        truth = ground_truth_table(cfg.data_root, cfg.split_dir, cfg.aois)
+        truth_src = Path(cfg.data_root)
+    proposal_src = Path(cfg.proposal or cfg.submission)
+    proposal = read_table(proposal_src, name="proposal")
+    if len(truth) == 0:
+        raise SN7DataError(truth_src, "the truth table is empty")
+    check_unique_ids(truth, truth_src)
+    check_unique_ids(proposal, proposal_src)
+    extra = sorted(set(proposal["aoi"]) - set(truth["aoi"]))
+    if extra:
+        log.warning("evaluate: proposal AOIs not in the truth are ignored: %s", ", ".join(extra))
+    result = scot(truth, proposal, threshold=cfg.iou_threshold, beta=cfg.beta, min_truth_area=cfg.min_truth_area)
+    print(format_table(result))
+    out = Path(cfg.out)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(result.to_dict(), indent=2))
+    print(f"metrics written to {out}")
+    return {"metrics": out}

@@ -1,0 +1,1 @@
+"""Metrics: SCOT (SpaceNet Change and Object Tracking) and building F1."""

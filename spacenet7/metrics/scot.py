@@ -1,0 +1,188 @@
+"""SCOT: the SpaceNet Change and Object Tracking metric, exactly as the SN7 reference defines it.
+
+Per AOI and month, ground truth (polygons >= 4 px^2) and proposals are matched one-to-one with
+IoU > 0.25 (maximum matches, then maximum summed IoU). The tracking term counts a match as a
+mismatch when either id's most recent earlier partner differs; the change term scores only ids
+that are new (never seen in an earlier month of the same table), skipping the first month.
+SCOT = (1 + b^2) c t / (b^2 c + t), b = 2; the data set score is the mean over AOIs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import shapely
+
+from spacenet7.metrics.matching import match
+
+
+def f_score(tp: float, fp: float, fn: float) -> float:
+    """tp / (tp + (fp + fn) / 2), 0 when there is nothing at all."""
+    d = tp + (fp + fn) / 2
+    return float(tp / d) if d > 0 else 0.0
+
+
+def combine(change: float, tracking: float, beta: float = 2.0) -> float:
+    """SCOT's weighted harmonic mean of the change and tracking terms."""
+    d = beta**2 * change + tracking
+    return float((1 + beta**2) * change * tracking / d) if d > 0 else 0.0
+
+
+@dataclass
+class MonthScore:
+    aoi: str
+    month: str
+    n_truth: int
+    n_proposal: int
+    tp: int  # at IoU > 0.25 (the SCOT match)
+    precision: float
+    recall: float
+    f1: float
+    tp50: int  # at IoU >= 0.5 (the SpaceNet building F1)
+    precision50: float
+    recall50: float
+    f1_50: float
+
+
+@dataclass
+class AOIScore:
+    aoi: str
+    scot: float
+    tracking: float
+    change: float
+    tp: int
+    fp: int
+    fn: int
+    mismatches: int
+    change_tp: int
+    change_fp: int
+    change_fn: int
+    n_new_truth: int
+    months: list[MonthScore] = field(default_factory=list)
+
+    @property
+    def no_new_buildings(self) -> bool:
+        """No new ground-truth building after the first month: change = 0, so SCOT = 0."""
+        return self.n_new_truth == 0
+
+
+def _prf(tp: int, n_truth: int, n_prop: int) -> tuple[float, float, float]:
+    p = tp / n_prop if n_prop else 0.0
+    r = tp / n_truth if n_truth else 0.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+def score_aoi(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshold: float = 0.25,
+              beta: float = 2.0) -> AOIScore:
+    """Score one AOI. Both frames have ``month``, ``id``, ``geometry`` (pixel coordinates)."""
+    months = sorted(set(truth["month"]) | set(proposal["month"]))
+    t_groups = {m: g for m, g in truth.groupby("month")}
+    p_groups = {m: g for m, g in proposal.groupby("month")}
+    empty = truth.iloc[:0]
+    tp = fp = fn = mism = ctp = cfp = cfn = n_new = 0
+    t_last: dict[int, int] = {}
+    p_last: dict[int, int] = {}
+    t_seen: set[int] = set()
+    p_seen: set[int] = set()
+    month_scores = []
+    for i, month in enumerate(months):
+        t = t_groups.get(month, empty)
+        p = p_groups.get(month, empty)
+        tg, pg = t["geometry"].values, p["geometry"].values
+        tid, pid = t["id"].values.tolist(), p["id"].values.tolist()
+        m = match(tg, pg, threshold)
+        mt = [tid[k] for k in m.a]
+        mp = [pid[k] for k in m.b]
+        bad = 0
+        for g, q in zip(mt, mp):
+            if t_last.get(g, q) != q or p_last.get(q, g) != g:
+                bad += 1
+        for g, q in zip(mt, mp):
+            t_last[g] = q
+            p_last[q] = g
+        n = len(m)
+        tp += n - bad
+        fp += len(pid) - n + bad
+        fn += len(tid) - n + bad
+        mism += bad
+        if i > 0:
+            t_new = set(tid) - t_seen
+            p_new = set(pid) - p_seen
+            n_new += len(t_new)
+            for g, q in zip(mt, mp):
+                gn, qn = g in t_new, q in p_new
+                if gn and qn:
+                    ctp += 1
+                elif qn:
+                    cfp += 1
+                elif gn:
+                    cfn += 1
+            cfp += len(p_new - set(mp))
+            cfn += len(t_new - set(mt))
+        t_seen.update(tid)
+        p_seen.update(pid)
+        m50 = match(tg, pg, 0.5, inclusive=True)
+        month_scores.append(MonthScore(aoi, month, len(tid), len(pid), n, *_prf(n, len(tid), len(pid)),
+                                       len(m50), *_prf(len(m50), len(tid), len(pid))))
+    tracking = f_score(tp, fp, fn)
+    change = f_score(ctp, cfp, cfn)
+    return AOIScore(aoi, combine(change, tracking, beta), tracking, change, tp, fp, fn, mism, ctp, cfp, cfn,
+                    n_new, month_scores)
+
+
+@dataclass
+class ScotResult:
+    scot: float
+    tracking: float
+    change: float
+    f1: float  # SpaceNet building F1 at IoU >= 0.5, pooled over all AOI-months
+    f1_25: float  # the same at IoU > 0.25
+    per_aoi: list[AOIScore]
+
+    def to_dict(self) -> dict:
+        """The JSON written by ``spacenet7 evaluate``."""
+        per_aoi = {}
+        for a in self.per_aoi:
+            d = {k: v for k, v in asdict(a).items() if k not in ("aoi", "months")}
+            d["no_new_buildings"] = a.no_new_buildings
+            per_aoi[a.aoi] = d
+        per_month = [asdict(m) for a in self.per_aoi for m in a.months]
+        return {"scot": self.scot, "tracking": self.tracking, "change": self.change, "f1": self.f1,
+                "f1_iou25": self.f1_25, "n_aois": len(self.per_aoi), "per_aoi": per_aoi, "per_month": per_month}
+
+
+def drop_small(truth: pd.DataFrame, min_area: float = 4.0) -> pd.DataFrame:
+    """Drop empty geometries and ground-truth polygons with area < ``min_area`` px^2."""
+    area = shapely.area(truth["geometry"].values)
+    return truth[(area >= min_area) & ~shapely.is_empty(truth["geometry"].values)]
+
+
+def scot(truth: pd.DataFrame, proposal: pd.DataFrame, *, threshold: float = 0.25, beta: float = 2.0,
+         min_truth_area: float = 4.0) -> ScotResult:
+    """Score proposals against truth over every AOI of the truth table (mean over AOIs).
+
+    Both frames come from :func:`spacenet7.metrics.table.read_table`. Months without any
+    polygon (rows with an empty geometry) still count as months.
+    """
+    months_t = truth[["aoi", "month"]].drop_duplicates()
+    truth = drop_small(truth, min_truth_area)
+    proposal = proposal[~shapely.is_empty(proposal["geometry"].values)]
+    per_aoi = []
+    for aoi in sorted(months_t["aoi"].unique()):
+        t = truth[truth["aoi"] == aoi]
+        p = proposal[proposal["aoi"] == aoi]
+        score = score_aoi(t, p, aoi, threshold=threshold, beta=beta)
+        have = {m.month for m in score.months}
+        for month in sorted(set(months_t.loc[months_t["aoi"] == aoi, "month"]) - have):
+            score.months.append(MonthScore(aoi, month, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+        score.months.sort(key=lambda m: m.month)
+        per_aoi.append(score)
+    tp50 = sum(m.tp50 for a in per_aoi for m in a.months)
+    tp25 = sum(m.tp for a in per_aoi for m in a.months)
+    nt = sum(m.n_truth for a in per_aoi for m in a.months)
+    npr = sum(m.n_proposal for a in per_aoi for m in a.months)
+    mean = (lambda xs: float(np.mean(xs)) if xs else 0.0)
+    return ScotResult(mean([a.scot for a in per_aoi]), mean([a.tracking for a in per_aoi]),
+                      mean([a.change for a in per_aoi]), _prf(tp50, nt, npr)[2], _prf(tp25, nt, npr)[2], per_aoi)

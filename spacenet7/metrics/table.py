@@ -1,0 +1,83 @@
+"""Reading and checking ``filename,id,geometry`` tables (SN7 ground truth and submissions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import shapely
+
+from spacenet7.data.sn7 import STEM_RE
+from spacenet7.errors import SN7DataError
+
+COLUMNS = ("filename", "id", "geometry")
+
+
+def read_table(path: str | Path, *, name: str = "table") -> pd.DataFrame:
+    """Read a CSV into a checked frame with ``aoi``, ``month``, ``id`` and shapely ``geometry``.
+
+    Empty geometries (``POLYGON EMPTY``) mark months without buildings: the month is kept in
+    the month list but contributes no polygon.
+
+    Raises:
+        SN7DataError: missing columns, unparseable filenames, malformed WKT, non-integer ids.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SN7DataError(path, f"{name} file not found")
+    try:
+        df = pd.read_csv(path, dtype={"filename": str, "geometry": str}, keep_default_na=False)
+    except Exception as exc:
+        raise SN7DataError(path, f"not a readable CSV ({str(exc).splitlines()[0]})") from None
+    return check_table(df, path)
+
+
+def check_table(df: pd.DataFrame, path: str | Path = "<table>") -> pd.DataFrame:
+    """Validate and parse a raw ``filename,id,geometry`` frame (see :func:`read_table`)."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise SN7DataError(path, f"missing column(s) {', '.join(missing)} (need filename,id,geometry)")
+    df = df.reset_index(drop=True)
+    names = df["filename"].astype(str).str.replace(r"\.tif$", "", regex=True)
+    parts = names.str.extract(STEM_RE)
+    bad = parts[0].isna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.values)[0])
+        raise SN7DataError(path, f"row {i + 2}: unparseable filename {df['filename'].iloc[i]!r} "
+                                 "(expected global_monthly_YYYY_MM_mosaic_<AOI>)")
+    ids = pd.to_numeric(df["id"], errors="coerce")
+    if ids.isna().any():
+        i = int(np.flatnonzero(ids.isna().values)[0])
+        raise SN7DataError(path, f"row {i + 2}: id {df['id'].iloc[i]!r} is not an integer")
+    wkt = df["geometry"].astype(str).values
+    geoms = shapely.from_wkt(wkt, on_invalid="ignore")
+    bad = np.flatnonzero(pd.isna(geoms))
+    if len(bad):
+        i = int(bad[0])
+        raise SN7DataError(path, f"row {i + 2}: malformed WKT {wkt[i][:60]!r}")
+    kinds = shapely.get_type_id(geoms)
+    bad = np.flatnonzero(~np.isin(kinds, [3, 6]))  # Polygon, MultiPolygon
+    if len(bad):
+        i = int(bad[0])
+        raise SN7DataError(path, f"row {i + 2}: geometry is not a polygon ({wkt[i][:40]!r})")
+    invalid = ~shapely.is_valid(geoms)
+    if invalid.any():
+        geoms[invalid] = shapely.make_valid(geoms[invalid])
+    out = pd.DataFrame({
+        "filename": names.values,
+        "aoi": parts[2].values,
+        "month": (parts[0] + "-" + parts[1]).values,
+        "id": ids.astype(np.int64).values,
+        "geometry": geoms,
+    })
+    return out
+
+
+def check_unique_ids(df: pd.DataFrame, path: str | Path) -> None:
+    """Ids must be unique within one (AOI, month) of one table."""
+    live = df[~shapely.is_empty(df["geometry"].values)]
+    dup = live.duplicated(["aoi", "month", "id"], keep=False)
+    if dup.any():
+        row = live[dup].iloc[0]
+        raise SN7DataError(path, f"id {row['id']} appears more than once in {row['filename']}")

@@ -1,0 +1,1 @@
+"""Models: the Lightning task and the multi-target loss."""

@@ -1,0 +1,80 @@
+"""The Lightning task: an smp network (built from its config), the loss and torchmetrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
+
+from spacenet7.errors import SN7Error
+
+
+def build_net(model_cfg: dict[str, Any]) -> torch.nn.Module:
+    """Instantiate the network config (``_target_: segmentation_models_pytorch.create_model``).
+
+    Raises:
+        SN7Error: unknown architecture or encoder, with the config key to fix.
+    """
+    try:
+        return instantiate(model_cfg, _convert_="all")
+    except Exception as exc:  # smp raises KeyError/ValueError wrapped by Hydra
+        cause = exc.__cause__ or exc
+        msg = str(cause).splitlines()[0][:300]
+        if "encoder" in msg.lower():
+            raise SN7Error(f"model.encoder_name={model_cfg.get('encoder_name')!r} is not a known smp/timm encoder ({msg})") from None
+        raise SN7Error(f"cannot build model {model_cfg.get('arch')!r}: {msg}") from None
+
+
+class SegmentationTask(L.LightningModule):
+    """Footprint/boundary/contact segmentation.
+
+    Args:
+        model: network config with ``_target_`` (saved in the checkpoint, so prediction rebuilds it).
+        loss: loss config with ``_target_``.
+        optimizer: partial optimizer config (``_partial_: true``).
+        scheduler: partial LR scheduler config or ``None``.
+        chip_meta: chip metadata (upscale, bands) that prediction must reproduce.
+    """
+
+    def __init__(self, model: dict, loss: dict, optimizer: dict, scheduler: dict | None = None,
+                 chip_meta: dict | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_net(model)
+        self.loss_fn = instantiate(loss, _convert_="all")
+        self.val_iou = BinaryJaccardIndex(ignore_index=-1)
+        self.val_f1 = BinaryF1Score(ignore_index=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.loss_fn(logits, batch["target"])
+        if not torch.isfinite(loss):
+            raise SN7Error(f"train: loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
+                           "(lower optimizer.lr, enable trainer.gradient_clip_val, or check the chips)")
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch["image"])
+        loss = self.loss_fn(logits, batch["target"])
+        prob = logits[:, 0].sigmoid()
+        target = batch["target"][:, 0].long()
+        self.val_iou.update(prob, target)
+        self.val_f1.update(prob, target)
+        n = len(logits)
+        self.log("val/loss", loss, batch_size=n, sync_dist=True)
+        self.log("val/iou", self.val_iou, prog_bar=True, batch_size=n)
+        self.log("val/f1", self.val_f1, prog_bar=True, batch_size=n)
+
+    def configure_optimizers(self):
+        opt = instantiate(self.hparams.optimizer)(params=self.parameters())
+        if not self.hparams.scheduler:
+            return opt
+        sched = instantiate(self.hparams.scheduler)(optimizer=opt)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

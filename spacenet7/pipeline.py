@@ -1,0 +1,80 @@
+"""Stage ``pipeline``: synth (if the data is missing) -> chip -> train -> predict -> vectorize -> export -> evaluate.
+
+Each stage is composed from its own ``conf/<stage>.yaml`` with the hand-off paths of this run
+plus ``overrides.<stage>`` from the pipeline config, exactly as if typed on the command line,
+and the stages hand off through files under ``run_dir``. The last ``n_test_aois`` AOIs (sorted)
+are held out: never chipped or trained on, then predicted and scored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from spacenet7.config import PipelineConfig, compose
+from spacenet7.data.sn7 import scan
+from spacenet7.errors import SN7Error
+
+log = logging.getLogger(__name__)
+ORDER = ["synth", "chip", "train", "predict", "vectorize", "export", "evaluate"]
+
+
+def _list(xs: list[str]) -> str:
+    return "[" + ",".join(xs) + "]"
+
+
+def stage_overrides(cfg: PipelineConfig, train_aois: list[str], test_aois: list[str]) -> dict[str, list[str]]:
+    """The Hydra overrides that wire every stage to this run's files."""
+    run, root = Path(cfg.run_dir), cfg.data_root
+    ckpt = run / "train" / "checkpoints" / "best.ckpt"
+    base = {
+        "synth": [f"out_dir={root}"],
+        "chip": [f"data_root={root}", f"out_dir={run / 'chips'}", f"aois={_list(train_aois)}"],
+        "train": [f"chip_dir={run / 'chips'}", f"run_dir={run / 'train'}"],
+        "predict": [f"checkpoint={ckpt}", f"data_root={root}", f"aois={_list(test_aois)}", f"out_dir={run / 'predictions'}"],
+        "vectorize": [f"pred_dir={run / 'predictions'}", f"out_dir={run / 'vectors'}", f"aois={_list(test_aois)}"],
+        "export": [f"vec_dir={run / 'vectors'}", f"out_dir={run / 'footprints'}", f"submission={run / 'submission.csv'}"],
+        "evaluate": [f"data_root={root}", f"aois={_list(test_aois)}", f"submission={run / 'submission.csv'}",
+                     f"out={run / 'metrics.json'}"],
+    }
+    return {k: v + list(cfg.overrides.get(k, [])) for k, v in base.items()}
+
+
+def run(cfg: PipelineConfig) -> dict[str, object]:
+    """Run the stages in order; returns each stage's outputs."""
+    from spacenet7.cli import run_stage
+
+    unknown = [s for s in cfg.stages if s not in ORDER]
+    if unknown:
+        raise SN7Error(f"pipeline: unknown stage(s) {unknown}; stages are {ORDER}")
+    stages = [s for s in ORDER if s in cfg.stages]
+    root = Path(cfg.data_root)
+    outputs: dict[str, object] = {}
+    timings: dict[str, float] = {}
+    if "synth" in stages:
+        stages.remove("synth")
+        if not (root / "train").is_dir():
+            t0 = time.perf_counter()
+            outputs["synth"] = run_stage("synth", compose("synth", stage_overrides(cfg, [], [])["synth"]))
+            timings["synth"] = time.perf_counter() - t0
+        else:
+            log.info("pipeline: data found at %s, skipping synth", root)
+    aois = sorted(scan(root))
+    if cfg.n_test_aois < 1 or cfg.n_test_aois >= len(aois):
+        raise SN7Error(f"pipeline: n_test_aois={cfg.n_test_aois} must leave at least one training AOI ({len(aois)} AOIs)")
+    train_aois, test_aois = aois[: -cfg.n_test_aois], aois[-cfg.n_test_aois :]
+    log.info("pipeline: training AOIs %s; held-out AOIs %s", train_aois, test_aois)
+    ovr = stage_overrides(cfg, train_aois, test_aois)
+    for stage in stages:
+        print(f"\n=== spacenet7 {stage} {' '.join(ovr[stage])}", flush=True)
+        t0 = time.perf_counter()
+        outputs[stage] = run_stage(stage, compose(stage, ovr[stage]))
+        timings[stage] = time.perf_counter() - t0
+    run_dir = Path(cfg.run_dir)
+    print("\n=== timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f" (total {sum(timings.values()):.0f}s)")
+    print(f"held-out AOIs: {', '.join(test_aois)}")
+    print(f"GIS files:     {run_dir / 'footprints'}/<AOI>.gpkg and <AOI>/<stem>.geojson")
+    print(f"submission:    {run_dir / 'submission.csv'}")
+    print(f"metrics:       {run_dir / 'metrics.json'}")
+    return outputs

@@ -1,0 +1,87 @@
+"""Track footprints across months: persistent ids, gap filling, false-new suppression.
+
+Footprints of each month are matched to the live tracks by IoU (STRtree candidates, then an
+optimal or greedy one-to-one assignment, shared with the SCOT evaluator). Unmatched footprints
+start new tracks. Afterwards:
+
+- gap filling: a building seen in months i and k is kept in between, unless the imagery of
+  that month clearly shows it absent (valid pixels, low footprint probability);
+- false-new suppression: a track must be seen in ``min_persist`` months (or every remaining
+  month, near the end of the series) to count;
+- never-demolished (optional): a building is carried to the last month once seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from spacenet7.config import TrackConfig
+from spacenet7.metrics.matching import match
+
+AbsentFn = Callable[[int, object], bool]
+
+
+def assign_ids(months: list[np.ndarray], cfg: TrackConfig) -> list[np.ndarray]:
+    """Persistent ids for every footprint of every month (ids start at 1)."""
+    last_geom: list[object] = []
+    last_t: list[int] = []
+    out = []
+    for t, geoms in enumerate(months):
+        geoms = np.asarray(geoms, dtype=object)
+        ids = np.zeros(len(geoms), np.int64)
+        live = np.flatnonzero(t - np.asarray(last_t, dtype=np.int64) <= cfg.max_gap) if last_t else np.zeros(0, np.int64)
+        if len(live) and len(geoms):
+            m = match(np.asarray(last_geom, dtype=object)[live], geoms, cfg.min_iou, inclusive=True, method=cfg.method)
+            ids[m.b] = live[m.a] + 1
+        for k in np.flatnonzero(ids == 0):
+            last_geom.append(geoms[k])
+            last_t.append(t)
+            ids[k] = len(last_geom)
+        for k, tid in enumerate(ids):
+            last_geom[tid - 1] = geoms[k]
+            last_t[tid - 1] = t
+        out.append(ids)
+    return out
+
+
+def track(months: list[np.ndarray], cfg: TrackConfig, absent: AbsentFn | None = None) -> pd.DataFrame:
+    """Track footprints and post-process the tracks.
+
+    Args:
+        months: per month, an array of polygons (any coordinates, the same for every month).
+        cfg: tracking options.
+        absent: ``absent(t, geom)`` is True when month ``t`` clearly shows no building at
+            ``geom``; used by gap filling (``None``: always fill).
+
+    Returns:
+        One row per (building, month): ``t``, ``id``, ``geometry``, ``filled`` (not observed,
+        inferred), ``first_seen``, ``last_seen``, ``n_months`` (months as month indices).
+    """
+    ids = assign_ids(months, cfg)
+    n = len(months)
+    rows = pd.DataFrame({
+        "t": np.concatenate([np.full(len(g), t) for t, g in enumerate(months)]) if n else np.zeros(0, int),
+        "id": np.concatenate(ids) if n else np.zeros(0, int),
+        "geometry": np.concatenate([np.asarray(g, dtype=object) for g in months]) if n else np.zeros(0, object),
+    })
+    rows["filled"] = False
+    extra = []
+    for tid, g in rows.groupby("id", sort=False):
+        ts, geoms = g["t"].to_numpy(), g["geometry"].to_numpy()
+        if cfg.fill_gaps:
+            for a in range(len(ts) - 1):
+                for t in range(ts[a] + 1, ts[a + 1]):
+                    if absent is None or not absent(t, geoms[a]):
+                        extra.append((t, tid, geoms[a], True))
+        if cfg.never_demolished:
+            extra += [(t, tid, geoms[-1], True) for t in range(ts[-1] + 1, n)]
+    if extra:
+        rows = pd.concat([rows, pd.DataFrame(extra, columns=["t", "id", "geometry", "filled"])], ignore_index=True)
+    stats = rows.groupby("id")["t"].agg(first_seen="min", last_seen="max", n_months="nunique")
+    need = np.minimum(cfg.min_persist, n - stats["first_seen"])
+    keep = stats.index[stats["n_months"] >= need]
+    rows = rows[rows["id"].isin(keep)].join(stats, on="id")
+    return rows.sort_values(["t", "id"]).reset_index(drop=True)

@@ -1,0 +1,82 @@
+"""Stage ``train``: Lightning fit of :class:`SegmentationTask` on the chip index.
+
+The run directory receives ``checkpoints/{best,last}.ckpt``, ``config.yaml`` (resolved) and
+``metrics.json`` (validation scores of the best checkpoint). ``resume=true`` continues from
+``checkpoints/last.ckpt`` to the same ``max_epochs``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from spacenet7.chip import load_index
+from spacenet7.config import TrainConfig
+from spacenet7.data.dataset import ChipDataModule
+from spacenet7.errors import SN7Error
+from spacenet7.io.atomic import atomic_path
+from spacenet7.models.task import SegmentationTask, build_net
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: TrainConfig) -> dict[str, Path]:
+    """Train; returns paths of the best/last checkpoints and ``metrics.json``."""
+    for key in ("model", "loss", "optimizer"):
+        if not getattr(cfg, key):
+            raise SN7Error(f"train: config has no {key} (choose one, e.g. {key}=...)")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True)
+    index, meta = load_index(cfg.chip_dir)
+    if not (index["split"] == "val").any():
+        raise SN7Error(f"{cfg.chip_dir}: chip index has no 'val' chips (check chip split/val_frac)")
+    run_dir = Path(cfg.run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if cfg.resume and not last.exists():
+        raise SN7Error(f"{last}: resume=true but there is no last checkpoint to resume from")
+    build_net(cfg.model)  # fail fast, with a clear message, on an unknown encoder
+    task = SegmentationTask(cfg.model, cfg.loss, cfg.optimizer, cfg.scheduler, chip_meta=meta)
+    augment = instantiate(cfg.augment, _convert_="all") if cfg.augment else None
+    dm = ChipDataModule(cfg.chip_dir, index, cfg.batch_size, cfg.num_workers, augment, cfg.seed)
+    best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.monitor, mode="max", save_top_k=1,
+                              save_last=True, enable_version_counter=False)
+    callbacks = [best_cb]
+    if cfg.early_stopping_patience > 0:
+        callbacks.append(EarlyStopping(monitor=cfg.monitor, mode="max", patience=cfg.early_stopping_patience))
+    loggers = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(run_dir, name="csv"))
+    if cfg.logger.wandb:
+        os.environ.setdefault("WANDB_SILENT", "true")
+        loggers.append(WandbLogger(project=cfg.logger.project, save_dir=str(run_dir), mode=cfg.logger.wandb_mode,
+                                   config=asdict(cfg)))
+    trainer = L.Trainer(**{k: v for k, v in asdict(cfg.trainer).items() if v is not None},
+                        max_epochs=cfg.max_epochs, callbacks=callbacks, logger=loggers or False,
+                        default_root_dir=run_dir, deterministic="warn", num_sanity_val_steps=0)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    trainer.fit(task, dm, ckpt_path=str(last) if cfg.resume else None)
+    if cfg.logger.wandb:
+        import wandb
+
+        wandb.finish(quiet=True)
+    best = Path(best_cb.best_model_path) if best_cb.best_model_path else last
+    scores = trainer.validate(task, dm, ckpt_path=str(best), verbose=False)[0] if trainer.is_global_zero else {}
+    metrics = {k.replace("/", "_"): float(v) for k, v in scores.items()}
+    metrics.update(best_checkpoint=str(best), epochs=trainer.current_epoch, global_step=trainer.global_step)
+    with atomic_path(run_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2))
+    log.info("train: best %s = %.4f (%s)", cfg.monitor, metrics.get(cfg.monitor.replace("/", "_"), float("nan")), best)
+    return {"best": best, "last": last, "metrics": run_dir / "metrics.json"}

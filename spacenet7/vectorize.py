@@ -1,0 +1,124 @@
+"""Stage ``vectorize``: probability rasters -> footprints (watershed) -> tracked buildings.
+
+For each AOI it writes ``<out_dir>/<AOI>.parquet`` (GeoParquet in the source CRS; one row per
+building and month, with ``id``, ``month``, ``first_seen``, ``last_seen``, ``n_months``,
+``filled`` and the source-pixel WKT in ``pix_wkt``) and ``<AOI>.json`` (the month list).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from affine import Affine
+from rasterio import features
+
+from spacenet7.config import VectorizeConfig
+from spacenet7.data.sn7 import parse_stem
+from spacenet7.errors import SN7DataError, SN7Error
+from spacenet7.io.atomic import atomic_path
+from spacenet7.io.vector import pixel_to_map
+from spacenet7.polygonize import instances, polygons
+from spacenet7.predict import read_prediction
+from spacenet7.track import track
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MonthPrediction:
+    stem: str
+    month: str
+    footprint: np.ndarray  # probability on the prediction grid
+    valid: np.ndarray
+    upscale: float  # prediction grid pixels per source pixel
+
+
+def run(cfg: VectorizeConfig) -> list[Path]:
+    """Vectorize and track every AOI folder under ``pred_dir``; returns the GeoParquet paths."""
+    pred_dir = Path(cfg.pred_dir)
+    aoi_dirs = sorted(p for p in pred_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) if pred_dir.is_dir() else []
+    if cfg.aois:
+        aoi_dirs = [p for p in aoi_dirs if p.name in cfg.aois]
+    if not aoi_dirs:
+        raise SN7DataError(pred_dir, "no prediction folders (<AOI>/<stem>.tif) found; run `spacenet7 predict` first")
+    return [vectorize_aoi(d, cfg) for d in aoi_dirs]
+
+
+def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
+    """Polygonize and track one AOI."""
+    files = sorted(aoi_dir.glob("*.tif"), key=lambda p: parse_stem(p.name).month_key)
+    if not files:
+        raise SN7DataError(aoi_dir, "no prediction rasters")
+    months, preds = [], []
+    crs, src_transform = None, None
+    for f in files:
+        prob, valid, transform, crs_f, up = read_prediction(f)
+        if crs is not None and crs_f != crs:
+            raise SN7DataError(f, f"CRS {crs_f} differs from the AOI's {crs}")
+        crs = crs_f
+        src_transform = transform * Affine.scale(up)
+        labels = instances(prob, valid, threshold=cfg.threshold, seed_threshold=cfg.seed_threshold, min_seed_px=cfg.min_seed_px)
+        pix = polygons(labels, simplify=cfg.simplify_px * up)
+        if up != 1:
+            pix = shapely.transform(pix, lambda xy: xy / up) if len(pix) else pix
+        if cfg.min_area_px > 0 and len(pix):
+            pix = pix[shapely.area(pix) >= cfg.min_area_px]
+        months.append(pix)
+        info = parse_stem(f.name)
+        preds.append(MonthPrediction(f.stem, info.month_key, prob[0], valid, up))
+    rows = track(months, cfg.track, absent=_absent_fn(preds, cfg.track.absent_prob))
+    stems = [p.stem for p in preds]
+    keys = [p.month for p in preds]
+    gdf = gpd.GeoDataFrame({
+        "id": rows["id"].to_numpy(np.int64),
+        "stem": [stems[t] for t in rows["t"]],
+        "month": [keys[t] for t in rows["t"]],
+        "first_seen": [keys[t] for t in rows["first_seen"]],
+        "last_seen": [keys[t] for t in rows["last_seen"]],
+        "n_months": rows["n_months"].to_numpy(np.int64),
+        "filled": rows["filled"].to_numpy(bool),
+        "pix_wkt": shapely.to_wkt(rows["geometry"].to_numpy(), rounding_precision=3) if len(rows) else [],
+    }, geometry=list(pixel_to_map(rows["geometry"].to_numpy(), src_transform)) if len(rows) else [], crs=crs)
+    out = Path(cfg.out_dir) / f"{aoi_dir.name}.parquet"
+    with atomic_path(out) as tmp:
+        gdf.to_parquet(tmp, index=False)
+    meta = {"aoi": aoi_dir.name, "crs": crs.to_string(), "transform": list(src_transform)[:6],
+            "months": [{"stem": s, "month": k} for s, k in zip(stems, keys)]}
+    with atomic_path(out.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
+    log.info("vectorize: %s: %d buildings over %d months", aoi_dir.name, gdf["id"].nunique(), len(files))
+    return out
+
+
+def _absent_fn(preds: list[MonthPrediction], absent_prob: float):
+    """``absent(t, geom)``: mostly valid pixels and mean footprint probability below ``absent_prob``."""
+
+    def absent(t: int, geom) -> bool:
+        p = preds[t]
+        g = shapely.affinity.scale(geom, p.upscale, p.upscale, origin=(0, 0)) if p.upscale != 1 else geom
+        x0, y0, x1, y1 = (int(np.floor(v)) for v in g.bounds)
+        h, w = p.valid.shape
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1 + 1, w), min(y1 + 1, h)
+        if x1 <= x0 or y1 <= y0:
+            return False
+        inside = features.rasterize([g], out_shape=(y1 - y0, x1 - x0), transform=Affine.translation(x0, y0)) > 0
+        ok = inside & p.valid[y0:y1, x0:x1]
+        if ok.sum() < 0.5 * max(inside.sum(), 1):
+            return False  # mostly cloud: not clearly visible
+        return float(p.footprint[y0:y1, x0:x1][ok].mean()) < absent_prob
+
+    return absent
+
+
+def load_vectors(path: str | Path) -> tuple[gpd.GeoDataFrame, dict]:
+    """Read a vectorize output and its month list."""
+    path = Path(path)
+    if not path.exists():
+        raise SN7Error(f"{path}: vectorize output not found (run `spacenet7 vectorize` first)")
+    return gpd.read_parquet(path), json.loads(path.with_suffix(".json").read_text())

@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny synthetic SN7 data set (real CRS) built in a temp folder, once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from spacenet7 import synth  # noqa: E402
+from spacenet7.config import SynthConfig  # noqa: E402
+
+REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "sn7_real_sample"
+REAL_AOI = "L15-1615E-1205N_6460_3370_13"
+
+
+@pytest.fixture(scope="session")
+def synth_cfg(tmp_path_factory) -> SynthConfig:
+    """A small synthetic data set: 3 AOIs x 6 months x 256 px (clouds guaranteed)."""
+    out = tmp_path_factory.mktemp("synth")
+    cfg = SynthConfig(out_dir=str(out), n_aois=3, n_months=6, size=256, seed=3, cloud_prob=0.4)
+    synth.run(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def synth_root(synth_cfg) -> Path:
+    return Path(synth_cfg.out_dir)
+
+
+@pytest.fixture
+def real_sample() -> Path:
+    if not (REAL_SAMPLE / "train" / REAL_AOI).is_dir():
+        pytest.skip(f"real SN7 sample not found at {REAL_SAMPLE} (it lives in ../shared, absent in a user's clone)")
+    return REAL_SAMPLE
