@@ -169,7 +169,8 @@ class PipelineConfig:
     data_root: str = "data/synthetic"
     n_test_aois: int = 1  # the last AOIs (sorted) are held out: never chipped or trained on
     stages: List[str] = field(default_factory=lambda: ["synth", "chip", "train", "predict", "vectorize", "export", "evaluate"])
-    overrides: Dict[str, List[str]] = field(default_factory=dict)  # extra Hydra overrides per stage
+    # per-stage settings, e.g. overrides.train.max_epochs=3 or overrides.train.experiment=demo_cpu
+    overrides: Dict[str, Any] = field(default_factory=dict)
 
 
 SCHEMAS: dict[str, type] = {

@@ -38,7 +38,29 @@ def stage_overrides(cfg: PipelineConfig, train_aois: list[str], test_aois: list[
         "evaluate": [f"data_root={root}", f"aois={_list(test_aois)}", f"submission={run / 'submission.csv'}",
                      f"out={run / 'metrics.json'}"],
     }
-    return {k: v + list(cfg.overrides.get(k, [])) for k, v in base.items()}
+    return {k: v + flatten_overrides(cfg.overrides.get(k) or {}) for k, v in base.items()}
+
+
+def flatten_overrides(settings: dict, prefix: str = "") -> list[str]:
+    """``{"logger": {"wandb": False}, "experiment": "demo_cpu"}`` -> ``["logger.wandb=false", "experiment=demo_cpu"]``."""
+    out = []
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out += flatten_overrides(value, f"{name}.")
+        else:
+            out.append(f"{name}={_value(value)}")
+    return out
+
+
+def _value(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_value(x) for x in v) + "]"
+    return str(v)
 
 
 def run(cfg: PipelineConfig) -> dict[str, object]:
