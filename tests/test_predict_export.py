@@ -1,0 +1,199 @@
+import json
+import shutil
+import subprocess
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyogrio
+import pytest
+import rasterio
+import torch
+
+from spacenet7 import chip, export, predict, train, vectorize
+from spacenet7.config import ChipConfig, ExportConfig, PredictConfig, VectorizeConfig, compose
+from spacenet7.data.sn7 import scan
+from spacenet7.errors import SN7DataError
+from spacenet7.metrics.table import read_table
+
+
+@pytest.fixture(scope="module")
+def run(synth_root, tmp_path_factory):
+    """A briefly trained model, its predictions, vectors and exports for the last AOI."""
+    d = tmp_path_factory.mktemp("run")
+    aois = sorted(scan(synth_root))
+    chip.run(ChipConfig(data_root=str(synth_root), out_dir=str(d / "chips"), aois=aois[:2], chip_size=128, overlap=0,
+                        progress=False))
+    tcfg = compose("train", ["experiment=demo_cpu", f"chip_dir={d / 'chips'}", f"run_dir={d / 'train'}", "logger.wandb=false",
+                             "trainer.enable_progress_bar=false", "max_epochs=1", "trainer.limit_train_batches=2"])
+    ckpt = train.run(tcfg)["best"]
+    pcfg = PredictConfig(checkpoint=str(ckpt), data_root=str(synth_root), aois=[aois[-1]], out_dir=str(d / "pred"),
+                         tile=128, overlap=32, block=96, progress=False)
+    predict.run(pcfg)
+    vcfg = VectorizeConfig(pred_dir=str(d / "pred"), out_dir=str(d / "vec"), threshold=0.3)
+    vectorize.run(vcfg)
+    ecfg = ExportConfig(vec_dir=str(d / "vec"), out_dir=str(d / "fp"), submission=str(d / "submission.csv"))
+    export.run(ecfg)
+    return {"dir": d, "aoi": aois[-1], "ckpt": ckpt, "pcfg": pcfg, "vcfg": vcfg, "ecfg": ecfg, "root": synth_root}
+
+
+def test_predictions_are_georeferenced_cogs_with_nodata(run):
+    recs = scan(run["root"])[run["aoi"]]
+    for rec in recs:
+        p = run["dir"] / "pred" / run["aoi"] / f"{rec.stem}.tif"
+        with rasterio.open(p) as ds, rasterio.open(rec.image) as src:
+            assert ds.crs == src.crs and ds.transform == src.transform and ds.count == 3
+            assert ds.descriptions == ("footprint", "boundary", "contact")
+            assert ds.profile["compress"].lower() == "deflate" and ds.profile["tiled"]
+            assert ds.overviews(1) is not None
+            a = ds.read(1)
+        if rec.udm is not None:
+            with rasterio.open(rec.udm) as u:
+                cloud = u.read(1) > 0
+            assert (a[cloud] == 255).all() and (a[~cloud] <= 254).all()
+    assert not (run["dir"] / "pred" / run["aoi"] / ".raw").exists()
+
+
+class _PixelNet(torch.nn.Module):
+    """A 1x1 convolution: the sliding window must reproduce it exactly (no seams)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        torch.nn.init.normal_(self.conv.weight)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_sliding_window_blending_leaves_no_seams():
+    net = _PixelNet().eval()
+    model = predict.LoadedModel(net, 1.0, 4, torch.device("cpu"))
+    rgb = np.random.default_rng(0).integers(0, 255, (3, 300, 270), dtype=np.uint8)
+    out = predict.sliding_window(model, rgb, tile=128, overlap=48, batch_size=3, tta=True)
+    with torch.no_grad():
+        direct = net(torch.from_numpy(rgb).float()[None] / 255).sigmoid()[0].numpy()
+    assert np.abs(out - direct).max() < 1e-5
+
+
+def test_temporal_fusion_blends_with_the_valid_mean(run, tmp_path):
+    cfg = PredictConfig(**{**run["pcfg"].__dict__, "out_dir": str(tmp_path), "fusion": False})
+    predict.run(cfg)
+    raw = sorted((tmp_path / run["aoi"]).glob("*.tif"))
+    fused = [run["dir"] / "pred" / run["aoi"] / p.name for p in raw]
+    stack = np.stack([rasterio.open(p).read(1).astype(float) for p in raw])
+    valid = stack != 255
+    mean = np.where(valid, stack, 0).sum(0) / np.maximum(valid.sum(0), 1)
+    expect = np.round((1 - cfg.fusion_weight) * stack[0] + cfg.fusion_weight * mean)
+    got = rasterio.open(fused[0]).read(1).astype(float)
+    assert np.abs(got - expect)[valid[0]].max() <= 1
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(run, tmp_path):
+    other = {"_target_": "segmentation_models_pytorch.create_model", "arch": "FPN", "encoder_name": "resnet18",
+             "encoder_weights": None, "in_channels": 3, "classes": 3}
+    cfg = PredictConfig(**{**run["pcfg"].__dict__, "out_dir": str(tmp_path), "model": other})
+    with pytest.raises(SN7DataError, match="do not fit the architecture FPN"):
+        predict.run(cfg)
+    assert not list(tmp_path.rglob("*.tif"))
+
+
+def test_mosaic_with_other_band_count_is_a_clear_error(run, tmp_path):
+    rec = scan(run["root"])[run["aoi"]][0]
+    dst = tmp_path / "train" / run["aoi"] / "images"
+    dst.mkdir(parents=True)
+    with rasterio.open(rec.image) as ds:
+        prof, arr = ds.profile, ds.read()
+    prof.update(count=5, alpha="NO", photometric="MINISBLACK")
+    with rasterio.open(dst / rec.image.name, "w", **prof) as ds:
+        ds.write(np.concatenate([arr, arr[:1]]))
+    cfg = PredictConfig(**{**run["pcfg"].__dict__, "data_root": str(tmp_path), "out_dir": str(tmp_path / "out")})
+    with pytest.raises(SN7DataError, match="5 bands but the model was trained on 4"):
+        predict.run(cfg)
+    assert not list((tmp_path / "out").rglob("*.tif"))
+
+
+def test_prediction_without_crs_and_all_nodata_month_are_clear_errors(run, tmp_path):
+    src = run["dir"] / "pred" / run["aoi"]
+    for problem in ("crs", "nodata"):
+        d = tmp_path / problem / run["aoi"]
+        shutil.copytree(src, d)
+        p = sorted(d.glob("*.tif"))[1]
+        with rasterio.open(p) as ds:
+            prof, arr = ds.profile, ds.read()
+        prof.update(driver="GTiff")
+        if problem == "crs":
+            del prof["crs"]
+        else:
+            arr[:] = 255
+        p.unlink()
+        with rasterio.open(p, "w", **prof) as ds:
+            ds.write(arr)
+        cfg = VectorizeConfig(pred_dir=str(tmp_path / problem), out_dir=str(tmp_path / f"vec_{problem}"))
+        with pytest.raises(SN7DataError, match="no CRS" if problem == "crs" else "every pixel is nodata") as e:
+            vectorize.run(cfg)
+        assert p.name in str(e.value)
+        assert not (tmp_path / f"vec_{problem}").exists() or not list((tmp_path / f"vec_{problem}").iterdir())
+
+
+def test_exports_read_back_with_crs_and_counts(run):
+    gdf, meta = vectorize.load_vectors(run["dir"] / "vec" / f"{run['aoi']}.parquet")
+    gpkg = run["dir"] / "fp" / f"{run['aoi']}.gpkg"
+    layers = [name for name, _ in pyogrio.list_layers(gpkg)]
+    assert "buildings" in layers and len(layers) == len(meta["months"]) + 1
+    for m in meta["months"]:
+        gj = run["dir"] / "fp" / run["aoi"] / f"{m['stem']}.geojson"
+        back = gpd.read_file(gj)
+        n = int((gdf["stem"] == m["stem"]).sum())
+        assert len(back) == n
+        assert back.crs is not None and back.crs.to_epsg() == 3857
+        assert list(back.columns[:3]) == ["id", "first_seen", "area_m2"]
+        layer = gpd.read_file(gpkg, layer=m["month"].replace("-", "_"))
+        assert len(layer) == n and layer.crs.to_epsg() == 3857
+        if shutil.which("ogrinfo"):
+            info = subprocess.run(["ogrinfo", "-so", "-al", str(gj)], capture_output=True, text=True).stdout
+            assert f"Feature Count: {n}" in info
+    b = gpd.read_file(gpkg, layer="buildings")
+    assert len(b) == gdf["id"].nunique() and set(b.columns) >= {"first_seen", "last_seen", "n_months"}
+    sub = read_table(run["dir"] / "submission.csv")
+    assert set(sub["filename"]) == {m["stem"] for m in meta["months"]}
+
+
+def test_area_is_true_ground_area(run):
+    gdf, _ = vectorize.load_vectors(run["dir"] / "vec" / f"{run['aoi']}.parquet")
+    if len(gdf) == 0:
+        pytest.skip("the briefly trained model found no building to measure")
+    a = export.area_m2(gdf)
+    merc = gdf.area.to_numpy()
+    lat = np.degrees(np.arctan(np.sinh(gdf.geometry.centroid.y.iloc[0] / 6378137.0)))
+    assert a == pytest.approx(merc * np.cos(np.radians(lat)) ** 2, rel=0.02)
+
+
+def test_export_to_wgs84_is_rfc7946(run, tmp_path):
+    cfg = ExportConfig(**{**run["ecfg"].__dict__, "out_dir": str(tmp_path), "crs": "EPSG:4326",
+                          "submission": str(tmp_path / "s.csv")})
+    export.run(cfg)
+    gj = sorted((tmp_path / run["aoi"]).glob("*.geojson"))[0]
+    doc = json.loads(gj.read_text())
+    assert "crs" not in doc  # RFC 7946: WGS84 implied, no crs member
+    assert gpd.read_file(gj).crs.to_epsg() == 4326
+
+
+def test_empty_month_writes_valid_empty_layers(tmp_path):
+    aoi = "L15-0001E-0001N_1_1_13"
+    stems = [f"global_monthly_2020_0{m}_mosaic_{aoi}" for m in (1, 2)]
+    from shapely.geometry import box
+
+    g = gpd.GeoDataFrame({"id": [1], "stem": [stems[0]], "month": ["2020-01"], "first_seen": ["2020-01"],
+                          "last_seen": ["2020-01"], "n_months": [1], "filled": [False], "pix_wkt": [box(0, 0, 5, 5).wkt]},
+                         geometry=[box(0, 0, 20, 20)], crs="EPSG:3857")
+    (tmp_path / "vec").mkdir()
+    g.to_parquet(tmp_path / "vec" / f"{aoi}.parquet")
+    (tmp_path / "vec" / f"{aoi}.json").write_text(json.dumps(
+        {"aoi": aoi, "months": [{"stem": s, "month": f"2020-0{i + 1}"} for i, s in enumerate(stems)]}))
+    export.run(ExportConfig(vec_dir=str(tmp_path / "vec"), out_dir=str(tmp_path / "fp"), submission=str(tmp_path / "s.csv")))
+    empty = gpd.read_file(tmp_path / "fp" / aoi / f"{stems[1]}.geojson")
+    assert len(empty) == 0 and empty.crs.to_epsg() == 3857
+    assert len(gpd.read_file(tmp_path / "fp" / f"{aoi}.gpkg", layer="2020_02")) == 0
+    sub = pd.read_csv(tmp_path / "s.csv")
+    assert (sub["filename"] == stems[1]).sum() == 1 and sub.loc[sub.filename == stems[1], "geometry"].iloc[0] == "POLYGON EMPTY"

@@ -1,0 +1,127 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from spacenet7 import chip, train
+from spacenet7.config import ChipConfig, compose
+from spacenet7.errors import SN7Error
+from spacenet7.models.task import SegmentationTask
+
+
+@pytest.fixture(scope="module")
+def chip_dir(synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train_chips")
+    chip.run(ChipConfig(data_root=str(synth_root), out_dir=str(out), chip_size=128, overlap=0, progress=False, val_frac=0.34))
+    return out
+
+
+def _cfg(chip_dir, run_dir, *extra):
+    return compose("train", ["experiment=demo_cpu", f"chip_dir={chip_dir}", f"run_dir={run_dir}", "logger.wandb=false",
+                             "trainer.enable_progress_bar=false", "max_epochs=1", "batch_size=4", *extra])
+
+
+def test_train_writes_checkpoints_config_and_metrics(chip_dir, tmp_path):
+    out = train.run(_cfg(chip_dir, tmp_path, "trainer.limit_train_batches=3"))
+    assert out["best"].exists() and out["last"].exists()
+    m = json.loads(out["metrics"].read_text())
+    assert 0 <= m["val_iou"] <= 1 and 0 <= m["val_f1"] <= 1 and m["epochs"] == 1
+    assert (tmp_path / "config.yaml").exists()
+    ckpt = torch.load(out["best"], weights_only=False)
+    assert ckpt["hyper_parameters"]["model"]["_target_"] == "segmentation_models_pytorch.create_model"
+    assert ckpt["hyper_parameters"]["chip_meta"]["upscale"] == 1.0
+
+
+def test_unknown_encoder_is_a_clear_error(chip_dir, tmp_path):
+    with pytest.raises(SN7Error, match="model.encoder_name='resnet999' is not a known"):
+        train.run(_cfg(chip_dir, tmp_path, "model.encoder_name=resnet999"))
+
+
+def test_missing_chip_index_is_a_clear_error(tmp_path):
+    with pytest.raises(SN7Error, match="chip index not found"):
+        train.run(_cfg(tmp_path / "nochips", tmp_path / "run"))
+
+
+def test_nan_loss_is_a_clear_error(chip_dir, tmp_path):
+    cfg = _cfg(chip_dir, tmp_path)
+    task = SegmentationTask(cfg.model, cfg.loss, cfg.optimizer)
+    batch = {"image": torch.full((2, 3, 64, 64), float("nan")), "target": torch.zeros(2, 3, 64, 64)}
+    with pytest.raises(SN7Error, match="loss became nan"):
+        task.training_step(batch, 0)
+
+
+def test_loss_ignores_masked_pixels(chip_dir, tmp_path):
+    cfg = _cfg(chip_dir, tmp_path)
+    task = SegmentationTask(cfg.model, cfg.loss, cfg.optimizer)
+    logits = torch.randn(2, 3, 32, 32)
+    target = (torch.rand(2, 3, 32, 32) > 0.5).float()
+    masked = target.clone()
+    masked[:, :, :16] = -1
+    other = masked.clone()
+    garbage = logits.clone()
+    garbage[:, :, :16] = 1e3 * torch.randn(2, 3, 16, 32)
+    assert task.loss_fn(logits, masked).item() == pytest.approx(task.loss_fn(garbage, other).item(), rel=1e-4)
+
+
+def test_resume_after_kill_reaches_the_same_final_epoch(chip_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "spacenet7", "train", "experiment=demo_cpu", f"chip_dir={chip_dir}", f"run_dir={run_dir}",
+            "logger.wandb=false", "trainer.enable_progress_bar=false", "max_epochs=3", "batch_size=2",
+            f"hydra.run.dir={tmp_path / 'hydra'}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 400
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert last.exists(), "no last.ckpt before the deadline"
+    time.sleep(1.0)  # now inside epoch 2
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "metrics.json").exists(), "the run finished before it could be killed"
+    killed_epoch = torch.load(last, weights_only=False)["epoch"]
+    assert killed_epoch < 2
+    r = subprocess.run(args + ["resume=true"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["epochs"] == 3
+    assert torch.load(last, weights_only=False)["epoch"] == 2
+
+
+def test_multirun_over_encoders_runs_two_jobs(chip_dir, tmp_path):
+    args = [sys.executable, "-m", "spacenet7", "train", "-m", "model.encoder_name=resnet18,efficientnet-b0",
+            "experiment=demo_cpu", f"chip_dir={chip_dir}", "logger.wandb=false", "trainer.enable_progress_bar=false",
+            "max_epochs=1", "batch_size=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
+            f"hydra.sweep.dir={tmp_path}"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    metrics = sorted(tmp_path.glob("*/metrics.json"))
+    assert len(metrics) == 2
+    import yaml
+
+    encoders = {yaml.safe_load((m.parent / "config.yaml").read_text())["model"]["encoder_name"] for m in metrics}
+    assert encoders == {"resnet18", "efficientnet-b0"}
+
+
+@pytest.mark.slow
+def test_demo_cpu_learns(tmp_path_factory):
+    """The demo experiment reaches validation footprint IoU >= 0.5 on the synthetic default."""
+    from spacenet7 import synth
+    from spacenet7.config import SynthConfig
+
+    root = tmp_path_factory.mktemp("demo_data")
+    synth.run(SynthConfig(out_dir=str(root)))
+    from spacenet7.data.sn7 import scan
+
+    aois = sorted(scan(root))[:-1]
+    chips = root / "chips"
+    chip.run(compose("chip", [f"data_root={root}", f"out_dir={chips}", f"aois=[{','.join(aois)}]", "overlap=0", "progress=false"]))
+    cfg = compose("train", ["experiment=demo_cpu", f"chip_dir={chips}", f"run_dir={root / 'run'}", "logger.wandb=false",
+                            "trainer.enable_progress_bar=false"])
+    m = json.loads(train.run(cfg)["metrics"].read_text())
+    assert m["val_iou"] >= 0.5, m
