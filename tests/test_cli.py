@@ -58,7 +58,7 @@ def test_console_script_and_module_agree(synth_root, tmp_path):
 
 
 def test_hydra_multirun_runs_each_job(tmp_path):
-    r = _run("-m", "synth", f"out_dir={tmp_path}/s${{seed}}", "n_aois=1", "n_months=1", "size=64", "seed=1,2",
+    r = _run("synth", "-m", f"out_dir={tmp_path}/s${{seed}}", "n_aois=1", "n_months=1", "size=64", "seed=1,2",
              f"hydra.sweep.dir={tmp_path}/multirun")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "s1" / "train").is_dir() and (tmp_path / "s2" / "train").is_dir()
