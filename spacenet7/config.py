@@ -42,7 +42,7 @@ class ChipConfig:
     min_valid_frac: float = 0.5
     month_stride: int = 1
     boundary_width: int = 1
-    contact_width: int = 2
+    contact_width: int = 1
     split: str = "aoi"  # "aoi" (grouped by AOI) or "spatial" (a band of each AOI)
     val_frac: float = 0.25
     seed: int = 0

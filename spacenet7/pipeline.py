@@ -8,6 +8,7 @@ are held out: never chipped or trained on, then predicted and scored.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from spacenet7.config import PipelineConfig, compose
 from spacenet7.data.sn7 import scan
 from spacenet7.errors import SN7Error
+from spacenet7.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 ORDER = ["synth", "chip", "train", "predict", "vectorize", "export", "evaluate"]
@@ -63,6 +65,17 @@ def _value(v) -> str:
     return str(v)
 
 
+def write_manifest(run_dir: Path, data_root: Path, train_aois: list[str], test_aois: list[str],
+                   overrides: dict[str, list[str]]) -> Path:
+    """``<run_dir>/pipeline.json``: where the data is, which AOIs were held out, how each stage was called."""
+    path = run_dir / "pipeline.json"
+    doc = {"data_root": str(Path(data_root).resolve()), "train_aois": train_aois, "test_aois": test_aois,
+           "stages": {k: f"spacenet7 {k} " + " ".join(v) for k, v in overrides.items()}}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2))
+    return path
+
+
 def run(cfg: PipelineConfig) -> dict[str, object]:
     """Run the stages in order; returns each stage's outputs."""
     from spacenet7.cli import run_stage
@@ -88,6 +101,7 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
     train_aois, test_aois = aois[: -cfg.n_test_aois], aois[-cfg.n_test_aois :]
     log.info("pipeline: training AOIs %s; held-out AOIs %s", train_aois, test_aois)
     ovr = stage_overrides(cfg, train_aois, test_aois)
+    write_manifest(Path(cfg.run_dir), root, train_aois, test_aois, ovr)
     for stage in stages:
         print(f"\n=== spacenet7 {stage} {' '.join(ovr[stage])}", flush=True)
         t0 = time.perf_counter()

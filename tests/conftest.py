@@ -39,3 +39,25 @@ def real_sample() -> Path:
     if not (REAL_SAMPLE / "train" / REAL_AOI).is_dir():
         pytest.skip(f"real SN7 sample not found at {REAL_SAMPLE} (it lives in ../shared, absent in a user's clone)")
     return REAL_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A whole pipeline run on a tiny synthetic data set: (run_dir, captured stdout)."""
+    import contextlib
+    import io
+
+    from spacenet7 import pipeline
+    from spacenet7.config import compose
+
+    d = tmp_path_factory.mktemp("tiny_pipeline")
+    cfg = compose("pipeline", [
+        f"run_dir={d / 'run'}", f"data_root={d / 'data'}",
+        "overrides.synth.n_aois=3", "overrides.synth.n_months=4", "overrides.synth.size=128",
+        "overrides.chip.chip_size=128", "overrides.train.max_epochs=1", "overrides.train.logger.wandb=false",
+        "+overrides.train.trainer.enable_progress_bar=false", "overrides.predict.progress=false",
+        "+overrides.predict.tile=128", "+overrides.predict.overlap=32", "overrides.vectorize.threshold=0.3"])
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        pipeline.run(cfg)
+    return d / "run", buf.getvalue()

@@ -8,24 +8,17 @@ import numpy as np
 import pytest
 import rasterio
 
-from spacenet7 import evaluate, export, pipeline, vectorize
-from spacenet7.config import EvaluateConfig, ExportConfig, VectorizeConfig, compose
+from spacenet7 import evaluate, export, vectorize
+from spacenet7.config import EvaluateConfig, ExportConfig, VectorizeConfig
 from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan
 from spacenet7.data.targets import make_targets
 from spacenet7.io.raster import cog_profile
 from spacenet7.metrics.table import read_table
 
 
-def test_pipeline_runs_every_stage_and_holds_out_an_aoi(tmp_path, capsys):
-    cfg = compose("pipeline", [
-        f"run_dir={tmp_path / 'run'}", f"data_root={tmp_path / 'data'}",
-        "overrides.synth.n_aois=3", "overrides.synth.n_months=4", "overrides.synth.size=128",
-        "overrides.chip.chip_size=128", "overrides.train.max_epochs=1", "overrides.train.logger.wandb=false",
-        "+overrides.train.trainer.enable_progress_bar=false", "overrides.predict.progress=false",
-        "+overrides.predict.tile=128", "+overrides.predict.overlap=32", "overrides.vectorize.threshold=0.3"])
-    pipeline.run(cfg)
-    run = tmp_path / "run"
-    aois = sorted(scan(tmp_path / "data"))
+def test_pipeline_runs_every_stage_and_holds_out_an_aoi(tiny_run):
+    run, out = tiny_run
+    aois = sorted(scan(run.parent / "data"))
     test_aoi = aois[-1]
     chips = __import__("pandas").read_parquet(run / "chips" / "index.parquet")
     assert test_aoi not in set(chips["aoi"]), "the held-out AOI was trained on"
@@ -34,8 +27,9 @@ def test_pipeline_runs_every_stage_and_holds_out_an_aoi(tmp_path, capsys):
     assert list(m["per_aoi"]) == [test_aoi]
     assert 0 <= m["scot"] <= 1 and {"tracking", "change", "f1"} <= set(m)
     assert (run / "footprints" / f"{test_aoi}.gpkg").exists()
-    out = capsys.readouterr().out
     assert "overall  SCOT" in out and "GIS files" in out
+    manifest = json.loads((run / "pipeline.json").read_text())
+    assert manifest["test_aois"] == [test_aoi] and "spacenet7 train" in manifest["stages"]["train"]
 
 
 def _oracle_predictions(root, aoi, out):

@@ -9,7 +9,7 @@ CHANNELS = ("footprint", "boundary", "contact")
 _BIG = np.iinfo(np.int32).max
 
 
-def make_targets(instances: np.ndarray, boundary_width: int = 1, contact_width: int = 2) -> np.ndarray:
+def make_targets(instances: np.ndarray, boundary_width: int = 1, contact_width: int = 1) -> np.ndarray:
     """Three binary channels from an instance raster (0 = background, k = building k).
 
     - footprint: any building;

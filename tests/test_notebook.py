@@ -1,0 +1,58 @@
+"""The exploration notebook runs top to bottom on a pipeline run, and is stored without outputs."""
+
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import nbformat
+import pytest
+
+from spacenet7 import viz
+
+NB = Path(__file__).resolve().parents[1] / "notebooks" / "explore_predictions.ipynb"
+
+
+def test_notebook_is_stored_stripped():
+    nb = nbformat.read(NB, 4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, "run `nbstripout notebooks/*.ipynb`"
+
+
+def test_notebook_executes_on_a_pipeline_run(tiny_run, monkeypatch):
+    from nbclient import NotebookClient
+
+    run, _ = tiny_run
+    monkeypatch.setenv("SPACENET7_RUN_DIR", str(run))
+    monkeypatch.setenv("SPACENET7_OFFLINE", "1")
+    nb = nbformat.read(NB, 4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NB.parent)}}).execute()
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 6
+    html = [o for c in nb.cells[-1:] for o in c.outputs if "text/html" in o.get("data", {})]
+    assert html, "the folium map did not render"
+
+
+def test_viz_helpers(tiny_run):
+    run_dir, _ = tiny_run
+    run = viz.load_run(run_dir)
+    aoi = run.test_aois[0]
+    tl = viz.timeline(run, aoi)
+    assert list(tl.columns) == ["month", "truth", "predicted", "truth_new", "predicted_new"]
+    assert tl["truth"].iloc[-1] > 0 and tl["truth_new"].iloc[0] == 0
+    a, month = viz.worst_month(run)
+    scores = viz.month_scores(run)
+    assert scores.loc[(scores.aoi == a) & (scores.month == month), "f1_50"].iloc[0] == scores["f1_50"].min()
+    tp, fp, fn = viz.errors(run, a, month)
+    row = scores[(scores.aoi == a) & (scores.month == month)].iloc[0]
+    assert len(tp) == row["tp50"] and len(fp) == row["n_proposal"] - row["tp50"] and len(fn) == row["n_truth"] - row["tp50"]
+    for fig in (viz.plot_month(run, aoi, -1), viz.plot_timeline(tl), viz.plot_scores(run), viz.plot_errors(run, a, month)):
+        assert fig.axes
+        plt.close(fig)
+    m, static = viz.web_map(run.vectors[aoi], tiles=False)
+    assert static is not None and "first_seen" in m.get_root().render()
+
+
+def test_load_run_needs_a_pipeline_run(tmp_path):
+    with pytest.raises(Exception, match="not a pipeline run"):
+        viz.load_run(tmp_path)
