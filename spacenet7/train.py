@@ -49,6 +49,8 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
     build_net(cfg.model)  # fail fast, with a clear message, on an unknown encoder
     task = SegmentationTask(cfg.model, cfg.loss, cfg.optimizer, cfg.scheduler, chip_meta=meta)
     augment = instantiate(cfg.augment, _convert_="all") if cfg.augment else None
+    if augment is not None and hasattr(augment, "set_random_seed"):
+        augment.set_random_seed(cfg.seed)  # albumentations 2.x has its own RNG, untouched by seed_everything
     dm = ChipDataModule(cfg.chip_dir, index, cfg.batch_size, cfg.num_workers, augment, cfg.seed)
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.monitor, mode="max", save_top_k=1,
                               save_last=True, enable_version_counter=False)
@@ -68,15 +70,17 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     trainer.fit(task, dm, ckpt_path=str(last) if cfg.resume else None)
+    best = Path(best_cb.best_model_path) if best_cb.best_model_path else last
+    epochs, steps = trainer.current_epoch, trainer.global_step
+    scores = trainer.validate(task, dm, ckpt_path=str(best), verbose=False)[0]  # every rank (DDP), rank 0 writes
+    metrics = {k.replace("/", "_"): float(v) for k, v in scores.items()}
+    metrics.update(best_checkpoint=str(best), epochs=epochs, global_step=steps)
+    if trainer.is_global_zero:
+        with atomic_path(run_dir / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2))
     if cfg.logger.wandb:
         import wandb
 
-        wandb.finish(quiet=True)
-    best = Path(best_cb.best_model_path) if best_cb.best_model_path else last
-    scores = trainer.validate(task, dm, ckpt_path=str(best), verbose=False)[0] if trainer.is_global_zero else {}
-    metrics = {k.replace("/", "_"): float(v) for k, v in scores.items()}
-    metrics.update(best_checkpoint=str(best), epochs=trainer.current_epoch, global_step=trainer.global_step)
-    with atomic_path(run_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2))
+        wandb.finish()
     log.info("train: best %s = %.4f (%s)", cfg.monitor, metrics.get(cfg.monitor.replace("/", "_"), float("nan")), best)
     return {"best": best, "last": last, "metrics": run_dir / "metrics.json"}

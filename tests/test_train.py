@@ -27,7 +27,9 @@ def _cfg(chip_dir, run_dir, *extra):
 
 
 def test_train_writes_checkpoints_config_and_metrics(chip_dir, tmp_path):
-    out = train.run(_cfg(chip_dir, tmp_path, "trainer.limit_train_batches=3"))
+    out = train.run(_cfg(chip_dir, tmp_path, "trainer.limit_train_batches=3", "logger.wandb=true"))
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "no offline wandb run"
+    assert (tmp_path / "csv" / "version_0" / "metrics.csv").exists()
     assert out["best"].exists() and out["last"].exists()
     m = json.loads(out["metrics"].read_text())
     assert 0 <= m["val_iou"] <= 1 and 0 <= m["val_f1"] <= 1 and m["epochs"] == 1
@@ -35,6 +37,15 @@ def test_train_writes_checkpoints_config_and_metrics(chip_dir, tmp_path):
     ckpt = torch.load(out["best"], weights_only=False)
     assert ckpt["hyper_parameters"]["model"]["_target_"] == "segmentation_models_pytorch.create_model"
     assert ckpt["hyper_parameters"]["chip_meta"]["upscale"] == 1.0
+
+
+def test_same_seed_gives_the_same_run(chip_dir, tmp_path):
+    extra = ("trainer.limit_train_batches=3", "trainer.limit_val_batches=2")
+    a = json.loads(train.run(_cfg(chip_dir, tmp_path / "a", *extra))["metrics"].read_text())
+    b = json.loads(train.run(_cfg(chip_dir, tmp_path / "b", *extra))["metrics"].read_text())
+    c = json.loads(train.run(_cfg(chip_dir, tmp_path / "c", *extra, "seed=1"))["metrics"].read_text())
+    assert a["val_loss"] == b["val_loss"] and a["val_iou"] == b["val_iou"]
+    assert c["val_loss"] != a["val_loss"]
 
 
 def test_unknown_encoder_is_a_clear_error(chip_dir, tmp_path):
