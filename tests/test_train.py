@@ -136,3 +136,30 @@ def test_demo_cpu_learns(tmp_path_factory):
                             "trainer.enable_progress_bar=false"])
     m = json.loads(train.run(cfg)["metrics"].read_text())
     assert m["val_iou"] >= 0.5, m
+
+
+@pytest.mark.parametrize("loss", ["bce_dice", "bce_jaccard", "focal_dice"])
+def test_every_loss_config_trains_a_step(loss, tmp_path):
+    cfg = compose("train", [f"loss={loss}", "experiment=demo_cpu", f"run_dir={tmp_path}"])
+    task = SegmentationTask(cfg.model, cfg.loss, cfg.optimizer)
+    target = (torch.rand(2, 3, 64, 64) > 0.7).float()
+    target[:, :, :8] = -1
+    loss_value = task.training_step({"image": torch.rand(2, 3, 64, 64), "target": target}, 0)
+    loss_value.backward()
+    assert torch.isfinite(loss_value) and loss_value > 0
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "tu-resnet18", "efficientnet-b0"])
+def test_smp_and_timm_encoders_build_from_config(encoder, tmp_path):
+    from spacenet7.models.task import build_net
+
+    cfg = compose("train", [f"model.encoder_name={encoder}", f"run_dir={tmp_path}"])
+    assert cfg.model["encoder_weights"] is None
+    net = build_net(cfg.model)
+    assert net(torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_dataset_group_sets_the_data_root():
+    assert compose("chip", ["dataset=real_sample"]).data_root.endswith("shared/data/sn7_real_sample")
+    assert compose("chip", []).data_root == "data/synthetic"
+    assert compose("chip", ["dataset=real_sample", "data_root=/x"]).data_root == "/x"
