@@ -56,7 +56,7 @@ class TrainerConfig:
     devices: Any = 1
     strategy: str = "auto"
     num_nodes: int = 1
-    precision: str = "32-true"
+    precision: str = "auto"  # auto = bf16-mixed on GPUs and bf16-capable CPUs, else 32-true
     log_every_n_steps: int = 10
     gradient_clip_val: Optional[float] = None
     limit_train_batches: Optional[float] = None
@@ -91,6 +91,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     threads: int = 0  # torch CPU threads; 0 = library default
+    cache_chips: bool = False  # hold every chip in memory (small data sets only)
 
 
 @dataclass
@@ -106,6 +107,7 @@ class PredictConfig:
     block: int = 1024  # output block size; bounds memory on huge mosaics
     batch_size: int = 8
     tta: bool = False
+    amp: bool = True  # bf16/fp16 autocast where the hardware runs it natively
     fusion: bool = True
     fusion_weight: float = 0.35
     grid: str = "source"  # "source" or "upscaled"
@@ -122,7 +124,8 @@ class TrackConfig:
     max_gap: int = 6  # months a track may go unseen and still be matched
     fill_gaps: bool = True
     absent_prob: float = 0.15  # mean footprint probability below which a valid area counts as clearly empty
-    min_persist: int = 2  # months a new building must be seen to count
+    min_persist: int = 3  # months a new building must be seen to count
+    max_new_overlap: float = 0.5  # drop a new track whose first footprint lies this much (fraction of its area) on earlier ones
     never_demolished: bool = False
 
 
@@ -132,7 +135,7 @@ class VectorizeConfig:
     out_dir: str = "runs/demo/vectors"
     aois: Optional[List[str]] = None
     threshold: float = 0.5
-    seed_threshold: float = 0.5
+    seed_threshold: float = 0.3
     min_seed_px: int = 2
     min_area_px: float = 4.0
     simplify_px: float = 0.0

@@ -27,6 +27,7 @@ from spacenet7.data.sn7 import MonthRecord, parse_stem, read_image, scan
 from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.raster import cog_profile, iter_windows, open_raster, to_cog
+from spacenet7.models.precision import autocast_dtype
 from spacenet7.models.task import build_net
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,10 @@ class LoadedModel:
     upscale: float
     source_bands: int
     device: torch.device
+    amp_dtype: torch.dtype | None = None
 
 
-def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: str = "auto") -> LoadedModel:
+def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: str = "auto", amp: bool = False) -> LoadedModel:
     """Rebuild the trained network from a spacenet7 checkpoint.
 
     Args:
@@ -76,7 +78,8 @@ def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: st
                                  f"(checkpoint was trained as {hp['model'].get('arch')}/{hp['model'].get('encoder_name')}): {first}") from None
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     meta = hp.get("chip_meta") or {}
-    return LoadedModel(net.eval().to(dev), float(meta.get("upscale", 1.0)), int(meta.get("source_bands", 4)), dev)
+    return LoadedModel(net.eval().to(dev), float(meta.get("upscale", 1.0)), int(meta.get("source_bands", 4)), dev,
+                       autocast_dtype(dev, amp))
 
 
 def window_weights(tile: int) -> np.ndarray:
@@ -114,7 +117,8 @@ def _predict_batch(model: LoadedModel, batch: torch.Tensor, tta: bool) -> torch.
     out = 0
     for dims in flips:
         xb = batch.flip(dims) if dims else batch
-        p = model.net(xb).sigmoid()
+        with torch.autocast(model.device.type, dtype=model.amp_dtype or torch.float32, enabled=model.amp_dtype is not None):
+            p = model.net(xb).float().sigmoid()
         out = out + (p.flip(dims) if dims else p)
     return (out / len(flips)).float().cpu()
 
@@ -140,7 +144,7 @@ def run(cfg: PredictConfig) -> list[Path]:
         raise SN7Error(f"predict: overlap {cfg.overlap} must be smaller than tile {cfg.tile}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model = load_model(cfg.checkpoint, cfg.model, cfg.device)
+    model = load_model(cfg.checkpoint, cfg.model, cfg.device, cfg.amp)
     records = _records(cfg)
     written = []
     for aoi, recs in records.items():

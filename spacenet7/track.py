@@ -7,7 +7,9 @@ start new tracks. Afterwards:
 - gap filling: a building seen in months i and k is kept in between, unless the imagery of
   that month clearly shows it absent (valid pixels, low footprint probability);
 - false-new suppression: a track must be seen in ``min_persist`` months (or every remaining
-  month, near the end of the series) to count;
+  month, near the end of the series) to count, and a track that first appears after the first
+  month mostly on top of footprints seen earlier (``max_new_overlap``) is a re-segmentation of
+  existing buildings, not construction, and is dropped;
 - never-demolished (optional): a building is carried to the last month once seen.
 """
 
@@ -17,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+import shapely
 
 from spacenet7.config import TrackConfig
 from spacenet7.metrics.matching import match
@@ -83,5 +86,28 @@ def track(months: list[np.ndarray], cfg: TrackConfig, absent: AbsentFn | None = 
     stats = rows.groupby("id")["t"].agg(first_seen="min", last_seen="max", n_months="nunique")
     need = np.minimum(cfg.min_persist, n - stats["first_seen"])
     keep = stats.index[stats["n_months"] >= need]
+    if cfg.max_new_overlap < 1.0:
+        keep = keep.difference(_resegmentations(rows[rows["id"].isin(keep)], cfg.max_new_overlap))
     rows = rows[rows["id"].isin(keep)].join(stats, on="id")
     return rows.sort_values(["t", "id"]).reset_index(drop=True)
+
+
+def _resegmentations(rows: pd.DataFrame, max_overlap: float) -> pd.Index:
+    """Ids of tracks born after month 0 whose first footprint mostly covers earlier footprints."""
+    firsts = rows.sort_values("t").groupby("id", sort=False).head(1)
+    born_late = firsts[firsts["t"] > 0]
+    if born_late.empty:
+        return pd.Index([])
+    earlier = rows.drop_duplicates("id")  # one footprint per track is enough: tracks barely move
+    geoms = earlier["geometry"].to_numpy()
+    first_t = earlier["id"].map(firsts.set_index("id")["t"]).to_numpy()
+    tree = shapely.STRtree(geoms)
+    cand = born_late["geometry"].to_numpy()
+    qi, gi = tree.query(cand, predicate="intersects")
+    born_t = born_late["t"].to_numpy()
+    ok = first_t[gi] < born_t[qi]
+    qi, gi = qi[ok], gi[ok]
+    cover = np.zeros(len(cand))
+    np.add.at(cover, qi, shapely.area(shapely.intersection(cand[qi], geoms[gi])))
+    frac = cover / np.maximum(shapely.area(cand), 1e-9)
+    return pd.Index(born_late["id"].to_numpy()[frac > max_overlap])

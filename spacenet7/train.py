@@ -25,6 +25,7 @@ from spacenet7.config import TrainConfig
 from spacenet7.data.dataset import ChipDataModule
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path
+from spacenet7.models.precision import resolve_precision
 from spacenet7.models.task import SegmentationTask, build_net
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
     augment = instantiate(cfg.augment, _convert_="all") if cfg.augment else None
     if augment is not None and hasattr(augment, "set_random_seed"):
         augment.set_random_seed(cfg.seed)  # albumentations 2.x has its own RNG, untouched by seed_everything
-    dm = ChipDataModule(cfg.chip_dir, index, cfg.batch_size, cfg.num_workers, augment, cfg.seed)
+    dm = ChipDataModule(cfg.chip_dir, index, cfg.batch_size, cfg.num_workers, augment, cfg.seed, cfg.cache_chips)
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.monitor, mode="max", save_top_k=1,
                               save_last=True, enable_version_counter=False)
     callbacks = [best_cb]
@@ -64,7 +65,9 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
         os.environ.setdefault("WANDB_SILENT", "true")
         loggers.append(WandbLogger(project=cfg.logger.project, save_dir=str(run_dir), mode=cfg.logger.wandb_mode,
                                    config=asdict(cfg)))
-    trainer = L.Trainer(**{k: v for k, v in asdict(cfg.trainer).items() if v is not None},
+    trainer_kw = {k: v for k, v in asdict(cfg.trainer).items() if v is not None}
+    trainer_kw["precision"] = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    trainer = L.Trainer(**trainer_kw,
                         max_epochs=cfg.max_epochs, callbacks=callbacks, logger=loggers or False,
                         default_root_dir=run_dir, deterministic="warn", num_sanity_val_steps=0)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -108,3 +108,15 @@ def test_greedy_and_hungarian_agree_on_clean_input():
     g = assign_ids(months, TrackConfig(method="greedy"))
     assert all(np.array_equal(a, b) for a, b in zip(h, g))
     assert all(np.array_equal(h[0], x) for x in h)
+
+
+def test_resegmented_existing_building_is_not_new():
+    big = box(0, 0, 20, 10)
+    left, right = box(0, 0, 10, 10), box(10, 0, 20, 10)  # the same building split in two from month 2 on
+    real_new = box(100, 100, 108, 108)
+    months = [_month([big]), _month([big]), _month([left, right, real_new]), _month([left, right, real_new])]
+    loose = track(months, TrackConfig(min_persist=2, max_new_overlap=1.0))
+    strict = track(months, TrackConfig(min_persist=2, max_new_overlap=0.5))
+    assert loose[loose.first_seen == 2]["id"].nunique() == 2  # one half is new, and the real newcomer
+    born = strict[strict.first_seen == 2]
+    assert born["id"].nunique() == 1 and born.geometry.iloc[0].equals(real_new)

@@ -22,17 +22,26 @@ class ChipDataset(Dataset):
     albumentations pipeline) see the image and all masks together, so geometry stays aligned.
     """
 
-    def __init__(self, chip_dir: str | Path, index: pd.DataFrame, augment: Any = None) -> None:
+    def __init__(self, chip_dir: str | Path, index: pd.DataFrame, augment: Any = None, cache: bool = False) -> None:
         self.chip_dir = Path(chip_dir)
         self.paths = index["path"].tolist()
         self.augment = augment
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+
+    def _read(self, i: int) -> np.ndarray:
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        with rasterio.open(self.chip_dir / self.paths[i]) as ds:
+            arr = ds.read()
+        if self._cache is not None:
+            self._cache[i] = arr
+        return arr
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        with rasterio.open(self.chip_dir / self.paths[i]) as ds:
-            arr = ds.read()
+        arr = self._read(i)
         image = np.moveaxis(arr[:3], 0, -1)
         masks = np.moveaxis(arr[3:], 0, -1)
         if self.augment is not None:
@@ -50,13 +59,18 @@ class ChipDataModule(L.LightningDataModule):
     """Train/val loaders from the chip index (``split`` column)."""
 
     def __init__(self, chip_dir: str | Path, index: pd.DataFrame, batch_size: int, num_workers: int = 0,
-                 augment: Any = None, seed: int = 0) -> None:
+                 augment: Any = None, seed: int = 0, cache: bool = False) -> None:
         super().__init__()
         self.chip_dir, self.index = Path(chip_dir), index
         self.batch_size, self.num_workers, self.augment, self.seed = batch_size, num_workers, augment, seed
+        self.cache = cache
+        self._datasets: dict[str, ChipDataset] = {}
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        ds = ChipDataset(self.chip_dir, self.index[self.index["split"] == split], self.augment if train else None)
+        if split not in self._datasets:
+            self._datasets[split] = ChipDataset(self.chip_dir, self.index[self.index["split"] == split],
+                                                self.augment if train else None, self.cache)
+        ds = self._datasets[split]
         gen = torch.Generator().manual_seed(self.seed)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
                           drop_last=train and len(ds) > self.batch_size, generator=gen,
