@@ -10,13 +10,16 @@ from shapely.geometry import box
 AOI = "L15-0001E-0001N_1_1_13"
 
 
-def months_of_buildings(n_months: int = 24, n: int = 5000, seed: int = 0) -> list[np.ndarray]:
+def months_of_buildings(n_months: int = 24, n: int = 5000, seed: int = 0, jitter_seed: int | None = None) -> list[np.ndarray]:
+    """Buildings on a grid, 30% born after the first month, each month jittered by ~0.5 px."""
     rng = np.random.default_rng(seed)
     side = int(np.sqrt(n)) + 1
     xy = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)[:n] * 14.0
     wh = rng.uniform(4, 10, (n, 2))
     born = np.where(rng.random(n) < 0.7, 0, rng.integers(1, n_months, n))
     out = []
+    if jitter_seed is not None:
+        rng = np.random.default_rng(jitter_seed)
     for t in range(n_months):
         j = rng.normal(0, 0.5, (n, 2))
         live = born <= t

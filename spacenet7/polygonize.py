@@ -57,13 +57,7 @@ def polygons(labels: np.ndarray, *, min_area: float = 0.0, simplify: float = 0.0
     """
     if not labels.any():
         return np.empty(0, dtype=object)
-    geoms, values = [], []
-    for geom, value in features.shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4):
-        geoms.append(geom)
-        values.append(value)
-    polys = shapely.from_geojson([_as_geojson(g) for g in geoms]) if len(geoms) > 64 else np.array(
-        [shapely.geometry.shape(g) for g in geoms], dtype=object)
-    values = np.asarray(values, dtype=np.int64)
+    polys, values = _shapes(labels)
     area = shapely.area(polys)
     order = np.lexsort((-area, values))  # by label, largest part first
     first = np.ones(len(order), bool)
@@ -75,7 +69,18 @@ def polygons(labels: np.ndarray, *, min_area: float = 0.0, simplify: float = 0.0
     return polys[area >= min_area] if min_area > 0 else polys
 
 
-def _as_geojson(g: dict) -> str:
-    import json
-
-    return json.dumps(g)
+def _shapes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``rasterio.features.shapes`` -> shapely polygons, built in one vectorized call when hole-free."""
+    coords, counts, values, holed = [], [], [], {}
+    for k, (geom, value) in enumerate(features.shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4)):
+        rings = geom["coordinates"]
+        coords.extend(rings[0])
+        counts.append(len(rings[0]))
+        values.append(value)
+        if len(rings) > 1:
+            holed[k] = rings
+    shells = shapely.linearrings(np.asarray(coords, dtype=float), indices=np.repeat(np.arange(len(counts)), counts))
+    polys = shapely.polygons(shells)
+    for k, rings in holed.items():
+        polys[k] = shapely.Polygon(rings[0], rings[1:])
+    return polys, np.asarray(values, dtype=np.int64)

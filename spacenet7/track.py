@@ -71,16 +71,17 @@ def track(months: list[np.ndarray], cfg: TrackConfig, absent: AbsentFn | None = 
         "geometry": np.concatenate([np.asarray(g, dtype=object) for g in months]) if n else np.zeros(0, object),
     })
     rows["filled"] = False
+    rows = rows.sort_values(["id", "t"], kind="stable").reset_index(drop=True)
+    ids_, ts, geoms = rows["id"].to_numpy(), rows["t"].to_numpy(), rows["geometry"].to_numpy()
+    same = ids_[1:] == ids_[:-1]
     extra = []
-    for tid, g in rows.groupby("id", sort=False):
-        ts, geoms = g["t"].to_numpy(), g["geometry"].to_numpy()
-        if cfg.fill_gaps:
-            for a in range(len(ts) - 1):
-                for t in range(ts[a] + 1, ts[a + 1]):
-                    if absent is None or not absent(t, geoms[a]):
-                        extra.append((t, tid, geoms[a], True))
-        if cfg.never_demolished:
-            extra += [(t, tid, geoms[-1], True) for t in range(ts[-1] + 1, n)]
+    if cfg.fill_gaps:
+        for k in np.flatnonzero(same & (ts[1:] - ts[:-1] > 1)):  # only the gaps, not every track
+            extra += [(t, ids_[k], geoms[k], True) for t in range(ts[k] + 1, ts[k + 1])
+                      if absent is None or not absent(t, geoms[k])]
+    if cfg.never_demolished:
+        for k in np.flatnonzero(np.append(~same, True)):  # the last row of each track
+            extra += [(t, ids_[k], geoms[k], True) for t in range(ts[k] + 1, n)]
     if extra:
         rows = pd.concat([rows, pd.DataFrame(extra, columns=["t", "id", "geometry", "filled"])], ignore_index=True)
     stats = rows.groupby("id")["t"].agg(first_seen="min", last_seen="max", n_months="nunique")

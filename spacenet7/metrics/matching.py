@@ -8,6 +8,7 @@ of matches first, then maximum summed IoU).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,17 @@ class Matches:
         return len(self.a)
 
 
+def intersection_area(a: np.ndarray, b: np.ndarray, threads: int = 2, min_chunk: int = 2000) -> np.ndarray:
+    """Element-wise intersection areas; large batches run on ``threads`` threads (GEOS releases the GIL)."""
+    if len(a) < 2 * min_chunk or threads < 2:
+        return shapely.area(shapely.intersection(a, b))
+    bounds = np.linspace(0, len(a), threads + 1).astype(int)
+    with ThreadPoolExecutor(threads) as pool:
+        parts = pool.map(lambda k: shapely.area(shapely.intersection(a[bounds[k]:bounds[k + 1]], b[bounds[k]:bounds[k + 1]])),
+                         range(threads))
+        return np.concatenate(list(parts))
+
+
 def pairwise_iou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IoU of every intersecting pair (STRtree candidates): returns (ia, ib, iou)."""
     if len(a) == 0 or len(b) == 0:
@@ -38,7 +50,7 @@ def pairwise_iou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
         return e, e, np.zeros(0)
     tree = shapely.STRtree(b)
     ia, ib = tree.query(a, predicate="intersects")
-    inter = shapely.area(shapely.intersection(a[ia], b[ib]))
+    inter = intersection_area(a[ia], b[ib])
     union = shapely.area(a)[ia] + shapely.area(b)[ib] - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, inter / union, 0.0)
@@ -58,9 +70,14 @@ def match(a: np.ndarray, b: np.ndarray, threshold: float = 0.25, *, inclusive: b
     """
     a = np.asarray(a, dtype=object)
     b = np.asarray(b, dtype=object)
-    ia, ib, iou = pairwise_iou(a, b)
+    return match_above(*pairwise_iou(a, b), len(a), len(b), threshold, inclusive=inclusive, method=method)
+
+
+def match_above(ia: np.ndarray, ib: np.ndarray, iou: np.ndarray, na: int, nb: int, threshold: float, *,
+                inclusive: bool = False, method: str = "hungarian") -> Matches:
+    """:func:`match` on precomputed candidate pairs (reuse one :func:`pairwise_iou` for several thresholds)."""
     keep = iou >= threshold if inclusive else iou > threshold
-    return match_pairs(ia[keep], ib[keep], iou[keep], len(a), len(b), method)
+    return match_pairs(ia[keep], ib[keep], iou[keep], na, nb, method)
 
 
 def match_pairs(ia: np.ndarray, ib: np.ndarray, iou: np.ndarray, na: int, nb: int, method: str = "hungarian") -> Matches:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from spacenet7.metrics.matching import match
+from spacenet7.metrics.matching import match_above, pairwise_iou
 
 
 def f_score(tp: float, fp: float, fn: float) -> float:
@@ -77,7 +77,7 @@ def _prf(tp: int, n_truth: int, n_prop: int) -> tuple[float, float, float]:
 def score_aoi(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshold: float = 0.25,
               beta: float = 2.0) -> AOIScore:
     """Score one AOI. Both frames have ``month``, ``id``, ``geometry`` (pixel coordinates)."""
-    months = sorted(set(truth["month"]) | set(proposal["month"]))
+    months = sorted(set(truth["month"].unique()) | set(proposal["month"].unique()))
     t_groups = {m: g for m, g in truth.groupby("month")}
     p_groups = {m: g for m, g in proposal.groupby("month")}
     empty = truth.iloc[:0]
@@ -92,7 +92,8 @@ def score_aoi(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshol
         p = p_groups.get(month, empty)
         tg, pg = t["geometry"].values, p["geometry"].values
         tid, pid = t["id"].values.tolist(), p["id"].values.tolist()
-        m = match(tg, pg, threshold)
+        pairs = pairwise_iou(tg, pg)
+        m = match_above(*pairs, len(tg), len(pg), threshold)
         mt = [tid[k] for k in m.a]
         mp = [pid[k] for k in m.b]
         bad = 0
@@ -123,7 +124,7 @@ def score_aoi(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshol
             cfn += len(t_new - set(mt))
         t_seen.update(tid)
         p_seen.update(pid)
-        m50 = match(tg, pg, 0.5, inclusive=True)
+        m50 = match_above(*pairs, len(tg), len(pg), 0.5, inclusive=True)
         month_scores.append(MonthScore(aoi, month, len(tid), len(pid), n, *_prf(n, len(tid), len(pid)),
                                        len(m50), *_prf(len(m50), len(tid), len(pid))))
     tracking = f_score(tp, fp, fn)
