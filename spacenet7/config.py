@@ -125,6 +125,7 @@ class TrackConfig:
     fill_gaps: bool = True
     absent_prob: float = 0.15  # mean footprint probability below which a valid area counts as clearly empty
     min_persist: int = 3  # months a new building must be seen to count
+    birth_prob: float = 0.0  # a new track starts in the first month its mean footprint probability reaches this (0 = off)
     max_new_overlap: float = 0.5  # drop a new track whose first footprint lies this much (fraction of its area) on earlier ones
     never_demolished: bool = False
 

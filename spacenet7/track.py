@@ -10,6 +10,9 @@ start new tracks. Afterwards:
   month, near the end of the series) to count, and a track that first appears after the first
   month mostly on top of footprints seen earlier (``max_new_overlap``) is a re-segmentation of
   existing buildings, not construction, and is dropped;
+- birth confirmation (``birth_prob``): a track born after the first month starts in the first
+  month whose footprint probability reaches ``birth_prob``; weaker leading months (a
+  construction pad, a shadow) are dropped, so the building is new when its roof is;
 - never-demolished (optional): a building is carried to the last month once seen.
 """
 
@@ -25,6 +28,7 @@ from spacenet7.config import TrackConfig
 from spacenet7.metrics.matching import match
 
 AbsentFn = Callable[[int, object], bool]
+ConfidenceFn = Callable[[int, object], float]
 
 
 def assign_ids(months: list[np.ndarray], cfg: TrackConfig) -> list[np.ndarray]:
@@ -50,7 +54,8 @@ def assign_ids(months: list[np.ndarray], cfg: TrackConfig) -> list[np.ndarray]:
     return out
 
 
-def track(months: list[np.ndarray], cfg: TrackConfig, absent: AbsentFn | None = None) -> pd.DataFrame:
+def track(months: list[np.ndarray], cfg: TrackConfig, absent: AbsentFn | None = None,
+          confidence: ConfidenceFn | None = None) -> pd.DataFrame:
     """Track footprints and post-process the tracks.
 
     Args:
@@ -70,6 +75,8 @@ def track(months: list[np.ndarray], cfg: TrackConfig, absent: AbsentFn | None = 
         "id": np.concatenate(ids) if n else np.zeros(0, int),
         "geometry": np.concatenate([np.asarray(g, dtype=object) for g in months]) if n else np.zeros(0, object),
     })
+    if cfg.birth_prob > 0 and confidence is not None:
+        rows = _confirm_births(rows, cfg.birth_prob, confidence)
     rows["filled"] = False
     rows = rows.sort_values(["id", "t"], kind="stable").reset_index(drop=True)
     ids_, ts, geoms = rows["id"].to_numpy(), rows["t"].to_numpy(), rows["geometry"].to_numpy()
@@ -112,3 +119,23 @@ def _resegmentations(rows: pd.DataFrame, max_overlap: float) -> pd.Index:
     np.add.at(cover, qi, shapely.area(shapely.intersection(cand[qi], geoms[gi])))
     frac = cover / np.maximum(shapely.area(cand), 1e-9)
     return pd.Index(born_late["id"].to_numpy()[frac > max_overlap])
+
+
+def _confirm_births(rows: pd.DataFrame, birth_prob: float, confidence: ConfidenceFn) -> pd.DataFrame:
+    """Drop the leading months of late-born tracks until their footprint probability reaches ``birth_prob``."""
+    rows = rows.sort_values(["id", "t"], kind="stable").reset_index(drop=True)
+    first_t = rows.groupby("id")["t"].transform("min").to_numpy()
+    drop = np.zeros(len(rows), bool)
+    ids_, ts, geoms = rows["id"].to_numpy(), rows["t"].to_numpy(), rows["geometry"].to_numpy()
+    k = 0
+    while k < len(rows):
+        end = k
+        while end < len(rows) and ids_[end] == ids_[k]:
+            end += 1
+        if first_t[k] > 0:
+            j = k
+            while j < end and confidence(ts[j], geoms[j]) < birth_prob:
+                j += 1
+            drop[k:j] = True
+        k = end
+    return rows[~drop].reset_index(drop=True)

@@ -72,7 +72,10 @@ def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
         months.append(pix)
         info = parse_stem(f.name)
         preds.append(MonthPrediction(f.stem, info.month_key, prob[0], valid, up))
-    rows = track(months, cfg.track, absent=_absent_fn(preds, cfg.track.absent_prob))
+    evidence = _evidence_fn(preds)
+    rows = track(months, cfg.track,
+                 absent=lambda t, g: (e := evidence(t, g))[0] >= 0.5 and e[1] < cfg.track.absent_prob,
+                 confidence=lambda t, g: evidence(t, g)[1])
     stems = [p.stem for p in preds]
     keys = [p.month for p in preds]
     gdf = gpd.GeoDataFrame({
@@ -96,24 +99,24 @@ def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
     return out
 
 
-def _absent_fn(preds: list[MonthPrediction], absent_prob: float):
-    """``absent(t, geom)``: mostly valid pixels and mean footprint probability below ``absent_prob``."""
+def _evidence_fn(preds: list[MonthPrediction]):
+    """``evidence(t, geom)`` -> (fraction of valid pixels, mean footprint probability over them) in month ``t``."""
 
-    def absent(t: int, geom) -> bool:
+    def evidence(t: int, geom) -> tuple[float, float]:
         p = preds[t]
         g = shapely.affinity.scale(geom, p.upscale, p.upscale, origin=(0, 0)) if p.upscale != 1 else geom
         x0, y0, x1, y1 = (int(np.floor(v)) for v in g.bounds)
         h, w = p.valid.shape
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1 + 1, w), min(y1 + 1, h)
         if x1 <= x0 or y1 <= y0:
-            return False
+            return 0.0, 0.0
         inside = features.rasterize([g], out_shape=(y1 - y0, x1 - x0), transform=Affine.translation(x0, y0)) > 0
         ok = inside & p.valid[y0:y1, x0:x1]
-        if ok.sum() < 0.5 * max(inside.sum(), 1):
-            return False  # mostly cloud: not clearly visible
-        return float(p.footprint[y0:y1, x0:x1][ok].mean()) < absent_prob
+        if not ok.any():
+            return 0.0, 0.0
+        return float(ok.sum() / max(inside.sum(), 1)), float(p.footprint[y0:y1, x0:x1][ok].mean())
 
-    return absent
+    return evidence
 
 
 def load_vectors(path: str | Path) -> tuple[gpd.GeoDataFrame, dict]:

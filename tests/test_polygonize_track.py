@@ -120,3 +120,19 @@ def test_resegmented_existing_building_is_not_new():
     assert loose[loose.first_seen == 2]["id"].nunique() == 2  # one half is new, and the real newcomer
     born = strict[strict.first_seen == 2]
     assert born["id"].nunique() == 1 and born.geometry.iloc[0].equals(real_new)
+
+
+def test_birth_is_confirmed_when_the_roof_is_confident():
+    old, pad = box(0, 0, 10, 10), box(30, 0, 38, 8)
+    months = [_month([old]), _month([old, pad]), _month([old, pad]), _month([old, pad]), _month([old, pad])]
+    prob = {1: 0.4, 2: 0.45, 3: 0.9, 4: 0.9}  # a pad in months 1-2, the roof from month 3
+
+    def confidence(t, g):
+        return prob[t] if g.equals(pad) else 0.95
+
+    rows = track(months, TrackConfig(min_persist=1, birth_prob=0.6), confidence=confidence)
+    new = rows[rows.first_seen > 0]
+    assert new["id"].nunique() == 1 and new["first_seen"].iloc[0] == 3
+    unconfirmed = track(months, TrackConfig(min_persist=1), confidence=confidence)
+    assert unconfirmed[unconfirmed.first_seen > 0]["first_seen"].iloc[0] == 1
+    assert rows[rows.first_seen == 0]["t"].tolist() == [0, 1, 2, 3, 4]  # existing buildings untouched
