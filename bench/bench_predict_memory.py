@@ -7,7 +7,6 @@ checkpoint, runs `predict` in a child process and prints its peak RSS next to th
 mosaic held in memory (the naive approach), so the ratio shows the bound.
 """
 
-import resource
 import subprocess
 import sys
 import tempfile
@@ -42,18 +41,26 @@ def make_inputs(d: Path, size: int) -> tuple[Path, Path]:
     return d, ckpt
 
 
-def main() -> None:
-    size = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+def peak_rss_mb(size: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         root, ckpt = make_inputs(Path(tmp), size)
-        cmd = [sys.executable, "-m", "spacenet7", "predict", f"checkpoint={ckpt}", f"data_root={root}",
-               f"out_dir={root / 'pred'}", "fusion=false", "tile=512", "overlap=64", "block=2048", "progress=false",
-               f"hydra.run.dir={root / 'hydra'}"]
-        subprocess.run(cmd, check=True)
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        naive_mb = size * size * (4 + 3 * 4) / 2**20  # uint8 mosaic + float32 probabilities, all in memory
-        print(f"predict {size}x{size}: peak RSS {peak_mb:.0f} MB (target <= 2048 MB); "
-              f"whole-mosaic-in-memory would need >= {naive_mb:.0f} MB ({naive_mb / peak_mb:.1f}x)")
+        cmd = [sys.executable, "-c", "import resource, sys; from spacenet7.cli import main; "
+               "sys.argv = sys.argv[1:]; "
+               "import atexit; atexit.register(lambda: print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))"
+               "; main()", "spacenet7", "predict", f"checkpoint={ckpt}", f"data_root={root}", f"out_dir={root / 'pred'}",
+               "fusion=false", "progress=false", f"hydra.run.dir={root / 'hydra'}"]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        return int(out.split("PEAK_RSS_KB")[-1].split()[0]) / 1024
+
+
+def main() -> None:
+    size = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    small = peak_rss_mb(1000)
+    big = peak_rss_mb(size)
+    naive_mb = size * size * (4 + 3 * 4 + 3 * 4) / 2**20  # uint8 mosaic + float32 input + float32 probabilities
+    print(f"predict peak RSS (default tile/overlap/block, GDAL cache 256 MB): 1000x1000 {small:.0f} MB, "
+          f"{size}x{size} {big:.0f} MB (target <= 2048 MB); ratio {big / small:.2f}x for {(size / 1000) ** 2:.0f}x the pixels; "
+          f"holding the mosaic in memory would need >= {naive_mb:.0f} MB")
 
 
 if __name__ == "__main__":

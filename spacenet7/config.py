@@ -105,6 +105,7 @@ class PredictConfig:
     tile: int = 256
     overlap: int = 64
     block: int = 1024  # output block size; bounds memory on huge mosaics
+    gdal_cache_mb: int = 256  # GDAL block cache (its default is 5% of RAM)
     batch_size: int = 8
     tta: bool = False
     amp: bool = True  # bf16/fp16 autocast where the hardware runs it natively

@@ -146,6 +146,13 @@ def run(cfg: PredictConfig) -> list[Path]:
         torch.set_num_threads(cfg.threads)
     model = load_model(cfg.checkpoint, cfg.model, cfg.device, cfg.amp)
     records = _records(cfg)
+    with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * 2**20):
+        written = _predict_all(model, records, cfg)
+    log.info("predict: wrote %d probability rasters under %s", len(written), cfg.out_dir)
+    return written
+
+
+def _predict_all(model: LoadedModel, records: dict[str, list[MonthRecord]], cfg: PredictConfig) -> list[Path]:
     written = []
     for aoi, recs in records.items():
         raw_dir = Path(cfg.out_dir) / aoi / ".raw"
@@ -159,7 +166,6 @@ def run(cfg: PredictConfig) -> list[Path]:
                 to_cog(src, dst)
         shutil.rmtree(raw_dir, ignore_errors=True)
         written += finals
-    log.info("predict: wrote %d probability rasters under %s", len(written), cfg.out_dir)
     return written
 
 
