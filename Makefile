@@ -34,7 +34,7 @@ test-slow: $(STAMP)
 
 notebook: $(STAMP)
 	$(BIN)/pip install --quiet jupyterlab
-	RUN_DIR=$(RUN_DIR) $(BIN)/jupyter lab notebooks/explore_predictions.ipynb
+	SPACENET7_RUN_DIR=$(abspath $(RUN_DIR)) $(BIN)/jupyter lab notebooks/explore_predictions.ipynb
 
 bench: $(STAMP)
 	for f in bench/bench_*.py; do $(BIN)/python $$f || exit 1; done

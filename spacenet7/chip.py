@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import rasterio
-from rasterio.windows import Window
 from tqdm import tqdm
 
 from spacenet7.config import ChipConfig
@@ -129,8 +128,3 @@ def _write_chip(path: Path, array: np.ndarray, transform, crs) -> None:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(array)
             dst.descriptions = BANDS
-
-
-def chip_window(row: pd.Series) -> Window:
-    """The chip's window on the (upscaled) grid it was cut from."""
-    return Window(row["col_off"], row["row_off"], row["width"], row["height"])

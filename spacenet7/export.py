@@ -36,6 +36,7 @@ def area_m2(gdf: gpd.GeoDataFrame) -> np.ndarray:
 
 def run(cfg: ExportConfig) -> dict[str, list[Path]]:
     """Export every ``<AOI>.parquet`` of ``vec_dir``; returns the written paths by kind."""
+    check_export_crs(cfg.crs)
     vec = sorted(Path(cfg.vec_dir).glob("*.parquet"))
     if not vec:
         raise SN7DataError(Path(cfg.vec_dir), "no vectorize outputs (<AOI>.parquet); run `spacenet7 vectorize` first")

@@ -155,16 +155,18 @@ def run(cfg: PredictConfig) -> list[Path]:
 def _predict_all(model: LoadedModel, records: dict[str, list[MonthRecord]], cfg: PredictConfig) -> list[Path]:
     written = []
     for aoi, recs in records.items():
-        raw_dir = Path(cfg.out_dir) / aoi / ".raw"
-        raw = [predict_mosaic(model, rec, raw_dir / f"{rec.stem}.tif", cfg) for rec in
-               tqdm(recs, desc=f"predict {aoi}", disable=not cfg.progress)]
-        finals = [Path(cfg.out_dir) / aoi / f"{rec.stem}.tif" for rec in recs]
-        if cfg.fusion and len(raw) > 1:
-            fuse(raw, finals, cfg.fusion_weight, cfg.block)
-        else:
-            for src, dst in zip(raw, finals):
-                to_cog(src, dst)
-        shutil.rmtree(raw_dir, ignore_errors=True)
+        raw_dir = Path(cfg.out_dir) / aoi / ".raw"  # scratch: per-month predictions before fusion
+        try:
+            raw = [predict_mosaic(model, rec, raw_dir / f"{rec.stem}.tif", cfg) for rec in
+                   tqdm(recs, desc=f"predict {aoi}", disable=not cfg.progress)]
+            finals = [Path(cfg.out_dir) / aoi / f"{rec.stem}.tif" for rec in recs]
+            if cfg.fusion and len(raw) > 1:
+                fuse(raw, finals, cfg.fusion_weight, cfg.block)
+            else:
+                for src, dst in zip(raw, finals):
+                    to_cog(src, dst)
+        finally:
+            shutil.rmtree(raw_dir, ignore_errors=True)
         written += finals
     return written
 

@@ -26,7 +26,7 @@ from spacenet7.data.dataset import ChipDataModule
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path
 from spacenet7.models.precision import resolve_precision
-from spacenet7.models.task import SegmentationTask, build_net
+from spacenet7.models.task import SegmentationTask
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
     last = ckpt_dir / "last.ckpt"
     if cfg.resume and not last.exists():
         raise SN7Error(f"{last}: resume=true but there is no last checkpoint to resume from")
-    build_net(cfg.model)  # fail fast, with a clear message, on an unknown encoder
     task = SegmentationTask(cfg.model, cfg.loss, cfg.optimizer, cfg.scheduler, chip_meta=meta)
     augment = instantiate(cfg.augment, _convert_="all") if cfg.augment else None
     if augment is not None and hasattr(augment, "set_random_seed"):

@@ -1,6 +1,5 @@
 """The exploration notebook runs top to bottom on a pipeline run, and is stored without outputs."""
 
-import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt

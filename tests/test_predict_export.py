@@ -110,7 +110,7 @@ def test_mosaic_with_other_band_count_is_a_clear_error(run, tmp_path):
     cfg = PredictConfig(**{**run["pcfg"].__dict__, "data_root": str(tmp_path), "out_dir": str(tmp_path / "out")})
     with pytest.raises(SN7DataError, match="5 bands but the model was trained on 4"):
         predict.run(cfg)
-    assert not list((tmp_path / "out").rglob("*.tif"))
+    assert not list((tmp_path / "out").rglob("*.tif")) and not list((tmp_path / "out").rglob(".raw"))
 
 
 def test_prediction_without_crs_and_all_nodata_month_are_clear_errors(run, tmp_path):
@@ -209,3 +209,13 @@ def test_empty_month_writes_valid_empty_layers(tmp_path):
     assert len(gpd.read_file(tmp_path / "fp" / f"{aoi}.gpkg", layer="2020_02")) == 0
     sub = pd.read_csv(tmp_path / "s.csv")
     assert (sub["filename"] == stems[1]).sum() == 1 and sub.loc[sub.filename == stems[1], "geometry"].iloc[0] == "POLYGON EMPTY"
+
+
+def test_unknown_export_crs_fails_before_writing(run, tmp_path):
+    from spacenet7.errors import SN7Error
+
+    cfg = ExportConfig(**{**run["ecfg"].__dict__, "out_dir": str(tmp_path / "fp"), "crs": "EPSG:99999999",
+                          "submission": str(tmp_path / "s.csv")})
+    with pytest.raises(SN7Error, match="crs='EPSG:99999999' is not a CRS"):
+        export.run(cfg)
+    assert not (tmp_path / "fp").exists() and not (tmp_path / "s.csv").exists()

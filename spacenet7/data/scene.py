@@ -14,7 +14,7 @@ import shapely
 from rasterio import features
 from scipy import ndimage
 from scipy.spatial import cKDTree
-from shapely.geometry import LineString, Polygon, box
+from shapely.geometry import LineString, Polygon
 
 SUPERSAMPLE = 2  # render edges at 2x and average down: anti-aliased, like a real sensor's PSF
 
@@ -261,8 +261,3 @@ def month_schedule(rng: np.random.Generator, n_months: int, cloud_prob: float) -
     if n_months >= 3 and not any(cloudy):
         cloudy[int(rng.integers(1, n_months))] = True
     return cloudy
-
-
-def quad_box(size: int) -> Polygon:
-    """The AOI extent in pixel coordinates."""
-    return box(0, 0, size, size)

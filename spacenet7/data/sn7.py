@@ -25,7 +25,7 @@ from rasterio import features
 from rasterio.windows import Window
 
 from spacenet7.errors import SN7DataError, SN7Error
-from spacenet7.io.raster import open_raster, read_checked, read_resampled
+from spacenet7.io.raster import open_raster, read_resampled
 from spacenet7.io.vector import read_vector
 
 STEM_RE = re.compile(r"^global_monthly_(\d{4})_(\d{2})_mosaic_(.+)$")
@@ -274,11 +274,3 @@ def instance_raster(gdf: gpd.GeoDataFrame, shape: tuple[int, int], transform: Af
     """Rasterize footprints as instance labels 1..N (int32), in row order of ``gdf``."""
     geoms = shapely.make_valid(np.asarray(gdf.geometry.values, dtype=object))
     return rasterize_footprints(geoms, shape, transform, values=np.arange(1, len(geoms) + 1, dtype="int32"), dtype="int32")
-
-
-def read_udm(record: MonthRecord) -> np.ndarray | None:
-    """The UDM raster (non-zero = unusable) or ``None`` when this month has none."""
-    if record.udm is None:
-        return None
-    with open_raster(record.udm, require_crs=False) as ds:
-        return read_checked(ds, 1)

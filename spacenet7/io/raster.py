@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
@@ -76,30 +75,12 @@ def cog_profile(profile: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     return out
 
 
-def write_cog(path: str | Path, array: np.ndarray, profile: dict[str, Any], **tags: str) -> Path:
-    """Write a (bands, H, W) array as a compressed Cloud-Optimized GeoTIFF, atomically."""
-    path = Path(path)
-    profile = cog_profile(profile, count=array.shape[0], height=array.shape[1], width=array.shape[2], dtype=array.dtype)
-    with atomic_path(path.with_suffix(".tmp.tif")) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(array)
-            if tags:
-                dst.update_tags(**tags)
-        to_cog(tmp, path)
-    return path
-
-
 def to_cog(src: str | Path, dst: str | Path) -> None:
     """Copy a tiled GeoTIFF to a COG (streams; memory stays bounded), atomically."""
     from rasterio.shutil import copy as rio_copy
 
     with atomic_path(dst) as tmp:
         rio_copy(str(src), str(tmp), driver="COG", compress="DEFLATE", predictor="2", blocksize=256)
-
-
-def scaled_transform(transform: Affine, factor: float) -> Affine:
-    """The transform of the same extent on a grid ``factor`` times finer."""
-    return transform * Affine.scale(1.0 / factor)
 
 
 def read_resampled(ds, indexes: list[int] | int, window: Window, factor: float, resampling=Resampling.bilinear) -> np.ndarray:
