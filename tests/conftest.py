@@ -54,7 +54,7 @@ def tiny_run(tmp_path_factory):
     cfg = compose("pipeline", [
         f"run_dir={d / 'run'}", f"data_root={d / 'data'}",
         "overrides.synth.n_aois=3", "overrides.synth.n_months=4", "overrides.synth.size=128",
-        "overrides.chip.chip_size=128", "+overrides.train.max_epochs=1", "overrides.train.logger.wandb=false",
+        "overrides.chip.chip_size=128", "overrides.train.max_epochs=1", "overrides.train.logger.wandb=false",
         "+overrides.train.trainer.enable_progress_bar=false", "overrides.predict.progress=false",
         "+overrides.predict.tile=128", "+overrides.predict.overlap=32", "overrides.vectorize.threshold=0.3"])
     buf = io.StringIO()
