@@ -37,7 +37,7 @@ notebook: $(STAMP)
 	SPACENET7_RUN_DIR=$(abspath $(RUN_DIR)) $(BIN)/jupyter lab notebooks/explore_predictions.ipynb
 
 bench: $(STAMP)
-	for f in bench/bench_*.py; do $(BIN)/python $$f || exit 1; done
+	for f in bench/bench_*.py bench/oracle_postprocess.py; do $(BIN)/python $$f || exit 1; done
 
 clean:
 	rm -rf $(RUN_DIR) data/synthetic
