@@ -23,7 +23,7 @@ from spacenet7.data.splits import aoi_split, spatial_split
 from spacenet7.data.targets import CHANNELS, make_targets
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path
-from spacenet7.io.raster import iter_windows
+from spacenet7.io.raster import iter_windows, write_raster
 
 log = logging.getLogger(__name__)
 BANDS = ("red", "green", "blue", *CHANNELS, "ignore")
@@ -124,7 +124,4 @@ def _complete(path: Path) -> bool:
 def _write_chip(path: Path, array: np.ndarray, transform, crs) -> None:
     profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0], dtype="uint8",
                    crs=crs, transform=transform, compress="deflate", interleave="pixel")
-    with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(array)
-            dst.descriptions = BANDS
+    write_raster(path, array, profile, descriptions=BANDS)

@@ -13,7 +13,7 @@ from spacenet7.data.sn7 import read_labels_pix, scan
 from spacenet7.errors import SN7DataError
 from spacenet7.io.atomic import atomic_path
 from spacenet7.metrics.scot import ScotResult, scot
-from spacenet7.metrics.table import check_table, check_unique_ids, read_table
+from spacenet7.metrics.table import check_table, check_unique_ids, month_rows, read_table
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,7 @@ def ground_truth_table(data_root: str | Path, split_dir: str = "train", aois: li
     for aoi, records in scan(data_root, split_dir, aois).items():
         for rec in records:
             gdf = read_labels_pix(rec)
-            if len(gdf):
-                rows += [{"filename": rec.stem, "id": int(i), "geometry": g.wkt} for i, g in zip(gdf["Id"], gdf.geometry)]
-            else:
-                rows.append({"filename": rec.stem, "id": -1, "geometry": "POLYGON EMPTY"})
+            rows += month_rows(rec.stem, gdf["Id"], [g.wkt for g in gdf.geometry])
     return check_table(pd.DataFrame(rows, columns=["filename", "id", "geometry"]), Path(data_root))
 
 

@@ -22,6 +22,7 @@ from spacenet7.config import ExportConfig
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.atomic import atomic_path
 from spacenet7.io.vector import write_vector
+from spacenet7.metrics.table import month_rows
 from spacenet7.vectorize import load_vectors
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,7 @@ def run(cfg: ExportConfig) -> dict[str, list[Path]]:
         if cfg.gpkg:
             out["gpkg"].append(_write_gpkg(Path(cfg.out_dir) / f"{aoi}.gpkg", per_month, target))
         for stem, _, g in per_month:
-            if len(g):
-                rows += [(stem, int(i), w) for i, w in zip(g["id"], g["pix_wkt"])]
-            else:
-                rows.append((stem, -1, "POLYGON EMPTY"))
+            rows += month_rows(stem, g["id"], g["pix_wkt"])
     sub = Path(cfg.submission)
     with atomic_path(sub) as tmp:
         pd.DataFrame(rows, columns=["filename", "id", "geometry"]).to_csv(tmp, index=False)

@@ -15,7 +15,6 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import rasterio
 import shapely
 from affine import Affine
 from tqdm import tqdm
@@ -25,6 +24,8 @@ from spacenet7.data.scene import Scene, make_scene, month_schedule, render_month
 from spacenet7.data.sn7 import LABEL_SUFFIX, UDM_SUFFIX, make_stem
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path
+from spacenet7.io.raster import write_raster
+from spacenet7.metrics.table import month_rows
 from spacenet7.io.vector import pixel_to_map, write_vector
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,7 @@ def _write_aoi(aoi_dir: Path, name: str, transform: Affine, cfg: SynthConfig, rn
         pix = gpd.GeoDataFrame({"Id": ids}, geometry=[b.poly for b in month.visible], crs=None)
         _write_labels(aoi_dir, stem, pix, transform, prev_ids)
         prev_ids |= set(ids)
-        if ids:
-            csv_rows.extend({"filename": stem, "id": i, "geometry": g.wkt} for i, g in zip(ids, pix.geometry))
-        else:
-            csv_rows.append({"filename": stem, "id": -1, "geometry": "POLYGON EMPTY"})
+        csv_rows += month_rows(stem, ids, [g.wkt for g in pix.geometry])
         if cfg.preview and t in (0, cfg.n_months - 1):
             frames.append((stem, month.rgb, pix))
     if cfg.preview:
@@ -108,18 +106,12 @@ def _write_images(aoi_dir: Path, stem: str, rgb: np.ndarray, cloud: np.ndarray, 
     profile = dict(driver="GTiff", width=w, height=h, count=4, dtype="uint8", crs="EPSG:3857", transform=transform,
                    compress="deflate", tiled=True, blockxsize=256, blockysize=256, photometric="RGB", alpha="YES")
     alpha = np.full((1, h, w), 255, np.uint8)
-    _write_tif(aoi_dir / "images" / f"{stem}.tif", np.concatenate([rgb, alpha]), profile)
+    write_raster(aoi_dir / "images" / f"{stem}.tif", np.concatenate([rgb, alpha]), profile)
     masked = np.where(cloud, 0, rgb).astype(np.uint8)
-    _write_tif(aoi_dir / "images_masked" / f"{stem}.tif", np.concatenate([masked, np.where(cloud, 0, alpha)]), profile)
+    write_raster(aoi_dir / "images_masked" / f"{stem}.tif", np.concatenate([masked, np.where(cloud, 0, alpha)]), profile)
     if cloud.any():
         udm_profile = {**profile, "count": 1, "photometric": "MINISBLACK", "alpha": "NO"}
-        _write_tif(aoi_dir / "UDM_masks" / f"{stem}{UDM_SUFFIX}", (cloud * 255).astype(np.uint8)[None], udm_profile)
-
-
-def _write_tif(path: Path, array: np.ndarray, profile: dict) -> None:
-    with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(array)
+        write_raster(aoi_dir / "UDM_masks" / f"{stem}{UDM_SUFFIX}", (cloud * 255).astype(np.uint8)[None], udm_profile)
 
 
 def _write_labels(aoi_dir: Path, stem: str, pix: gpd.GeoDataFrame, transform: Affine, prev_ids: set[int]) -> None:

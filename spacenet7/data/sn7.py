@@ -211,27 +211,37 @@ def image_grid(record: MonthRecord) -> tuple[Affine, rasterio.crs.CRS, tuple[int
         return ds.transform, ds.crs, (ds.height, ds.width)
 
 
+def _read_label_file(record: MonthRecord, folder: str) -> gpd.GeoDataFrame:
+    """One label file of ``folder`` with an ``Id`` column (an empty file has no properties at all)."""
+    path = record._label(folder)
+    if path is None:
+        raise SN7DataError(record.aoi_dir / folder / f"{record.stem}{LABEL_SUFFIX}", "label file not found")
+    gdf = read_vector(path)
+    if len(gdf) == 0:
+        gdf["Id"] = np.zeros(0, np.int64)
+    if "Id" not in gdf.columns:
+        raise SN7DataError(path, "missing property 'Id'")
+    return gdf
+
+
+def _footprints(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    gdf = gdf[~gdf.geometry.is_empty & gdf.geometry.notna()]
+    return gdf[["Id", "geometry"]].reset_index(drop=True)
+
+
 def read_labels(record: MonthRecord, crs=None) -> gpd.GeoDataFrame:
     """``labels_match`` footprints in ``crs`` (the image's CRS when ``None``), reprojected if needed.
 
     Columns: ``Id`` (track id) and ``geometry``. Empty geometries are dropped.
     """
-    if record.labels_match is None:
-        raise SN7DataError(record.aoi_dir / "labels_match" / f"{record.stem}{LABEL_SUFFIX}", "label file not found")
-    gdf = read_vector(record.labels_match)
-    if len(gdf) == 0:
-        gdf["Id"] = np.zeros(0, np.int64)
-    if "Id" not in gdf.columns:
-        raise SN7DataError(record.labels_match, "missing property 'Id'")
+    gdf = _read_label_file(record, "labels_match")
     if crs is None:
         _, crs, _ = image_grid(record)
     if gdf.crs is None:
         raise SN7DataError(record.labels_match, "label file declares no CRS")
     if len(gdf) and gdf.crs != crs:
         gdf = gdf.to_crs(crs)
-    gdf = gdf.set_crs(crs, allow_override=True)
-    gdf = gdf[~gdf.geometry.is_empty & gdf.geometry.notna()]
-    return gdf[["Id", "geometry"]].reset_index(drop=True)
+    return _footprints(gdf.set_crs(crs, allow_override=True))
 
 
 def read_labels_pix(record: MonthRecord) -> gpd.GeoDataFrame:
@@ -239,16 +249,7 @@ def read_labels_pix(record: MonthRecord) -> gpd.GeoDataFrame:
 
     SN7 files declare CRS84 although the coordinates are pixels; the declaration is dropped.
     """
-    if record.labels_match_pix is None:
-        raise SN7DataError(record.aoi_dir / "labels_match_pix" / f"{record.stem}{LABEL_SUFFIX}", "label file not found")
-    gdf = read_vector(record.labels_match_pix)
-    if len(gdf) == 0:
-        gdf["Id"] = np.zeros(0, np.int64)
-    if "Id" not in gdf.columns:
-        raise SN7DataError(record.labels_match_pix, "missing property 'Id'")
-    gdf = gdf.set_crs(None, allow_override=True)
-    gdf = gdf[~gdf.geometry.is_empty & gdf.geometry.notna()]
-    return gdf[["Id", "geometry"]].reset_index(drop=True)
+    return _footprints(_read_label_file(record, "labels_match_pix").set_crs(None, allow_override=True))
 
 
 def rasterize_footprints(geoms, shape: tuple[int, int], transform: Affine = Affine.identity(),

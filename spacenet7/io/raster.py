@@ -75,6 +75,17 @@ def cog_profile(profile: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     return out
 
 
+def write_raster(path: str | Path, array: np.ndarray, profile: dict[str, Any],
+                 descriptions: tuple[str, ...] | None = None) -> Path:
+    """Write a (bands, H, W) array with ``profile`` to a temporary file, then rename it into place."""
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(array)
+            if descriptions:
+                dst.descriptions = descriptions
+    return Path(path)
+
+
 def to_cog(src: str | Path, dst: str | Path) -> None:
     """Copy a tiled GeoTIFF to a COG (streams; memory stays bounded), atomically."""
     from rasterio.shutil import copy as rio_copy

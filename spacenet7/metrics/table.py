@@ -14,6 +14,13 @@ from spacenet7.errors import SN7DataError
 COLUMNS = ("filename", "id", "geometry")
 
 
+def month_rows(filename: str, ids, wkts) -> list[dict]:
+    """``filename,id,geometry`` rows of one month; a month without buildings gets one empty row
+    (id -1, ``POLYGON EMPTY``) so that it still counts as a month."""
+    rows = [{"filename": filename, "id": int(i), "geometry": w} for i, w in zip(ids, wkts)]
+    return rows or [{"filename": filename, "id": -1, "geometry": "POLYGON EMPTY"}]
+
+
 def read_table(path: str | Path, *, name: str = "table") -> pd.DataFrame:
     """Read a CSV into a checked frame with ``aoi``, ``month``, ``id`` and shapely ``geometry``.
 
