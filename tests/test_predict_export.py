@@ -171,14 +171,15 @@ def test_gdal_ogrinfo_reads_every_export(run):
             assert "3857" in info.stdout
 
 
-def test_area_is_true_ground_area(run):
-    gdf, _ = vectorize.load_vectors(run["dir"] / "vec" / f"{run['aoi']}.parquet")
-    if len(gdf) == 0:
-        pytest.skip("the briefly trained model found no building to measure")
-    a = export.area_m2(gdf)
-    merc = gdf.area.to_numpy()
-    lat = np.degrees(np.arctan(np.sinh(gdf.geometry.centroid.y.iloc[0] / 6378137.0)))
-    assert a == pytest.approx(merc * np.cos(np.radians(lat)) ** 2, rel=0.02)
+def test_area_is_true_ground_area():
+    from shapely.geometry import box
+
+    # a 100 m x 100 m square near Chengdu, built in UTM 48N and carried to Web Mercator
+    utm = gpd.GeoDataFrame(geometry=[box(400_000, 3_360_000, 400_100, 3_360_100)], crs="EPSG:32648")
+    merc = utm.to_crs("EPSG:3857")
+    assert merc.area.iloc[0] > 1.3 * 10_000  # Web Mercator inflates area by 1/cos^2(lat)
+    assert export.area_m2(merc) == pytest.approx([10_000], rel=1e-3)
+    assert len(export.area_m2(merc.iloc[:0])) == 0
 
 
 def test_export_to_wgs84_is_rfc7946(run, tmp_path):
