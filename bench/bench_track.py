@@ -12,6 +12,9 @@ from spacenet7.track import track  # noqa: E402
 
 
 def main() -> None:
+    t = time.perf_counter()
+    track(months_of_buildings(2, 10, 0), TrackConfig())
+    print(f"first call in this process (loads or compiles the numba overlay kernels): {time.perf_counter() - t:.2f} s")
     base = None
     for n in (1250, 2500, 5000):
         months = months_of_buildings(24, n, 0)

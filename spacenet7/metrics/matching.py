@@ -1,6 +1,7 @@
 """Optimal one-to-one matching of footprints by IoU, sparse and fast.
 
-Candidates come from an STRtree; pairs above the threshold form a bipartite graph whose
+Candidates come from an STRtree and exact intersection areas from
+:mod:`spacenet7.metrics.overlay`; pairs above the threshold form a bipartite graph whose
 connected components are solved independently: isolated pairs directly, larger components with
 ``scipy.optimize.linear_sum_assignment`` on the reference reward ``100 + IoU`` (maximum number
 of matches first, then maximum summed IoU).
@@ -8,7 +9,6 @@ of matches first, then maximum summed IoU).
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +16,8 @@ import shapely
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+
+from spacenet7.metrics.overlay import PolygonSet, pair_intersection_area
 
 BASE_REWARD = 100.0
 
@@ -32,26 +34,17 @@ class Matches:
         return len(self.a)
 
 
-def intersection_area(a: np.ndarray, b: np.ndarray, threads: int = 2, min_chunk: int = 2000) -> np.ndarray:
-    """Element-wise intersection areas; large batches run on ``threads`` threads (GEOS releases the GIL)."""
-    if len(a) < 2 * min_chunk or threads < 2:
-        return shapely.area(shapely.intersection(a, b))
-    bounds = np.linspace(0, len(a), threads + 1).astype(int)
-    with ThreadPoolExecutor(threads) as pool:
-        parts = pool.map(lambda k: shapely.area(shapely.intersection(a[bounds[k]:bounds[k + 1]], b[bounds[k]:bounds[k + 1]])),
-                         range(threads))
-        return np.concatenate(list(parts))
-
-
 def pairwise_iou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IoU of every intersecting pair (STRtree candidates): returns (ia, ib, iou)."""
     if len(a) == 0 or len(b) == 0:
         e = np.zeros(0, np.int64)
         return e, e, np.zeros(0)
-    tree = shapely.STRtree(b)
-    ia, ib = tree.query(a, predicate="intersects")
-    inter = intersection_area(a[ia], b[ib])
-    union = shapely.area(a)[ia] + shapely.area(b)[ib] - inter
+    ia, ib = shapely.STRtree(b).query(a)  # bounding boxes only: the exact overlay is cheaper than a predicate
+    pa, pb = PolygonSet(a), PolygonSet(b)
+    inter = pair_intersection_area(pa, pb, ia, ib)
+    hit = inter > 0
+    ia, ib, inter = ia[hit], ib[hit], inter[hit]
+    union = pa.area[ia] + pb.area[ib] - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, inter / union, 0.0)
     return ia, ib, iou

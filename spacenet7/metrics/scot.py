@@ -96,32 +96,30 @@ def score_aoi(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshol
         m = match_above(*pairs, len(tg), len(pg), threshold)
         mt = [tid[k] for k in m.a]
         mp = [pid[k] for k in m.b]
+        t_new = set(tid) - t_seen if i > 0 else set()
+        p_new = set(pid) - p_seen if i > 0 else set()
         bad = 0
-        for g, q in zip(mt, mp):
+        for g, q in zip(mt, mp):  # one pass: matches are one-to-one, so updates never affect this month
             if t_last.get(g, q) != q or p_last.get(q, g) != g:
                 bad += 1
-        for g, q in zip(mt, mp):
             t_last[g] = q
             p_last[q] = g
+            if g in t_new:
+                if q in p_new:
+                    ctp += 1
+                else:
+                    cfn += 1
+            elif q in p_new:
+                cfp += 1
         n = len(m)
         tp += n - bad
         fp += len(pid) - n + bad
         fn += len(tid) - n + bad
         mism += bad
         if i > 0:
-            t_new = set(tid) - t_seen
-            p_new = set(pid) - p_seen
             n_new += len(t_new)
-            for g, q in zip(mt, mp):
-                gn, qn = g in t_new, q in p_new
-                if gn and qn:
-                    ctp += 1
-                elif qn:
-                    cfp += 1
-                elif gn:
-                    cfn += 1
-            cfp += len(p_new - set(mp))
-            cfn += len(t_new - set(mt))
+            cfp += len(p_new.difference(mp))
+            cfn += len(t_new.difference(mt))
         t_seen.update(tid)
         p_seen.update(pid)
         m50 = match_above(*pairs, len(tg), len(pg), 0.5, inclusive=True)
