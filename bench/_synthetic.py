@@ -28,6 +28,25 @@ def months_of_buildings(n_months: int = 24, n: int = 5000, seed: int = 0, jitter
     return out
 
 
+def months_of_pixel_footprints(n_months: int = 24, n: int = 5000, seed: int = 0) -> list[np.ndarray]:
+    """The same buildings rotated, then rasterized and polygonized as ``vectorize`` emits them:
+    pixel-edge staircases (non-convex), re-drawn every month from the jittered outline."""
+    from rasterio import features
+
+    from spacenet7.polygonize import polygons
+
+    rng = np.random.default_rng(seed + 1)
+    angle = rng.uniform(0, 90, n)
+    out = []
+    for geoms in months_of_buildings(n_months, n, seed):
+        k = len(geoms)
+        rot = [shapely.affinity.rotate(g, a) for g, a in zip(geoms, angle[:k])]
+        size = int(np.ceil(shapely.total_bounds(np.asarray(rot, dtype=object))[2:].max())) + 4
+        labels = features.rasterize(((g, i + 1) for i, g in enumerate(rot)), out_shape=(size, size), dtype="int32")
+        out.append(polygons(labels))
+    return out
+
+
 def table(months: list[np.ndarray], ids: list[np.ndarray] | None = None) -> pd.DataFrame:
     rows = []
     for t, g in enumerate(months):
@@ -38,4 +57,4 @@ def table(months: list[np.ndarray], ids: list[np.ndarray] | None = None) -> pd.D
     return pd.concat(rows, ignore_index=True)
 
 
-__all__ = ["box", "months_of_buildings", "table"]
+__all__ = ["box", "months_of_buildings", "months_of_pixel_footprints", "table"]

@@ -124,6 +124,7 @@ class TrackConfig:
     min_iou: float = 0.2
     max_gap: int = 6  # months a track may go unseen and still be matched
     fill_gaps: bool = True
+    fill_masked: bool = False  # also fill months where the footprint is mostly masked (SN7 labels omit buildings under clouds)
     absent_prob: float = 0.15  # mean footprint probability below which a valid area counts as clearly empty
     min_persist: int = 3  # months a new building must be seen to count
     birth_prob: float = 0.0  # a new track starts in the first month its mean footprint probability reaches this (0 = off)

@@ -5,7 +5,8 @@ optimal or greedy one-to-one assignment, shared with the SCOT evaluator). Unmatc
 start new tracks. Afterwards:
 
 - gap filling: a building seen in months i and k is kept in between, unless the imagery of
-  that month clearly shows it absent (valid pixels, low footprint probability);
+  that month clearly shows it absent (valid pixels, low footprint probability) or, as in the
+  SN7 labels, hides it under clouds (``absent`` decides; see ``vectorize``);
 - false-new suppression: a track must be seen in ``min_persist`` months (or every remaining
   month, near the end of the series) to count, and a track that first appears after the first
   month mostly on top of footprints seen earlier (``max_new_overlap``) is a re-segmentation of

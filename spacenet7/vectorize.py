@@ -73,9 +73,13 @@ def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
         info = parse_stem(f.name)
         preds.append(MonthPrediction(f.stem, info.month_key, prob[0], valid, up))
     evidence = _evidence_fn(preds)
-    rows = track(months, cfg.track,
-                 absent=lambda t, g: (e := evidence(t, g))[0] >= 0.5 and e[1] < cfg.track.absent_prob,
-                 confidence=lambda t, g: evidence(t, g)[1])
+
+    def absent(t: int, geom) -> bool:
+        """Not to be filled in month ``t``: clearly empty, or hidden by the mask (unless ``fill_masked``)."""
+        valid_frac, prob = evidence(t, geom)
+        return not cfg.track.fill_masked if valid_frac < 0.5 else prob < cfg.track.absent_prob
+
+    rows = track(months, cfg.track, absent=absent, confidence=lambda t, g: evidence(t, g)[1])
     stems = [p.stem for p in preds]
     keys = [p.month for p in preds]
     gdf = gpd.GeoDataFrame({

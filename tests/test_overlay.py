@@ -75,3 +75,22 @@ def polygons(draw):
 def test_random_pairs_match_geos(a, b):
     got, want = _areas(a, b)
     assert np.allclose(got, want, rtol=1e-9, atol=1e-7)
+
+
+def test_pixel_staircases_use_the_rectilinear_kernel_and_match_geos():
+    from rasterio import features
+
+    from spacenet7.polygonize import polygons
+
+    rng = np.random.default_rng(1)
+    rot = [shapely.affinity.rotate(box(x, y, x + w, y + h), a) for x, y, w, h, a in
+           zip(*rng.uniform([2, 2, 2, 2, 0], [40, 40, 9, 9, 90], (80, 5)).T)]
+    labels = [features.rasterize(((g, i + 1),), out_shape=(56, 56), dtype="int32") for i, g in enumerate(rot)]
+    stairs = np.array([polygons(lab)[0] for lab in labels], dtype=object)
+    s = PolygonSet(stairs)
+    assert s.rectilinear.all() and (s.convex == 0).sum() > 40  # staircases: rectilinear, mostly not convex
+    got, want = _areas(stairs[:40], stairs[40:])
+    assert np.allclose(got, want, rtol=0, atol=1e-9) and (want > 0).sum() > 20
+    half = shapely.transform(stairs, lambda xy: xy / 2)  # an upscaled grid mapped back: half-pixel steps
+    got, want = _areas(half[:40], stairs[40:])
+    assert np.allclose(got, want, rtol=0, atol=1e-9)

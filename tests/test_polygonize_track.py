@@ -1,3 +1,4 @@
+import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
@@ -136,3 +137,36 @@ def test_birth_is_confirmed_when_the_roof_is_confident():
     unconfirmed = track(months, TrackConfig(min_persist=1), confidence=confidence)
     assert unconfirmed[unconfirmed.first_seen > 0]["first_seen"].iloc[0] == 1
     assert rows[rows.first_seen == 0]["t"].tolist() == [0, 1, 2, 3, 4]  # existing buildings untouched
+
+
+def _write_prediction(path, footprint: np.ndarray) -> None:
+    """A 3-channel probability raster as ``predict`` writes it (uint8 p*254, nodata 255, EPSG:3857)."""
+    import rasterio
+    from affine import Affine
+
+    data = np.where(np.isnan(footprint), 255, np.round(np.nan_to_num(footprint) * 254)).astype(np.uint8)
+    zeros = np.where(data == 255, 255, 0).astype(np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=3, dtype="uint8",
+                       nodata=255, crs="EPSG:3857", transform=Affine(4.78, 0, 1e6, 0, -4.78, 2e6)) as dst:
+        dst.write(np.stack([data, zeros, zeros]))
+
+
+@pytest.mark.parametrize("fill_masked", [False, True])
+def test_gap_under_clouds_is_not_filled_like_the_sn7_labels(tmp_path, fill_masked):
+    from spacenet7 import vectorize
+    from spacenet7.config import VectorizeConfig
+
+    aoi = "L15-0001E-0001N_1_1_13"
+    (tmp_path / "pred" / aoi).mkdir(parents=True)
+    building = np.zeros((32, 32))
+    building[8:16, 8:16] = 0.95
+    cloud = building.copy()
+    cloud[4:20, 4:20] = np.nan  # the UDM / alpha 0 over the building
+    for m, p in enumerate([building, cloud, building, building]):
+        _write_prediction(tmp_path / "pred" / aoi / f"global_monthly_2020_{m + 1:02d}_mosaic_{aoi}.tif", p)
+    cfg = VectorizeConfig(pred_dir=str(tmp_path / "pred"), out_dir=str(tmp_path / "vec"))
+    cfg.track.fill_masked = fill_masked
+    rows = gpd.read_parquet(vectorize.run(cfg)[0])
+    assert rows["id"].nunique() == 1
+    assert sorted(rows["month"]) == (["2020-01", "2020-02", "2020-03", "2020-04"] if fill_masked else
+                                     ["2020-01", "2020-03", "2020-04"])

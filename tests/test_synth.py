@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import rasterio
 import shapely
+from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 
 from spacenet7 import synth
@@ -144,7 +145,7 @@ def test_background_has_varied_textured_land_cover_and_roads(synth_cfg):
 
 def test_growth_with_construction_pads_and_rare_demolition(aois):
     new_counts, demolished, total = [], 0, 0
-    pad_change, roof_change = [], []
+    pad_change, roof_change, lot_change = [], [], []  # lot: pad vs the pixels around it
     for recs in aois.values():
         ids = [set(read_labels_pix(r)["Id"]) for r in recs]
         clouds = [r.udm is not None for r in recs]
@@ -169,11 +170,14 @@ def test_growth_with_construction_pads_and_rare_demolition(aois):
                 continue
             roof_change.append(np.abs(imgs[t][:, m].mean(1) - imgs[t - 1][:, m].mean(1)).max())
             pad_change.append(np.abs(imgs[t - 1][:, m].mean(1) - imgs[0][:, m].mean(1)).max())
+            ring = ndimage.binary_dilation(m, iterations=1) & ~m  # the lot is cleared beyond the footprint:
+            lot_change.append(np.abs(imgs[t - 1][:, ring].mean(1) - imgs[t - 1][:, m].mean(1)).max())  # same soil
     assert sum(new_counts) > 20 and sum(c > 0 for c in new_counts) >= len(new_counts) // 2
     assert demolished / total < 0.05
     assert len(roof_change) >= 5
     assert np.median(roof_change) > 10, "roof does not replace the pad"
     assert np.median(pad_change) > 10, "no construction pad before the roof"
+    assert np.median(lot_change) < 15, "the construction lot is not cleared beyond the footprint"
 
 
 def test_month_to_month_radiometry_and_subpixel_jitter(aois):

@@ -27,13 +27,15 @@ LANDCOVER = {
 }
 ROOF_PALETTE = np.array([(175, 80, 60), (165, 165, 165), (215, 215, 210), (70, 95, 140), (120, 100, 85), (200, 188, 150)], float)
 ROOF_P = np.array([0.3, 0.2, 0.15, 0.1, 0.1, 0.15])
-PAD_RGB = np.array([185.0, 170.0, 140.0])
+PAD_RGB = np.array([172.0, 140.0, 104.0])  # freshly cleared soil: warmer and darker than the beige roofs
+PAD_MARGIN = (1.0, 2.5)  # a construction lot is cleared beyond the future footprint (pixels)
+PAD_REGROW = 3  # months after completion until the cleared margin is yard again
 ROAD_RGB = {"asphalt": np.array([110.0, 110.0, 108.0]), "dirt": np.array([165.0, 145.0, 115.0])}
 
 
 @dataclass
 class Building:
-    """One building and its life: pad visible from ``t_pad``, roof from ``t_built`` until ``t_demolish``."""
+    """One building and its life: a cleared lot from ``t_pad``, roof from ``t_built`` until ``t_demolish``."""
 
     id: int
     poly: Polygon
@@ -43,9 +45,17 @@ class Building:
     t_built: int
     t_demolish: int
     kind: str
+    lot: Polygon | None = None  # the cleared construction lot (the footprint plus a margin)
+    lot_rgb: np.ndarray | None = None
 
     def exists(self, t: int) -> bool:
         return self.t_built <= t < self.t_demolish
+
+    def lot_visible(self, t: int) -> bool:
+        """Bare soil shows from ``t_pad`` until the margin regrows after completion, and after demolition."""
+        if self.lot is None or t < self.t_pad:
+            return False
+        return (self.t_pad < self.t_built and t < self.t_built + PAD_REGROW) or t >= self.t_demolish
 
 
 @dataclass
@@ -187,7 +197,9 @@ def _neighbourhood(rng, size, n_months, buildings, roads, road_union, kind=None,
         t_demolish = n_months
         if t_built == 0 and rng.random() < 0.01 and n_months > 3:
             t_demolish = int(rng.integers(2, n_months))
-        buildings.append(Building(0, poly, roof, tuple(sun * height), max(t_pad, 0), t_built, t_demolish, str(kind)))
+        lot = poly.buffer(rng.uniform(*PAD_MARGIN), join_style="mitre") if t_built > 0 or t_demolish < n_months else None
+        lot_rgb = PAD_RGB * rng.uniform(0.9, 1.1) + rng.normal(0, 6, 3)
+        buildings.append(Building(0, poly, roof, tuple(sun * height), max(t_pad, 0), t_built, t_demolish, str(kind), lot, lot_rgb))
 
 
 @dataclass
@@ -223,7 +235,7 @@ def render_month(scene: Scene, t: int, rng: np.random.Generator, cloudy: bool) -
             img[:, m] = colors[idx[m] - 1].T
 
     burn(scene.roads, "paint")
-    burn([(b.poly, PAD_RGB) for b in scene.buildings if b.t_pad <= t and (b.t_pad < b.t_built or t >= b.t_demolish)], "paint")
+    burn([(b.lot, b.lot_rgb) for b in scene.buildings if b.lot_visible(t)], "paint")
     standing = [b for b in scene.buildings if b.exists(t)]
     burn([(shapely.affinity.translate(b.poly, *b.shadow), None) for b in standing], "shadow")
     burn([(b.poly, b.roof) for b in standing], "paint")

@@ -1,12 +1,17 @@
 """Exact intersection areas of many polygon pairs, fast.
 
-Building footprints are small and mostly convex (rectangles, truth outlines). For a pair where
-one polygon is convex and both have no holes, the intersection area is computed by
-Sutherland-Hodgman clipping of the other polygon's ring against the convex one, compiled with
-numba: the clipped ring may touch itself but its shoelace area is exactly the area of the
-intersection, for any simple subject ring. Pairs where neither polygon is convex (pixel
-staircases, L shapes) or that have holes or several parts go to GEOS (``shapely.intersection``),
-split over threads. Identical geometries skip the overlay (their intersection is their area).
+Building footprints are small and either convex (rectangles, truth outlines) or rectilinear
+(pixel-edge polygons from ``polygonize``). Both cases have an exact kernel compiled with numba,
+for holeless single polygons:
+
+- one polygon convex: Sutherland-Hodgman clipping of the other ring against it; the clipped
+  ring may touch itself, but its shoelace area is exactly the area of the intersection for any
+  simple subject ring;
+- both rectilinear: slabs between consecutive vertex rows, where each polygon is a union of
+  x-intervals; the overlap length times the slab height, summed.
+
+Other pairs (holes, several parts, non-convex and not rectilinear) go to GEOS
+(``shapely.intersection``), split over threads; identical geometries skip the overlay.
 """
 
 from __future__ import annotations
@@ -129,6 +134,78 @@ def _clip_areas(xy: np.ndarray, start: np.ndarray, convex: np.ndarray, pa: np.nd
         out[k] = abs(area) / 2
 
 
+@numba.njit(cache=True)
+def _ring_rectilinear(xy: np.ndarray, start: np.ndarray, out: np.ndarray) -> None:
+    """``out[k]`` = True when every edge of ring ``k`` is horizontal or vertical (pixel-edge polygons)."""
+    for k in range(len(start) - 1):
+        ok = start[k + 1] - start[k] >= 5
+        for i in range(start[k], start[k + 1] - 1):
+            if xy[i + 1, 0] != xy[i, 0] and xy[i + 1, 1] != xy[i, 1]:
+                ok = False
+                break
+        out[k] = ok
+
+
+@numba.njit(cache=True)
+def _slab_crossings(xy: np.ndarray, s: int, e: int, ym: float, buf: np.ndarray) -> int:
+    """Sorted x of the vertical edges of ring ``xy[s:e]`` that cross the horizontal line ``y = ym``."""
+    n = 0
+    for i in range(s, e - 1):
+        y0, y1 = xy[i, 1], xy[i + 1, 1]
+        if xy[i, 0] == xy[i + 1, 0] and min(y0, y1) < ym < max(y0, y1):
+            buf[n] = xy[i, 0]
+            n += 1
+    buf[:n].sort()
+    return n
+
+
+@numba.njit(cache=True)
+def _rectilinear_areas(xy: np.ndarray, start: np.ndarray, pa: np.ndarray, pb: np.ndarray, out: np.ndarray) -> None:
+    """Intersection area of rectilinear ring pairs, slab by slab: exact for axis-parallel edges.
+
+    Between two consecutive vertex rows both rings are unions of x-intervals (even-odd rule);
+    the overlap length of the two interval lists times the slab height is the slab's area.
+    """
+    longest = 0
+    for k in range(len(start) - 1):
+        longest = max(longest, start[k + 1] - start[k])
+    ys = np.empty(2 * longest)
+    xa = np.empty(longest)
+    xb = np.empty(longest)
+    for k in range(len(pa)):
+        sa, ea, sb, eb = start[pa[k]], start[pa[k] + 1], start[pb[k]], start[pb[k] + 1]
+        ny = 0
+        for i in range(sa, ea):
+            ys[ny] = xy[i, 1]
+            ny += 1
+        for i in range(sb, eb):
+            ys[ny] = xy[i, 1]
+            ny += 1
+        ys[:ny].sort()
+        area = 0.0
+        for j in range(ny - 1):
+            y0, y1 = ys[j], ys[j + 1]
+            if y1 <= y0:
+                continue
+            ym = 0.5 * (y0 + y1)
+            na = _slab_crossings(xy, sa, ea, ym, xa)
+            nb = _slab_crossings(xy, sb, eb, ym, xb)
+            i = 0
+            q = 0
+            length = 0.0
+            while i + 1 < na and q + 1 < nb:  # two-pointer overlap of [xa0, xa1], [xa2, xa3], ... with xb
+                lo = max(xa[i], xb[q])
+                hi = min(xa[i + 1], xb[q + 1])
+                if hi > lo:
+                    length += hi - lo
+                if xa[i + 1] < xb[q + 1]:
+                    i += 2
+                else:
+                    q += 2
+            area += length * (y1 - y0)
+        out[k] = area
+
+
 def geos_intersection_area(a: np.ndarray, b: np.ndarray, threads: int = 2, min_chunk: int = 2000) -> np.ndarray:
     """Element-wise intersection areas with GEOS; large batches run on threads (GEOS releases the GIL)."""
     if len(a) < 2 * min_chunk or threads < 2:
@@ -155,8 +232,10 @@ class PolygonSet:
         self.start = np.zeros(int(simple.sum()) + 1, np.int64)
         np.cumsum(np.bincount(idx, minlength=len(self.start) - 1), out=self.start[1:])
         self.convex = np.zeros(int(simple.sum()), np.int8)
+        self.rectilinear = np.zeros(int(simple.sum()), np.bool_)
         if len(self.convex):
             _ring_convexity(self.xy, self.start, self.convex)
+            _ring_rectilinear(self.xy, self.start, self.rectilinear)
 
 
 def pair_intersection_area(a: PolygonSet, b: PolygonSet, ia: np.ndarray, ib: np.ndarray, threads: int = 2) -> np.ndarray:
@@ -176,6 +255,16 @@ def pair_intersection_area(a: PolygonSet, b: PolygonSet, ia: np.ndarray, ib: np.
         _clip_areas(xy, start, convex, ra[fast], rb[fast] + len(a.convex), res, done)
         out[fast] = res
         fast[np.flatnonzero(fast)[~done]] = False
+    rect = ~fast & (ra >= 0) & (rb >= 0)
+    if np.any(rect):
+        rect &= a.rectilinear[np.maximum(ra, 0)] & b.rectilinear[np.maximum(rb, 0)]
+    if np.any(rect):
+        xy = np.concatenate([a.xy, b.xy])
+        start = np.concatenate([a.start[:-1], b.start + len(a.xy)])
+        res = np.zeros(int(rect.sum()))
+        _rectilinear_areas(xy, start, ra[rect], rb[rect] + len(a.convex), res)
+        out[rect] = res
+        fast |= rect
     slow = np.flatnonzero(~fast)
     if len(slow):
         ga, gb = a.geoms[ia[slow]], b.geoms[ib[slow]]
