@@ -1,4 +1,4 @@
-"""Training-step and inference cost of the demo network in fp32 vs bf16 autocast, side by side.
+"""Training-step and inference cost of the demo network: fp32 vs bf16 autocast, and channels_last.
 
     python bench/bench_precision.py
 
@@ -52,6 +52,11 @@ def main() -> None:
     print(f"native bf16 on this CPU: {cpu_has_fast_bf16()}; {torch.get_num_threads()} threads, batch {len(x)} x 256^2")
     print(f"train step per chip: fp32 {f32:.3f} s, bf16 {b16:.3f} s, ratio {f32 / b16:.2f}x")
     print(f"inference per chip:  fp32 {i32:.3f} s, bf16 {i16:.3f} s, ratio {i32 / i16:.2f}x")
+    cl = build_net(cfg.model).to(memory_format=torch.channels_last)  # what SegmentationTask and predict use
+    xc = x.contiguous(memory_format=torch.channels_last)
+    c16, ci16 = step_time(cl, xc, True), infer_time(cl, xc, True)
+    print(f"bf16 channels_last: train step {c16:.3f} s ({b16 / c16:.2f}x vs contiguous), "
+          f"inference {ci16:.3f} s ({i16 / ci16:.2f}x)")
 
 
 if __name__ == "__main__":

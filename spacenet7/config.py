@@ -61,6 +61,7 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = None
     limit_train_batches: Optional[float] = None
     limit_val_batches: Optional[float] = None
+    check_val_every_n_epoch: int = 1
     enable_progress_bar: bool = True
 
 
@@ -92,6 +93,7 @@ class TrainConfig:
     resume: bool = False
     threads: int = 0  # torch CPU threads; 0 = library default
     cache_chips: bool = False  # hold every chip in memory (small data sets only)
+    empty_chips: float = 1.0  # fraction of the training chips without buildings to keep (drawn with ``seed``)
 
 
 @dataclass
@@ -126,7 +128,7 @@ class TrackConfig:
     fill_gaps: bool = True
     fill_masked: bool = False  # also fill months where the footprint is mostly masked (SN7 labels omit buildings under clouds)
     absent_prob: float = 0.15  # mean footprint probability below which a valid area counts as clearly empty
-    min_persist: int = 3  # months a new building must be seen to count
+    min_persist: int = 2  # months a new building must be seen to count
     birth_prob: float = 0.0  # a new track starts in the first month its mean footprint probability reaches this (0 = off)
     max_new_overlap: float = 0.5  # drop a new track whose first footprint lies this much (fraction of its area) on earlier ones
     never_demolished: bool = False

@@ -78,7 +78,7 @@ def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: st
                                  f"(checkpoint was trained as {hp['model'].get('arch')}/{hp['model'].get('encoder_name')}): {first}") from None
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     meta = hp.get("chip_meta") or {}
-    return LoadedModel(net.eval().to(dev), float(meta.get("upscale", 1.0)), int(meta.get("source_bands", 4)), dev,
+    return LoadedModel(net.eval().to(dev, memory_format=torch.channels_last), float(meta.get("upscale", 1.0)), int(meta.get("source_bands", 4)), dev,
                        autocast_dtype(dev, amp))
 
 
@@ -112,7 +112,7 @@ def sliding_window(model: LoadedModel, rgb: np.ndarray, tile: int, overlap: int,
 
 
 def _predict_batch(model: LoadedModel, batch: torch.Tensor, tta: bool) -> torch.Tensor:
-    batch = batch.to(model.device)
+    batch = batch.to(model.device).contiguous(memory_format=torch.channels_last)
     flips = [(), (3,), (2,)] if tta else [()]
     out = 0
     for dims in flips:

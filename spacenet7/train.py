@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import torch
 import yaml
 from hydra.utils import instantiate
@@ -31,6 +33,16 @@ from spacenet7.models.task import SegmentationTask
 log = logging.getLogger(__name__)
 
 
+def drop_empty_chips(index: pd.DataFrame, keep: float, seed: int) -> pd.DataFrame:
+    """Keep a ``keep`` fraction of the training chips that contain no building (validation untouched)."""
+    if keep >= 1:
+        return index
+    if not 0 <= keep < 1:
+        raise SN7Error(f"train: empty_chips={keep} must be a fraction in [0, 1]")
+    empty = index[(index["split"] == "train") & (index["building_frac"] <= 0)]
+    return index.drop(empty.sample(frac=1 - keep, random_state=seed).index)
+
+
 def run(cfg: TrainConfig) -> dict[str, Path]:
     """Train; returns paths of the best/last checkpoints and ``metrics.json``."""
     for key in ("model", "loss", "optimizer"):
@@ -42,6 +54,7 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
     index, meta = load_index(cfg.chip_dir)
     if not (index["split"] == "val").any():
         raise SN7Error(f"{cfg.chip_dir}: chip index has no 'val' chips (check chip split/val_frac)")
+    index = drop_empty_chips(index, cfg.empty_chips, cfg.seed)
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
@@ -72,7 +85,11 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     trainer.fit(task, dm, ckpt_path=str(last) if cfg.resume else None)
-    best = Path(best_cb.best_model_path) if best_cb.best_model_path else last
+    best = Path(best_cb.best_model_path) if best_cb.best_model_path else ckpt_dir / "best.ckpt"
+    if not best_cb.best_model_path and trainer.is_global_zero:  # validation never ran (check_val_every_n_epoch)
+        log.warning("train: no validation epoch ran; best.ckpt is the last checkpoint")
+        shutil.copyfile(last, best)
+    trainer.strategy.barrier()
     epochs, steps = trainer.current_epoch, trainer.global_step
     scores = trainer.validate(task, dm, ckpt_path=str(best), verbose=False)[0]  # every rank (DDP), rank 0 writes
     metrics = {k.replace("/", "_"): float(v) for k, v in scores.items()}

@@ -163,3 +163,21 @@ def test_dataset_group_sets_the_data_root():
     assert compose("chip", ["dataset=real_sample"]).data_root.endswith("shared/data/sn7_real_sample")
     assert compose("chip", []).data_root == "data/synthetic"
     assert compose("chip", ["dataset=real_sample", "data_root=/x"]).data_root == "/x"
+
+
+def test_drop_empty_chips_thins_only_empty_training_chips():
+    import pandas as pd
+
+    from spacenet7.errors import SN7Error
+    from spacenet7.train import drop_empty_chips
+
+    index = pd.DataFrame({"split": ["train"] * 80 + ["val"] * 20,
+                          "building_frac": [0.0] * 40 + [0.1] * 40 + [0.0] * 20})
+    kept = drop_empty_chips(index, 0.25, seed=0)
+    assert (kept["split"] == "val").sum() == 20
+    assert ((kept["split"] == "train") & (kept["building_frac"] > 0)).sum() == 40
+    assert ((kept["split"] == "train") & (kept["building_frac"] == 0)).sum() == 10
+    assert drop_empty_chips(index, 0.25, seed=0).equals(kept)  # deterministic
+    assert drop_empty_chips(index, 1.0, seed=0) is index
+    with pytest.raises(SN7Error, match="empty_chips"):
+        drop_empty_chips(index, -0.5, seed=0)
