@@ -7,8 +7,9 @@ for holeless single polygons:
 - one polygon convex: Sutherland-Hodgman clipping of the other ring against it; the clipped
   ring may touch itself, but its shoelace area is exactly the area of the intersection for any
   simple subject ring;
-- both rectilinear: slabs between consecutive vertex rows, where each polygon is a union of
-  x-intervals; the overlap length times the slab height, summed.
+- both rectilinear: a sweep over horizontal slabs between consecutive vertex rows, where each
+  polygon is a union of x-intervals bounded by its active vertical edges; the overlap length
+  times the slab height, summed.
 
 Other pairs (holes, several parts, non-convex and not rectilinear) go to GEOS
 (``shapely.intersection``), split over threads; identical geometries skip the overlay.
@@ -147,49 +148,68 @@ def _ring_rectilinear(xy: np.ndarray, start: np.ndarray, out: np.ndarray) -> Non
 
 
 @numba.njit(cache=True)
-def _slab_crossings(xy: np.ndarray, s: int, e: int, ym: float, buf: np.ndarray) -> int:
-    """Sorted x of the vertical edges of ring ``xy[s:e]`` that cross the horizontal line ``y = ym``."""
-    n = 0
-    for i in range(s, e - 1):
-        y0, y1 = xy[i, 1], xy[i + 1, 1]
-        if xy[i, 0] == xy[i + 1, 0] and min(y0, y1) < ym < max(y0, y1):
-            buf[n] = xy[i, 0]
-            n += 1
-    buf[:n].sort()
-    return n
+def _active_xs(ex: np.ndarray, elo: np.ndarray, ehi: np.ndarray, s: int, e: int, ptr: int, act: np.ndarray, n: int,
+               ym: float, xs: np.ndarray) -> tuple[int, int]:
+    """Sweep step for one ring: admit the edges (sorted by ``elo``) starting below ``ym``, drop those
+    ending below it, and write the active edges' x, sorted, to ``xs``. Returns (ptr, n)."""
+    while ptr < e and elo[ptr] < ym:
+        act[n] = ptr
+        n += 1
+        ptr += 1
+    m = 0
+    for t in range(n):
+        if ehi[act[t]] > ym:
+            act[m] = act[t]
+            m += 1
+    for t in range(m):  # insertion sort: a handful of active edges
+        x = ex[act[t]]
+        u = t
+        while u > 0 and xs[u - 1] > x:
+            xs[u] = xs[u - 1]
+            u -= 1
+        xs[u] = x
+    return ptr, m
 
 
 @numba.njit(cache=True)
-def _rectilinear_areas(xy: np.ndarray, start: np.ndarray, pa: np.ndarray, pb: np.ndarray, out: np.ndarray) -> None:
-    """Intersection area of rectilinear ring pairs, slab by slab: exact for axis-parallel edges.
+def _rectilinear_areas(ex: np.ndarray, elo: np.ndarray, ehi: np.ndarray, estart: np.ndarray,
+                       pa: np.ndarray, pb: np.ndarray, out: np.ndarray) -> None:
+    """Intersection area of rectilinear ring pairs by a sweep over horizontal slabs.
 
-    Between two consecutive vertex rows both rings are unions of x-intervals (even-odd rule);
-    the overlap length of the two interval lists times the slab height is the slab's area.
+    Each ring is given by its vertical edges ``(x, ylo, yhi)`` sorted by ``ylo``. Between two
+    consecutive edge ends both rings are unions of x-intervals (even-odd rule over the active
+    edges); the overlap length of the two interval lists times the slab height is the slab's area.
+    Exact for axis-parallel edges.
     """
-    longest = 0
-    for k in range(len(start) - 1):
-        longest = max(longest, start[k + 1] - start[k])
-    ys = np.empty(2 * longest)
+    longest = 1
+    for k in range(len(estart) - 1):
+        longest = max(longest, estart[k + 1] - estart[k])
+    ys = np.empty(4 * longest)
+    act_a = np.empty(longest, np.int64)
+    act_b = np.empty(longest, np.int64)
     xa = np.empty(longest)
     xb = np.empty(longest)
     for k in range(len(pa)):
-        sa, ea, sb, eb = start[pa[k]], start[pa[k] + 1], start[pb[k]], start[pb[k] + 1]
+        sa, ea, sb, eb = estart[pa[k]], estart[pa[k] + 1], estart[pb[k]], estart[pb[k] + 1]
         ny = 0
         for i in range(sa, ea):
-            ys[ny] = xy[i, 1]
-            ny += 1
+            ys[ny] = elo[i]
+            ys[ny + 1] = ehi[i]
+            ny += 2
         for i in range(sb, eb):
-            ys[ny] = xy[i, 1]
-            ny += 1
+            ys[ny] = elo[i]
+            ys[ny + 1] = ehi[i]
+            ny += 2
         ys[:ny].sort()
         area = 0.0
+        pta, ptb, na, nb = sa, sb, 0, 0
         for j in range(ny - 1):
             y0, y1 = ys[j], ys[j + 1]
             if y1 <= y0:
                 continue
             ym = 0.5 * (y0 + y1)
-            na = _slab_crossings(xy, sa, ea, ym, xa)
-            nb = _slab_crossings(xy, sb, eb, ym, xb)
+            pta, na = _active_xs(ex, elo, ehi, sa, ea, pta, act_a, na, ym, xa)
+            ptb, nb = _active_xs(ex, elo, ehi, sb, eb, ptb, act_b, nb, ym, xb)
             i = 0
             q = 0
             length = 0.0
@@ -204,6 +224,34 @@ def _rectilinear_areas(xy: np.ndarray, start: np.ndarray, pa: np.ndarray, pb: np
                     q += 2
             area += length * (y1 - y0)
         out[k] = area
+
+
+@numba.njit(cache=True)
+def _vertical_edges(xy: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Vertical edges ``(x, ylo, yhi)`` of every ring, sorted by ring then ``ylo``, and per-ring offsets."""
+    nr = len(start) - 1
+    estart = np.zeros(nr + 1, np.int64)
+    for k in range(nr):
+        c = 0
+        for i in range(start[k], start[k + 1] - 1):
+            if xy[i, 0] == xy[i + 1, 0] and xy[i, 1] != xy[i + 1, 1]:
+                c += 1
+        estart[k + 1] = estart[k] + c
+    ex = np.empty(estart[nr])
+    elo = np.empty(estart[nr])
+    ehi = np.empty(estart[nr])
+    for k in range(nr):
+        n = estart[k]
+        for i in range(start[k], start[k + 1] - 1):
+            if xy[i, 0] == xy[i + 1, 0] and xy[i, 1] != xy[i + 1, 1]:
+                x, lo, hi = xy[i, 0], min(xy[i, 1], xy[i + 1, 1]), max(xy[i, 1], xy[i + 1, 1])
+                u = n
+                while u > estart[k] and elo[u - 1] > lo:  # insertion sort by ylo within the ring
+                    ex[u], elo[u], ehi[u] = ex[u - 1], elo[u - 1], ehi[u - 1]
+                    u -= 1
+                ex[u], elo[u], ehi[u] = x, lo, hi
+                n += 1
+    return ex, elo, ehi, estart
 
 
 def geos_intersection_area(a: np.ndarray, b: np.ndarray, threads: int = 2, min_chunk: int = 2000) -> np.ndarray:
@@ -262,7 +310,7 @@ def pair_intersection_area(a: PolygonSet, b: PolygonSet, ia: np.ndarray, ib: np.
         xy = np.concatenate([a.xy, b.xy])
         start = np.concatenate([a.start[:-1], b.start + len(a.xy)])
         res = np.zeros(int(rect.sum()))
-        _rectilinear_areas(xy, start, ra[rect], rb[rect] + len(a.convex), res)
+        _rectilinear_areas(*_vertical_edges(xy, start), ra[rect], rb[rect] + len(a.convex), res)
         out[rect] = res
         fast |= rect
     slow = np.flatnonzero(~fast)
