@@ -24,8 +24,10 @@ def main() -> None:
 
     geoms = [box(x, y, x + rng.integers(3, 15), y + rng.integers(3, 15)) for x in range(0, 1010, 16) for y in range(0, 1010, 16)]
     labels = rasterize_footprints(geoms, (1024, 1024), values=np.arange(1, len(geoms) + 1, dtype="int32"), dtype="int32")
-    bare = best_of(lambda: list(features.shapes(labels, mask=labels > 0, connectivity=4)))
-    ours = best_of(lambda: polygons(labels))
+    bare, ours = float("inf"), float("inf")
+    for _ in range(7):  # interleaved, best of 7 each: both see the same machine state
+        bare = min(bare, best_of(lambda: list(features.shapes(labels, mask=labels > 0, connectivity=4)), 1))
+        ours = min(ours, best_of(lambda: polygons(labels), 1))
     print(f"{len(geoms)} buildings on 1024^2: bare shapes {bare:.3f} s, spacenet7 polygons {ours:.3f} s, "
           f"ratio {ours / bare:.2f}x (target <= 1.3x, before watershed)")
     prob = np.stack([(labels > 0).astype(np.float32), np.zeros_like(labels, np.float32), np.zeros_like(labels, np.float32)])

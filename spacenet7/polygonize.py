@@ -58,21 +58,23 @@ def polygons(labels: np.ndarray, *, min_area: float = 0.0, simplify: float = 0.0
     if not labels.any():
         return np.empty(0, dtype=object)
     polys, values = _shapes(labels)
-    area = shapely.area(polys)
-    order = np.lexsort((-area, values))  # by label, largest part first
-    first = np.ones(len(order), bool)
-    first[1:] = values[order][1:] != values[order][:-1]
-    polys, area = polys[order][first], area[order][first]
+    order = np.argsort(values, kind="stable")
+    if len(values) and np.any(values[order][1:] == values[order][:-1]):  # some instance has several parts
+        area = shapely.area(polys)
+        order = np.lexsort((-area, values))  # by label, largest part first
+        first = np.ones(len(order), bool)
+        first[1:] = values[order][1:] != values[order][:-1]
+        order = order[first]
+    polys = polys[order]
     if simplify > 0:
         polys = shapely.simplify(polys, simplify, preserve_topology=True)
-        area = shapely.area(polys)
-    return polys[area >= min_area] if min_area > 0 else polys
+    return polys[shapely.area(polys) >= min_area] if min_area > 0 else polys
 
 
 def _shapes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``rasterio.features.shapes`` -> shapely polygons, built in one vectorized call when hole-free."""
     coords, counts, values, holed = [], [], [], {}
-    for k, (geom, value) in enumerate(features.shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4)):
+    for k, (geom, value) in enumerate(features.shapes(labels.astype(np.int32, copy=False), mask=labels > 0, connectivity=4)):
         rings = geom["coordinates"]
         coords.extend(rings[0])
         counts.append(len(rings[0]))
