@@ -12,18 +12,18 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from spacenet7.config import TrackConfig, VectorizeConfig
+from spacenet7.config import VectorizeConfig
 from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan
 from spacenet7.data.targets import make_targets
 from spacenet7.evaluate import ground_truth_table
 from spacenet7.metrics.scot import scot
 from spacenet7.polygonize import instances, polygons
-from spacenet7.track import track
+from spacenet7.vectorize import MonthPrediction, track_months
 
 
 def oracle(root: str, aoi: str, upscale: float, contact_width: int) -> None:
     v = VectorizeConfig()
-    months, stems = [], []
+    months, stems, preds = [], [], []
     for rec in scan(root)[aoi]:
         img = read_image(rec, upscale=upscale)
         inst = instance_raster(read_labels(rec, img.crs), img.shape, img.transform)
@@ -34,7 +34,8 @@ def oracle(root: str, aoi: str, upscale: float, contact_width: int) -> None:
             p = shapely.transform(p, lambda xy: xy / upscale)
         months.append(p[shapely.area(p) >= v.min_area_px] if len(p) else p)
         stems.append(rec)
-    rows = track(months, TrackConfig())
+        preds.append(MonthPrediction(rec.stem, rec.month_key, prob[0], img.valid, upscale))
+    rows = track_months(months, preds, v.track)  # as vectorize does: no filling where clouds hide a building
     sub = pd.DataFrame({"filename": [stems[t].stem for t in rows.t], "aoi": aoi,
                         "month": [stems[t].month_key for t in rows.t], "id": rows.id, "geometry": rows.geometry})
     r = scot(ground_truth_table(root, aois=[aoi]), sub)

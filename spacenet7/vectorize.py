@@ -14,11 +14,12 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import shapely
 from affine import Affine
 from rasterio import features
 
-from spacenet7.config import VectorizeConfig
+from spacenet7.config import TrackConfig, VectorizeConfig
 from spacenet7.data.sn7 import parse_stem
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.atomic import atomic_path
@@ -72,14 +73,7 @@ def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
         months.append(pix)
         info = parse_stem(f.name)
         preds.append(MonthPrediction(f.stem, info.month_key, prob[0], valid, up))
-    evidence = _evidence_fn(preds)
-
-    def absent(t: int, geom) -> bool:
-        """Not to be filled in month ``t``: clearly empty, or hidden by the mask (unless ``fill_masked``)."""
-        valid_frac, prob = evidence(t, geom)
-        return not cfg.track.fill_masked if valid_frac < 0.5 else prob < cfg.track.absent_prob
-
-    rows = track(months, cfg.track, absent=absent, confidence=lambda t, g: evidence(t, g)[1])
+    rows = track_months(months, preds, cfg.track)
     stems = [p.stem for p in preds]
     keys = [p.month for p in preds]
     gdf = gpd.GeoDataFrame({
@@ -101,6 +95,18 @@ def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
         tmp.write_text(json.dumps(meta, indent=2))
     log.info("vectorize: %s: %d buildings over %d months", aoi_dir.name, gdf["id"].nunique(), len(files))
     return out
+
+
+def track_months(months: list[np.ndarray], preds: list[MonthPrediction], cfg: TrackConfig) -> pd.DataFrame:
+    """:func:`spacenet7.track.track` with the imagery's evidence: a gap is not filled in a month
+    that clearly shows no building, nor (unless ``fill_masked``) where the mask hides it."""
+    evidence = _evidence_fn(preds)
+
+    def absent(t: int, geom) -> bool:
+        valid_frac, prob = evidence(t, geom)
+        return not cfg.fill_masked if valid_frac < 0.5 else prob < cfg.absent_prob
+
+    return track(months, cfg, absent=absent, confidence=lambda t, g: evidence(t, g)[1])
 
 
 def _evidence_fn(preds: list[MonthPrediction]):
