@@ -78,8 +78,8 @@ def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: st
                                  f"(checkpoint was trained as {hp['model'].get('arch')}/{hp['model'].get('encoder_name')}): {first}") from None
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     meta = hp.get("chip_meta") or {}
-    return LoadedModel(net.eval().to(dev, memory_format=torch.channels_last), float(meta.get("upscale", 1.0)), int(meta.get("source_bands", 4)), dev,
-                       autocast_dtype(dev, amp))
+    net = net.eval().to(dev, memory_format=torch.channels_last)
+    return LoadedModel(net, float(meta.get("upscale", 1.0)), int(meta.get("source_bands", 4)), dev, autocast_dtype(dev, amp))
 
 
 def window_weights(tile: int) -> np.ndarray:
