@@ -25,8 +25,8 @@ from spacenet7.data.sn7 import LABEL_SUFFIX, UDM_SUFFIX, make_stem
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path
 from spacenet7.io.raster import write_raster
-from spacenet7.metrics.table import month_rows
 from spacenet7.io.vector import pixel_to_map, write_vector
+from spacenet7.metrics.table import month_rows
 
 log = logging.getLogger(__name__)
 

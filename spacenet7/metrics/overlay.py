@@ -289,35 +289,32 @@ class PolygonSet:
 def pair_intersection_area(a: PolygonSet, b: PolygonSet, ia: np.ndarray, ib: np.ndarray, threads: int = 2) -> np.ndarray:
     """Exact intersection areas of the pairs ``(a[ia[k]], b[ib[k]])``."""
     out = np.zeros(len(ia))
-    if len(ia) == 0:
-        return out
     ra, rb = a.ring_of[ia], b.ring_of[ib]
-    fast = (ra >= 0) & (rb >= 0)
-    fast &= (a.convex[np.maximum(ra, 0)] != 0) | (b.convex[np.maximum(rb, 0)] != 0) if len(a.convex) and len(b.convex) else False
-    if np.any(fast):
-        xy = np.concatenate([a.xy, b.xy])
-        start = np.concatenate([a.start[:-1], b.start + len(a.xy)])
-        convex = np.concatenate([a.convex, b.convex])
-        res = np.zeros(int(fast.sum()))
-        done = np.zeros(len(res), np.bool_)
-        _clip_areas(xy, start, convex, ra[fast], rb[fast] + len(a.convex), res, done)
-        out[fast] = res
-        fast[np.flatnonzero(fast)[~done]] = False
-    rect = ~fast & (ra >= 0) & (rb >= 0)
-    if np.any(rect):
-        rect &= a.rectilinear[np.maximum(ra, 0)] & b.rectilinear[np.maximum(rb, 0)]
-    if np.any(rect):
-        xy = np.concatenate([a.xy, b.xy])
-        start = np.concatenate([a.start[:-1], b.start + len(a.xy)])
-        res = np.zeros(int(rect.sum()))
-        _rectilinear_areas(*_vertical_edges(xy, start), ra[rect], rb[rect] + len(a.convex), res)
-        out[rect] = res
-        fast |= rect
-    slow = np.flatnonzero(~fast)
+    both = np.flatnonzero((ra >= 0) & (rb >= 0))  # pairs of holeless single polygons: the numba kernels
+    ra, rb = ra[both], rb[both] + len(a.convex)  # ring indices into both sets, concatenated
+    xy = np.concatenate([a.xy, b.xy])
+    start = np.concatenate([a.start[:-1], b.start + len(a.xy)])
+    convex = np.concatenate([a.convex, b.convex])
+    rectilinear = np.concatenate([a.rectilinear, b.rectilinear])
+    done = np.zeros(len(both), np.bool_)
+    clip = (convex[ra] != 0) | (convex[rb] != 0)
+    if clip.any():
+        res, ok = np.zeros(int(clip.sum())), np.zeros(int(clip.sum()), np.bool_)
+        _clip_areas(xy, start, convex, ra[clip], rb[clip], res, ok)
+        out[both[clip]] = res
+        done[clip] = ok
+    sweep = ~done & rectilinear[ra] & rectilinear[rb]
+    if sweep.any():
+        res = np.zeros(int(sweep.sum()))
+        _rectilinear_areas(*_vertical_edges(xy, start), ra[sweep], rb[sweep], res)
+        out[both[sweep]] = res
+        done[sweep] = True
+    slow = np.ones(len(ia), bool)
+    slow[both[done]] = False
+    slow = np.flatnonzero(slow)
     if len(slow):
         ga, gb = a.geoms[ia[slow]], b.geoms[ib[slow]]
         same = shapely.equals_exact(ga, gb, 0.0)
         out[slow[same]] = a.area[ia[slow[same]]]
-        rest = slow[~same]
-        out[rest] = geos_intersection_area(ga[~same], gb[~same], threads)
+        out[slow[~same]] = geos_intersection_area(ga[~same], gb[~same], threads)
     return out
