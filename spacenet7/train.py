@@ -67,8 +67,10 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
     dm = ChipDataModule(cfg.chip_dir, index, cfg.batch_size, cfg.num_workers, augment, cfg.seed, cfg.cache_chips)
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.monitor, mode="max", save_top_k=1,
                               enable_version_counter=False)
-    # Lightning's save_last only writes when the monitored checkpoint improves; resume needs every epoch
-    last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
+    # Lightning's save_last only writes when the monitored checkpoint improves; resume needs every epoch,
+    # validated or not (check_val_every_n_epoch > 1)
+    last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, save_on_train_epoch_end=True,
+                              enable_version_counter=False)
     callbacks = [best_cb, last_cb]
     if cfg.early_stopping_patience > 0:
         callbacks.append(EarlyStopping(monitor=cfg.monitor, mode="max", patience=cfg.early_stopping_patience))
