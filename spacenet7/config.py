@@ -109,7 +109,8 @@ class PredictConfig:
     block: int = 1024  # output block size; bounds memory on huge mosaics
     gdal_cache_mb: int = 256  # GDAL block cache (its default is 5% of RAM)
     batch_size: int = 8
-    tta: bool = False
+    tta: bool = True  # average the probabilities over test-time views (rotations and mirrors)
+    tta_views: str = "d4"  # "d4": the 8 rotations/mirrors (8x inference) or "flips": identity + 2 mirrors (3x)
     amp: bool = True  # bf16/fp16 autocast where the hardware runs it natively
     fusion: bool = True
     fusion_weight: float = 0.35
@@ -139,8 +140,8 @@ class VectorizeConfig:
     pred_dir: str = "runs/demo/predictions"
     out_dir: str = "runs/demo/vectors"
     aois: Optional[List[str]] = None
-    threshold: float = 0.5
-    seed_threshold: float = 0.3
+    threshold: float = 0.4
+    seed_threshold: float = 0.55
     min_seed_px: int = 2
     min_area_px: float = 4.0
     simplify_px: float = 0.0

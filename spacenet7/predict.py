@@ -90,8 +90,11 @@ def window_weights(tile: int) -> np.ndarray:
 
 @torch.no_grad()
 def sliding_window(model: LoadedModel, rgb: np.ndarray, tile: int, overlap: int, batch_size: int = 8,
-                   tta: bool = False) -> np.ndarray:
-    """Blended sliding-window probabilities for a (3, H, W) uint8 image -> (C, H, W) float32."""
+                   tta: bool | str = False) -> np.ndarray:
+    """Blended sliding-window probabilities for a (3, H, W) uint8 image -> (C, H, W) float32.
+
+    ``tta``: False, True (the 8 "d4" views) or a key of ``TTA_VIEWS``.
+    """
     _, h, w = rgb.shape
     ph, pw = max(h, tile), max(w, tile)
     img = np.pad(rgb, ((0, 0), (0, ph - h), (0, pw - w)), mode="reflect") if (ph, pw) != (h, w) else rgb
@@ -111,16 +114,30 @@ def sliding_window(model: LoadedModel, rgb: np.ndarray, tile: int, overlap: int,
     return (acc / norm)[:, :h, :w].numpy()
 
 
-def _predict_batch(model: LoadedModel, batch: torch.Tensor, tta: bool) -> torch.Tensor:
-    batch = batch.to(model.device).contiguous(memory_format=torch.channels_last)
-    flips = [(), (3,), (2,)] if tta else [()]
+# Test-time views as (quarter turns, mirror first): "d4" is the full dihedral group of the square,
+# the same symmetries the default augmentation trains with; "flips" is identity + the two mirrors.
+TTA_VIEWS: dict[str, tuple[tuple[int, bool], ...]] = {
+    "d4": tuple((k, mirror) for k in range(4) for mirror in (False, True)),
+    "flips": ((0, False), (0, True), (2, True)),
+}
+
+
+def _predict_batch(model: LoadedModel, batch: torch.Tensor, tta: bool | str) -> torch.Tensor:
+    """Sigmoid probabilities of a (B, 3, h, w) batch, averaged over the test-time views.
+
+    ``tta`` is False (one view), True (the "d4" views) or a key of ``TTA_VIEWS``.
+    """
+    views = TTA_VIEWS["d4" if tta is True else tta] if tta else ((0, False),)
+    batch = batch.to(model.device)
     out = 0
-    for dims in flips:
-        xb = batch.flip(dims) if dims else batch
+    for k, mirror in views:
+        xb = batch.flip(3) if mirror else batch
+        xb = torch.rot90(xb, k, (2, 3)) if k else xb
         with torch.autocast(model.device.type, dtype=model.amp_dtype or torch.float32, enabled=model.amp_dtype is not None):
-            p = model.net(xb).float().sigmoid()
-        out = out + (p.flip(dims) if dims else p)
-    return (out / len(flips)).float().cpu()
+            p = model.net(xb.contiguous(memory_format=torch.channels_last)).float().sigmoid()
+        p = torch.rot90(p, -k, (2, 3)) if k else p
+        out = out + (p.flip(3) if mirror else p)
+    return (out / len(views)).cpu()
 
 
 def _records(cfg: PredictConfig) -> dict[str, list[MonthRecord]]:
@@ -142,6 +159,8 @@ def run(cfg: PredictConfig) -> list[Path]:
         raise SN7Error(f"predict: grid={cfg.grid!r} must be 'source' or 'upscaled'")
     if cfg.overlap >= cfg.tile:
         raise SN7Error(f"predict: overlap {cfg.overlap} must be smaller than tile {cfg.tile}")
+    if cfg.tta_views not in TTA_VIEWS:
+        raise SN7Error(f"predict: tta_views={cfg.tta_views!r} must be one of {sorted(TTA_VIEWS)}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = load_model(cfg.checkpoint, cfg.model, cfg.device, cfg.amp)
@@ -193,7 +212,7 @@ def predict_mosaic(model: LoadedModel, rec: MonthRecord, out: Path, cfg: Predict
             r1 = min(h, int(blk.row_off + blk.height) + halo)
             c1 = min(w, int(blk.col_off + blk.width) + halo)
             img = read_image(rec, window=Window(c0, r0, c1 - c0, r1 - r0), upscale=f)
-            prob = sliding_window(model, img.rgb, cfg.tile, cfg.overlap, cfg.batch_size, cfg.tta)
+            prob = sliding_window(model, img.rgb, cfg.tile, cfg.overlap, cfg.batch_size, cfg.tta and cfg.tta_views)
             valid = img.valid
             if out_f != fi:  # back to the source grid: mean of probabilities, all sub-pixels valid
                 hh, ww = valid.shape[0] // fi, valid.shape[1] // fi

@@ -13,7 +13,7 @@ import torch
 from spacenet7 import chip, export, predict, train, vectorize
 from spacenet7.config import ChipConfig, ExportConfig, PredictConfig, VectorizeConfig, compose
 from spacenet7.data.sn7 import scan
-from spacenet7.errors import SN7DataError
+from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.metrics.table import read_table
 
 
@@ -74,6 +74,27 @@ def test_sliding_window_blending_leaves_no_seams():
     with torch.no_grad():
         direct = net(torch.from_numpy(rgb).float()[None] / 255).sigmoid()[0].numpy()
     assert np.abs(out - direct).max() < 1e-5
+
+
+@pytest.mark.parametrize("k, mirror", [(1, False), (2, False), (0, True), (3, True)])
+def test_d4_tta_is_invariant_to_the_views_it_averages(k, mirror):
+    """Averaged over the 8 rotations/mirrors, an orientation-sensitive net becomes exactly equivariant."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 3, 3, padding=1, bias=False).eval()  # random 3x3 kernels: no symmetry
+    model = predict.LoadedModel(net, 1.0, 4, torch.device("cpu"))
+    x = torch.rand(2, 3, 16, 16)
+    view = lambda t: torch.rot90(t.flip(3) if mirror else t, k, (2, 3))  # noqa: E731
+    with torch.no_grad():
+        tta = predict._predict_batch(model, x, "d4")
+        assert torch.allclose(predict._predict_batch(model, view(x), "d4"), view(tta), atol=1e-6)
+        plain = predict._predict_batch(model, x, False)
+        assert not torch.allclose(predict._predict_batch(model, view(x), False), view(plain), atol=1e-3)
+
+
+def test_unknown_tta_views_is_a_clear_error(run, tmp_path):
+    cfg = PredictConfig(**{**run["pcfg"].__dict__, "out_dir": str(tmp_path), "tta_views": "d8"})
+    with pytest.raises(SN7Error, match="tta_views='d8' must be one of"):
+        predict.run(cfg)
 
 
 def test_temporal_fusion_blends_with_the_valid_mean(run, tmp_path):

@@ -1,0 +1,57 @@
+"""Score a grid of vectorize settings on one AOI's predictions: how the vectorize defaults were chosen.
+
+    python bench/tune_vectorize.py PRED_DIR AOI [key=v1,v2,...] ... [--data-root data/synthetic]
+
+PRED_DIR is a `spacenet7 predict` output folder holding AOI/. Every combination of the listed
+vectorize overrides (any `spacenet7 vectorize` key, e.g. threshold=0.4,0.5 track.min_persist=2,3)
+runs vectorize + export + SCOT against the AOI's ground truth, one line each. Tune on a validation
+AOI only, never on a held-out one. The demo's validation AOI (its chips' `val` split) is
+L15-1201E-1203N_4805_3379_13; its held-out AOI is listed in runs/demo/pipeline.json.
+
+    spacenet7 predict checkpoint=runs/demo/train/checkpoints/best.ckpt grid=upscaled \\
+        aois=[L15-1201E-1203N_4805_3379_13] out_dir=runs/val_pred
+    python bench/tune_vectorize.py runs/val_pred L15-1201E-1203N_4805_3379_13 threshold=0.4,0.5 seed_threshold=0.3,0.55
+"""
+
+import argparse
+import itertools
+import logging
+import tempfile
+from pathlib import Path
+
+from spacenet7 import export, vectorize
+from spacenet7.config import compose
+from spacenet7.evaluate import ground_truth_table
+from spacenet7.metrics.scot import scot
+from spacenet7.metrics.table import read_table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("pred_dir")
+    ap.add_argument("aoi")
+    ap.add_argument("grid", nargs="*", help="vectorize overrides key=v1,v2,...")
+    ap.add_argument("--data-root", default="data/synthetic")
+    ap.add_argument("--split-dir", default="train")
+    args = ap.parse_args()
+    logging.disable(logging.INFO)
+    truth = ground_truth_table(args.data_root, args.split_dir, [args.aoi])
+    keys = [g.split("=", 1)[0] for g in args.grid]
+    values = [g.split("=", 1)[1].split(",") for g in args.grid]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        for combo in itertools.product(*values):
+            overrides = [f"{k}={v}" for k, v in zip(keys, combo)]
+            vectorize.run(compose("vectorize", [f"pred_dir={args.pred_dir}", f"out_dir={out / 'vec'}",
+                                                f"aois=[{args.aoi}]", *overrides]))
+            export.run(compose("export", [f"vec_dir={out / 'vec'}", f"out_dir={out / 'fp'}",
+                                          f"submission={out / 'sub.csv'}"]))
+            r = scot(truth, read_table(out / "sub.csv"))
+            a = r.per_aoi[0]
+            print(f"{' '.join(overrides) or '(defaults)'}: SCOT {r.scot:.3f} tracking {r.tracking:.3f} "
+                  f"change {r.change:.3f} | tp {a.tp} fp {a.fp} fn {a.fn} mismatches {a.mismatches} "
+                  f"| change tp {a.change_tp} fp {a.change_fp} fn {a.change_fn}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
