@@ -17,9 +17,9 @@ from spacenet7.models.task import build_net
 
 CANDIDATES = {
     "demo (conf/model/unet_small.yaml)": {},
-    "resnet18, depth 3, decoder [64, 32, 16] (the demo's network before)": {
-        "encoder_name": "resnet18", "decoder_channels": [64, 32, 16]},
-    "resnet18, depth 3, decoder [32, 16, 8]": {"encoder_name": "resnet18"},
+    "the demo's with batch norm in the decoder (smp's default)": {"decoder_use_norm": "batchnorm"},
+    "resnet18, depth 3, decoder [64, 32, 16] with batch norm (the demo's network before)": {
+        "encoder_name": "resnet18", "decoder_channels": [64, 32, 16], "decoder_use_norm": "batchnorm"},
 }
 
 
