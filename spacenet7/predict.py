@@ -90,10 +90,10 @@ def window_weights(tile: int) -> np.ndarray:
 
 @torch.no_grad()
 def sliding_window(model: LoadedModel, rgb: np.ndarray, tile: int, overlap: int, batch_size: int = 8,
-                   tta: bool | str = False) -> np.ndarray:
+                   tta: str | None = None) -> np.ndarray:
     """Blended sliding-window probabilities for a (3, H, W) uint8 image -> (C, H, W) float32.
 
-    ``tta``: False, True (the 8 "d4" views) or a key of ``TTA_VIEWS``.
+    ``tta``: a key of ``TTA_VIEWS`` to average over those views, or None for one view.
     """
     _, h, w = rgb.shape
     ph, pw = max(h, tile), max(w, tile)
@@ -122,12 +122,9 @@ TTA_VIEWS: dict[str, tuple[tuple[int, bool], ...]] = {
 }
 
 
-def _predict_batch(model: LoadedModel, batch: torch.Tensor, tta: bool | str) -> torch.Tensor:
-    """Sigmoid probabilities of a (B, 3, h, w) batch, averaged over the test-time views.
-
-    ``tta`` is False (one view), True (the "d4" views) or a key of ``TTA_VIEWS``.
-    """
-    views = TTA_VIEWS["d4" if tta is True else tta] if tta else ((0, False),)
+def _predict_batch(model: LoadedModel, batch: torch.Tensor, tta: str | None) -> torch.Tensor:
+    """Sigmoid probabilities of a (B, 3, h, w) batch, averaged over the ``TTA_VIEWS[tta]`` views (None: one)."""
+    views = TTA_VIEWS[tta] if tta else ((0, False),)
     batch = batch.to(model.device)
     out = 0
     for k, mirror in views:
@@ -212,7 +209,7 @@ def predict_mosaic(model: LoadedModel, rec: MonthRecord, out: Path, cfg: Predict
             r1 = min(h, int(blk.row_off + blk.height) + halo)
             c1 = min(w, int(blk.col_off + blk.width) + halo)
             img = read_image(rec, window=Window(c0, r0, c1 - c0, r1 - r0), upscale=f)
-            prob = sliding_window(model, img.rgb, cfg.tile, cfg.overlap, cfg.batch_size, cfg.tta and cfg.tta_views)
+            prob = sliding_window(model, img.rgb, cfg.tile, cfg.overlap, cfg.batch_size, cfg.tta_views if cfg.tta else None)
             valid = img.valid
             if out_f != fi:  # back to the source grid: mean of probabilities, all sub-pixels valid
                 hh, ww = valid.shape[0] // fi, valid.shape[1] // fi

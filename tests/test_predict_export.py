@@ -70,7 +70,7 @@ def test_sliding_window_blending_leaves_no_seams():
     net = _PixelNet().eval()
     model = predict.LoadedModel(net, 1.0, 4, torch.device("cpu"))
     rgb = np.random.default_rng(0).integers(0, 255, (3, 300, 270), dtype=np.uint8)
-    out = predict.sliding_window(model, rgb, tile=128, overlap=48, batch_size=3, tta=True)
+    out = predict.sliding_window(model, rgb, tile=128, overlap=48, batch_size=3, tta="d4")
     with torch.no_grad():
         direct = net(torch.from_numpy(rgb).float()[None] / 255).sigmoid()[0].numpy()
     assert np.abs(out - direct).max() < 1e-5
@@ -87,8 +87,8 @@ def test_d4_tta_is_invariant_to_the_views_it_averages(k, mirror):
     with torch.no_grad():
         tta = predict._predict_batch(model, x, "d4")
         assert torch.allclose(predict._predict_batch(model, view(x), "d4"), view(tta), atol=1e-6)
-        plain = predict._predict_batch(model, x, False)
-        assert not torch.allclose(predict._predict_batch(model, view(x), False), view(plain), atol=1e-3)
+        plain = predict._predict_batch(model, x, None)
+        assert not torch.allclose(predict._predict_batch(model, view(x), None), view(plain), atol=1e-3)
 
 
 def test_unknown_tta_views_is_a_clear_error(run, tmp_path):
