@@ -1,15 +1,24 @@
-"""Stage ``chip``: georeferenced training chips with footprint/boundary/contact targets.
+"""Stage ``chip``: training data with footprint/boundary/contact targets, in one of two layouts.
 
-Each chip is a 7-band GeoTIFF (R, G, B, footprint, boundary, contact, ignore) carrying its own
-transform and CRS. With ``upscale > 1`` the image is resampled and the labels are rasterized from
-the polygons on the finer grid (never upsampled masks). ``index.parquet`` (or ``.csv``) lists
-every chip with its source, window, georeferencing, valid and building fractions, and split.
+- ``layout=rasters`` (windows): one bit-packed target raster per month on the training grid
+  (:mod:`spacenet7.data.windows`); the imagery stays in the source mosaics and training draws
+  random windows from it. Prepared data is a small fraction of the imagery's size at any
+  ``upscale`` (``python bench/bench_windows.py``). The index lists, per month, the region each
+  split may use.
+- ``layout=chips``: 7-band GeoTIFF chips (R, G, B, footprint, boundary, contact, ignore), each with
+  its own transform and CRS, on a fixed grid; simple to inspect, but the upscaled RGB is copied.
+
+With ``upscale > 1`` the image is resampled and the labels are rasterized from the polygons on
+the finer grid (never upsampled masks). ``index.parquet`` (or ``.csv``) lists every chip or
+region with its source, georeferencing, valid and building fractions, and split. ``chips.json``
+records the settings; files of an earlier run are reused only when the settings are the same.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +28,22 @@ from tqdm import tqdm
 
 from spacenet7.config import ChipConfig
 from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan
-from spacenet7.data.splits import aoi_split, spatial_split
+from spacenet7.data.splits import aoi_split, spatial_split, split_regions
 from spacenet7.data.targets import CHANNELS, make_targets
+from spacenet7.data.windows import pack_targets, unpack_targets
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path
 from spacenet7.io.raster import iter_windows, write_raster
 
 log = logging.getLogger(__name__)
 BANDS = ("red", "green", "blue", *CHANNELS, "ignore")
+
+
+class Layout(str, Enum):
+    """How the training data is laid out on disk."""
+
+    CHIPS = "chips"  # 7-band chips on a fixed grid
+    RASTERS = "rasters"  # one packed target raster per month; windows are drawn at training time
 
 
 def index_path(chip_dir: str | Path) -> Path:
@@ -48,41 +65,99 @@ def load_index(chip_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     return index, meta
 
 
+def _settings(cfg: ChipConfig) -> dict:
+    """Everything the prepared files depend on: resume only when all of it is the same."""
+    keys = ("data_root", "split_dir", "layout", "chip_size", "overlap", "upscale", "boundary_width", "contact_width")
+    return {k: str(Path(getattr(cfg, k)).resolve()) if k == "data_root" else getattr(cfg, k) for k in keys}
+
+
 def run(cfg: ChipConfig) -> dict[str, Path]:
-    """Cut chips for every (AOI, month) of ``cfg.data_root``; returns the index and metadata paths."""
+    """Prepare every (AOI, month) of ``cfg.data_root``; returns the index and metadata paths."""
     if cfg.split not in ("aoi", "spatial"):
         raise SN7Error(f"chip: split={cfg.split!r} must be 'aoi' or 'spatial'")
-    if cfg.overlap >= cfg.chip_size:
+    try:
+        layout = Layout(cfg.layout)
+    except ValueError:
+        raise SN7Error(f"chip: layout={cfg.layout!r} must be one of {[m.value for m in Layout]}") from None
+    if layout is Layout.CHIPS and cfg.overlap >= cfg.chip_size:
         raise SN7Error(f"chip: overlap {cfg.overlap} must be smaller than chip_size {cfg.chip_size}")
+    if layout is Layout.RASTERS and cfg.upscale != int(cfg.upscale):
+        raise SN7Error(f"chip: layout=rasters needs an integer upscale (got {cfg.upscale})")
     records = scan(cfg.data_root, cfg.split_dir, cfg.aois)
     out = Path(cfg.out_dir)
+    settings = _settings(cfg)
+    meta_path = out / "chips.json"
+    reuse = False
+    if meta_path.exists():
+        try:
+            reuse = json.loads(meta_path.read_text()).get("settings") == settings
+        except ValueError:
+            reuse = False
+        if not reuse:
+            log.info("chip: settings differ from the run in %s; rebuilding every file", out)
     by_aoi = aoi_split(list(records), cfg.val_frac, cfg.seed) if cfg.split == "aoi" else {}
     jobs = [r for recs in records.values() for r in recs[:: cfg.month_stride]]
     rows: list[dict] = []
+    month_fn = _chip_month if layout is Layout.CHIPS else _target_month
     for rec in tqdm(jobs, desc="chip", disable=not cfg.progress):
-        rows += _chip_month(rec, cfg, out, by_aoi.get(rec.aoi))
+        rows += month_fn(rec, cfg, out, by_aoi.get(rec.aoi), reuse)
     index = pd.DataFrame(rows)
     if index.empty:
         raise SN7Error(f"chip: no chip passed min_valid_frac={cfg.min_valid_frac} under {cfg.data_root}")
-    meta = {"upscale": cfg.upscale, "chip_size": cfg.chip_size, "bands": list(BANDS), "source_bands": 4,
-            "split": cfg.split, "aois": sorted(records), "data_root": str(cfg.data_root)}
+    meta = {"layout": layout.value, "upscale": cfg.upscale, "chip_size": cfg.chip_size, "bands": list(BANDS),
+            "source_bands": 4, "split": cfg.split, "val_frac": cfg.val_frac, "aois": sorted(records),
+            "data_root": str(cfg.data_root), "settings": settings}
     idx_path = out / f"index.{cfg.index_format}"
     with atomic_path(idx_path) as tmp:
         index.to_parquet(tmp, index=False) if cfg.index_format == "parquet" else index.to_csv(tmp, index=False)
-    with atomic_path(out / "chips.json") as tmp:
+    with atomic_path(meta_path) as tmp:
         tmp.write_text(json.dumps(meta, indent=2))
     counts = index["split"].value_counts().to_dict()
-    log.info("chip: %d chips (%s) in %s", len(index), counts, out)
-    return {"index": idx_path, "meta": out / "chips.json"}
+    log.info("chip: %d %s (%s) in %s", len(index), "chips" if layout is Layout.CHIPS else "regions", counts, out)
+    return {"index": idx_path, "meta": meta_path}
 
 
-def _chip_month(rec, cfg: ChipConfig, out: Path, aoi_side: str | None) -> list[dict]:
+def _month_targets(rec, cfg: ChipConfig):
+    """The month's image on the training grid, its targets (3, H, W) and ignore mask (H, W)."""
     img = read_image(rec, upscale=cfg.upscale)
     labels = read_labels(rec, img.crs)
     inst = instance_raster(labels, img.shape, img.transform)
     targets = make_targets(inst, cfg.boundary_width, cfg.contact_width)
     ignore = (~img.valid).astype(np.uint8)
     targets[:, ignore.astype(bool)] = 0
+    return img, targets, ignore
+
+
+def _target_month(rec, cfg: ChipConfig, out: Path, aoi_side: str | None, reuse: bool) -> list[dict]:
+    rel = Path("targets") / rec.aoi / f"{rec.stem}.tif"
+    path = out / rel
+    if reuse and _complete(path, 1):
+        with rasterio.open(path) as ds:
+            packed, transform, crs = ds.read(1), ds.transform, ds.crs
+        targets, ignore = unpack_targets(packed)
+    else:
+        img, targets, ignore = _month_targets(rec, cfg)
+        packed, transform, crs = pack_targets(targets, ignore), img.transform, img.crs
+        profile = dict(driver="GTiff", width=packed.shape[1], height=packed.shape[0], count=1, dtype="uint8", crs=crs,
+                       transform=transform, compress="deflate", tiled=True, blockxsize=256, blockysize=256)
+        write_raster(path, packed[None], profile, descriptions=("footprint|boundary|contact|ignore bits",))
+    h, w = packed.shape
+    rows = []
+    for side, (r0, r1, c0, c1) in split_regions(h, w, aoi_side, cfg.val_frac):
+        valid_frac = float(1 - ignore[r0:r1, c0:c1].mean())
+        if valid_frac < cfg.min_valid_frac:
+            continue
+        rows.append({
+            "target": str(rel), "image": str(Path(rec.image).resolve()), "aoi": rec.aoi, "month": rec.month_key,
+            "stem": rec.stem, "height": h, "width": w, "upscale": cfg.upscale, "r0": r0, "r1": r1, "c0": c0, "c1": c1,
+            "crs": crs.to_string(), "transform": json.dumps(list(transform)[:6]), "valid_frac": valid_frac,
+            "building_frac": float(targets[0][r0:r1, c0:c1].mean()), "split": side,
+        })
+    return rows
+
+
+def _chip_month(rec, cfg: ChipConfig, out: Path, aoi_side: str | None, reuse: bool) -> list[dict]:
+    img, targets, ignore = _month_targets(rec, cfg)
     stack = np.concatenate([img.rgb, targets, ignore[None]])
     h, w = img.shape
     rows = []
@@ -97,7 +172,7 @@ def _chip_month(rec, cfg: ChipConfig, out: Path, aoi_side: str | None) -> list[d
             continue
         path = out / "chips" / rec.aoi / f"{rec.stem}_r{r0:05d}_c{c0:05d}.tif"
         transform = rasterio.windows.transform(win, img.transform)
-        if not _complete(path):
+        if not (reuse and _complete(path, len(BANDS))):
             _write_chip(path, stack[(slice(None), *sl)], transform, img.crs)
         rows.append({
             "path": str(path.relative_to(out)), "aoi": rec.aoi, "month": rec.month_key, "stem": rec.stem,
@@ -110,13 +185,13 @@ def _chip_month(rec, cfg: ChipConfig, out: Path, aoi_side: str | None) -> list[d
     return rows
 
 
-def _complete(path: Path) -> bool:
-    """A chip is complete when it exists and opens (chips are renamed into place when done)."""
+def _complete(path: Path, bands: int) -> bool:
+    """A file is complete when it exists and opens (files are renamed into place when done)."""
     if not path.exists():
         return False
     try:
         with rasterio.open(path) as ds:
-            return ds.count == len(BANDS)
+            return ds.count == bands
     except rasterio.errors.RasterioIOError:
         return False
 

@@ -36,6 +36,7 @@ class ChipConfig:
     split_dir: str = "train"
     out_dir: str = "runs/demo/chips"
     aois: Optional[List[str]] = None  # None = every AOI under data_root
+    layout: str = "chips"  # "chips" (7-band chips) or "rasters" (target rasters; training draws windows)
     chip_size: int = 256
     overlap: int = 32
     upscale: float = 1.0
@@ -74,6 +75,17 @@ class LoggerConfig:
 
 
 @dataclass
+class WindowsConfig:
+    """Training windows drawn from a ``layout=rasters`` chip folder (ignored for 7-band chips)."""
+
+    size: int = 256  # window side on the training grid (after upscale)
+    per_mosaic: int = 32  # random training windows per mosaic per epoch
+    d4: bool = True  # one of the 8 rotations/mirrors per window
+    scale_jitter: float = 0.0  # zoom drawn in [1/(1+j), 1+j]; 0 = off
+    in_memory: bool = False  # hold each mosaic in memory once read (small data sets)
+
+
+@dataclass
 class TrainConfig:
     chip_dir: str = "runs/demo/chips"
     run_dir: str = "runs/demo/train"
@@ -94,6 +106,8 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = library default
     cache_chips: bool = False  # hold every chip in memory (small data sets only)
     empty_chips: float = 1.0  # fraction of the training chips without buildings to keep (drawn with ``seed``)
+    windows: WindowsConfig = field(default_factory=WindowsConfig)
+    init_from: Optional[str] = None  # a checkpoint of the same architecture to start from (weights only)
 
 
 @dataclass
@@ -170,13 +184,16 @@ class EvaluateConfig:
     iou_threshold: float = 0.25
     min_truth_area: float = 4.0
     beta: float = 2.0
+    region: Optional[List[float]] = None  # [row0, row1, col0, col1] source pixels: score only this box of every month
 
 
 @dataclass
 class PipelineConfig:
     run_dir: str = "runs/demo"
     data_root: str = "data/synthetic"
-    n_test_aois: int = 1  # the last AOIs (sorted) are held out: never chipped or trained on
+    n_test_aois: int = 1  # holdout=aoi: the last AOIs (sorted) are held out, never chipped or trained on
+    holdout: str = "aoi"  # "aoi" (whole AOIs) or "band" (the right band_frac of every AOI: one-AOI data)
+    band_frac: float = 0.25  # holdout=band: width fraction of the held-out band (the training run's validation band)
     stages: List[str] = field(default_factory=lambda: ["synth", "chip", "train", "predict", "vectorize", "export", "evaluate"])
     # per-stage settings, e.g. overrides.train.max_epochs=3 or overrides.train.experiment=demo_cpu
     overrides: Dict[str, Any] = field(default_factory=dict)

@@ -10,8 +10,9 @@ import pandas as pd
 
 from spacenet7.config import EvaluateConfig
 from spacenet7.data.sn7 import read_labels_pix, scan
-from spacenet7.errors import SN7DataError
+from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.atomic import atomic_path
+from spacenet7.metrics.pixel import clip_to_region, pixel_iou
 from spacenet7.metrics.scot import ScotResult, scot
 from spacenet7.metrics.table import check_table, check_unique_ids, month_rows, read_table
 
@@ -29,6 +30,13 @@ def ground_truth_table(data_root: str | Path, split_dir: str = "train", aois: li
             gdf = read_labels_pix(rec)
             rows += month_rows(rec.stem, gdf["Id"], [g.wkt for g in gdf.geometry])
     return check_table(pd.DataFrame(rows, columns=["filename", "id", "geometry"]), Path(data_root))
+
+
+def format_buildings(metrics: dict) -> str:
+    """One line of building scores: F1, precision and recall at both IoU thresholds, and pixel IoU."""
+    return (f"buildings  F1@0.5 {metrics['f1']:.4f} (P {metrics['precision']:.4f} R {metrics['recall']:.4f})   "
+            f"F1@0.25 {metrics['f1_iou25']:.4f} (P {metrics['precision_iou25']:.4f} R {metrics['recall_iou25']:.4f})   "
+            f"pixel IoU {metrics['pixel_iou']:.4f}")
 
 
 def format_table(result: ScotResult) -> str:
@@ -64,10 +72,23 @@ def run(cfg: EvaluateConfig) -> dict[str, Path]:
     extra = sorted(set(proposal["aoi"]) - set(truth["aoi"]))
     if extra:
         log.warning("evaluate: proposal AOIs not in the truth are ignored: %s", ", ".join(extra))
+    region = None
+    if cfg.region is not None:
+        if len(cfg.region) != 4:
+            raise SN7Error(f"evaluate: region={list(cfg.region)} must be [row0, row1, col0, col1] in source pixels")
+        region = [float(v) for v in cfg.region]
+        try:
+            truth, proposal = clip_to_region(truth, region), clip_to_region(proposal, region)
+        except ValueError as exc:
+            raise SN7Error(f"evaluate: {exc}") from None
     result = scot(truth, proposal, threshold=cfg.iou_threshold, beta=cfg.beta, min_truth_area=cfg.min_truth_area)
+    metrics = result.to_dict()
+    metrics["pixel_iou"] = pixel_iou(truth, proposal, region)
+    metrics["region"] = region
     print(format_table(result))
+    print(format_buildings(metrics) + (f"   (region rows {region[0]:g}-{region[1]:g}, cols {region[2]:g}-{region[3]:g})" if region else ""))
     out = Path(cfg.out)
     with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(result.to_dict(), indent=2))
+        tmp.write_text(json.dumps(metrics, indent=2))
     print(f"metrics written to {out}")
     return {"metrics": out}

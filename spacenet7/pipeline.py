@@ -2,8 +2,12 @@
 
 Each stage is composed from its own ``conf/<stage>.yaml`` with the hand-off paths of this run
 plus ``overrides.<stage>`` from the pipeline config, exactly as if typed on the command line,
-and the stages hand off through files under ``run_dir``. The last ``n_test_aois`` AOIs (sorted)
-are held out: never chipped or trained on, then predicted and scored.
+and the stages hand off through files under ``run_dir``. What is held out and scored:
+
+- ``holdout=aoi``: the last ``n_test_aois`` AOIs (sorted), never chipped or trained on;
+- ``holdout=band``: the right ``band_frac`` of every AOI (the training run's validation band;
+  training windows never reach it). Prediction uses the last checkpoint, not the one the band
+  selected, and evaluate scores only that band (``region``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 from pathlib import Path
 
 from spacenet7.config import PipelineConfig, compose
-from spacenet7.data.sn7 import scan
+from spacenet7.data.sn7 import image_grid, scan
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path
 
@@ -26,10 +30,11 @@ def _list(xs: list[str]) -> str:
     return "[" + ",".join(xs) + "]"
 
 
-def stage_overrides(cfg: PipelineConfig, train_aois: list[str], test_aois: list[str]) -> dict[str, list[str]]:
-    """The Hydra overrides that wire every stage to this run's files."""
+def stage_overrides(cfg: PipelineConfig, train_aois: list[str], test_aois: list[str],
+                    region: list[int] | None = None) -> dict[str, list[str]]:
+    """The Hydra overrides that wire every stage to this run's files (``region``: the held-out band)."""
     run, root = Path(cfg.run_dir), cfg.data_root
-    ckpt = run / "train" / "checkpoints" / "best.ckpt"
+    ckpt = run / "train" / "checkpoints" / ("last.ckpt" if cfg.holdout == "band" else "best.ckpt")
     base = {
         "synth": [f"out_dir={root}"],
         "chip": [f"data_root={root}", f"out_dir={run / 'chips'}", f"aois={_list(train_aois)}"],
@@ -40,7 +45,24 @@ def stage_overrides(cfg: PipelineConfig, train_aois: list[str], test_aois: list[
         "evaluate": [f"data_root={root}", f"aois={_list(test_aois)}", f"submission={run / 'submission.csv'}",
                      f"out={run / 'metrics.json'}"],
     }
+    if cfg.holdout == "band":
+        base["chip"] += ["split=spatial", f"val_frac={cfg.band_frac}"]
+        base["evaluate"] += [f"region={_list([str(v) for v in region or []])}"]
     return {k: v + flatten_overrides(cfg.overrides.get(k) or {}) for k, v in base.items()}
+
+
+def band_region(root: Path, aois: list[str], frac: float) -> list[int]:
+    """The held-out band ``[row0, row1, col0, col1]`` (source pixels), the same in every AOI.
+
+    Raises:
+        SN7Error: AOIs of different sizes (one pixel box cannot describe their bands).
+    """
+    records = scan(root, aois=aois)
+    shapes = {aoi: image_grid(recs[0])[2] for aoi, recs in records.items()}
+    if len(set(shapes.values())) > 1:
+        raise SN7Error(f"pipeline: holdout=band needs AOIs of one size, found {shapes}")
+    h, w = next(iter(shapes.values()))
+    return [0, h, int(round(w * (1 - frac))), w]
 
 
 def flatten_overrides(settings: dict, prefix: str = "") -> list[str]:
@@ -96,11 +118,21 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
         else:
             log.info("pipeline: data found at %s, skipping synth", root)
     aois = sorted(scan(root))
-    if cfg.n_test_aois < 1 or cfg.n_test_aois >= len(aois):
-        raise SN7Error(f"pipeline: n_test_aois={cfg.n_test_aois} must leave at least one training AOI ({len(aois)} AOIs)")
-    train_aois, test_aois = aois[: -cfg.n_test_aois], aois[-cfg.n_test_aois :]
-    log.info("pipeline: training AOIs %s; held-out AOIs %s", train_aois, test_aois)
-    ovr = stage_overrides(cfg, train_aois, test_aois)
+    region = None
+    if cfg.holdout == "band":
+        if not 0 < cfg.band_frac < 1:
+            raise SN7Error(f"pipeline: band_frac={cfg.band_frac} must be between 0 and 1")
+        train_aois = test_aois = aois
+        region = band_region(root, aois, cfg.band_frac)
+        log.info("pipeline: held-out band rows %d-%d, cols %d-%d of %s", *region, aois)
+    elif cfg.holdout == "aoi":
+        if cfg.n_test_aois < 1 or cfg.n_test_aois >= len(aois):
+            raise SN7Error(f"pipeline: n_test_aois={cfg.n_test_aois} must leave at least one training AOI ({len(aois)} AOIs)")
+        train_aois, test_aois = aois[: -cfg.n_test_aois], aois[-cfg.n_test_aois :]
+        log.info("pipeline: training AOIs %s; held-out AOIs %s", train_aois, test_aois)
+    else:
+        raise SN7Error(f"pipeline: holdout={cfg.holdout!r} must be 'aoi' or 'band'")
+    ovr = stage_overrides(cfg, train_aois, test_aois, region)
     write_manifest(Path(cfg.run_dir), root, train_aois, test_aois, ovr)
     for stage in stages:
         print(f"\n=== spacenet7 {stage} {' '.join(ovr[stage])}", flush=True)
@@ -109,7 +141,8 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
         timings[stage] = time.perf_counter() - t0
     run_dir = Path(cfg.run_dir)
     print("\n=== timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f" (total {sum(timings.values()):.0f}s)")
-    print(f"held-out AOIs: {', '.join(test_aois)}")
+    held = f"band rows {region[0]}-{region[1]}, cols {region[2]}-{region[3]} of " if region else ""
+    print(f"held-out:      {held}{', '.join(test_aois)}")
     print(f"GIS files:     {run_dir / 'footprints'}/<AOI>.gpkg and <AOI>/<stem>.geojson")
     print(f"submission:    {run_dir / 'submission.csv'}")
     print(f"metrics:       {run_dir / 'metrics.json'}")

@@ -61,7 +61,7 @@ def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: st
     if not path.exists():
         raise SN7DataError(path, "checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
     except Exception as exc:
         raise SN7DataError(path, f"not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
     hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}

@@ -25,7 +25,8 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from spacenet7.chip import load_index
 from spacenet7.config import TrainConfig
 from spacenet7.data.dataset import ChipDataModule
-from spacenet7.errors import SN7Error
+from spacenet7.data.windows import WindowDataModule
+from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.atomic import atomic_path
 from spacenet7.models.precision import resolve_precision
 from spacenet7.models.task import SegmentationTask
@@ -43,6 +44,68 @@ def drop_empty_chips(index: pd.DataFrame, keep: float, seed: int) -> pd.DataFram
     return index.drop(empty.sample(frac=1 - keep, random_state=seed).index)
 
 
+def init_weights(net: torch.nn.Module, checkpoint: str | Path) -> None:
+    """Load the network weights of a spacenet7 checkpoint into ``net`` (not its optimizer state or epoch).
+
+    The file is read with ``weights_only=True``: a checkpoint can never run code.
+
+    Raises:
+        SN7DataError: missing or unreadable file, not a spacenet7 checkpoint, or weights of another shape.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise SN7DataError(path, "init_from checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SN7DataError(path, f"not a loadable checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    sd = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict):
+        raise SN7DataError(path, "not a spacenet7 checkpoint (no state_dict)")
+    state = {k[len("net."):]: v for k, v in sd.items() if k.startswith("net.")}
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or extra or wrong:
+        what = (f"{wrong[0][0]} is {wrong[0][1]} in the checkpoint but {wrong[0][2]} in the model" if wrong
+                else f"{len(missing)} weights missing (e.g. {missing[0]})" if missing else f"{len(extra)} unexpected weights (e.g. {extra[0]})")
+        trained = ((ckpt.get("hyper_parameters") or {}).get("model") or {})
+        raise SN7DataError(path, f"init_from: architecture mismatch ({what}; the checkpoint was trained as "
+                                 f"{trained.get('arch')}/{trained.get('encoder_name')}); use a checkpoint of the same model")
+    net.load_state_dict(state, strict=True)
+    log.info("train: initialised the network from %s", path)
+
+
+def _datamodule(cfg: TrainConfig, index: pd.DataFrame, meta: dict, augment):
+    """The data module for the chip folder's layout: fixed chips or random windows."""
+    if meta.get("layout", "chips") == "chips":
+        index = drop_empty_chips(index, cfg.empty_chips, cfg.seed)
+        return ChipDataModule(cfg.chip_dir, index, cfg.batch_size, cfg.num_workers, augment, cfg.seed, cfg.cache_chips)
+    geometric = _geometric_transforms(augment)
+    if geometric:
+        raise SN7Error(f"train: the augment config moves pixels ({', '.join(geometric)}), but with chip layout=rasters the "
+                       "window sampler draws rotations/mirrors itself and augment sees the image only; use augment=planet")
+    w = cfg.windows
+    return WindowDataModule(cfg.chip_dir, index, w.size, w.per_mosaic, cfg.batch_size, cfg.num_workers, augment,
+                            w.d4, w.scale_jitter, cfg.seed, w.in_memory)
+
+
+def _geometric_transforms(augment) -> list[str]:
+    """Names of the transforms in an albumentations pipeline that move pixels (image and masks)."""
+    import albumentations as A
+
+    if augment is None:
+        return []
+    found = []
+    for t in getattr(augment, "transforms", [augment]):
+        if hasattr(t, "transforms"):
+            found += _geometric_transforms(t)
+        elif isinstance(t, A.DualTransform):
+            found.append(type(t).__name__)
+    return found
+
+
 def run(cfg: TrainConfig) -> dict[str, Path]:
     """Train; returns paths of the best/last checkpoints and ``metrics.json``."""
     for key in ("model", "loss", "optimizer"):
@@ -54,17 +117,18 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
     index, meta = load_index(cfg.chip_dir)
     if not (index["split"] == "val").any():
         raise SN7Error(f"{cfg.chip_dir}: chip index has no 'val' chips (check chip split/val_frac)")
-    index = drop_empty_chips(index, cfg.empty_chips, cfg.seed)
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     if cfg.resume and not last.exists():
         raise SN7Error(f"{last}: resume=true but there is no last checkpoint to resume from")
     task = SegmentationTask(cfg.model, cfg.loss, cfg.optimizer, cfg.scheduler, chip_meta=meta)
+    if cfg.init_from and not cfg.resume:
+        init_weights(task.net, cfg.init_from)
     augment = instantiate(cfg.augment, _convert_="all") if cfg.augment else None
     if augment is not None and hasattr(augment, "set_random_seed"):
         augment.set_random_seed(cfg.seed)  # albumentations 2.x has its own RNG, untouched by seed_everything
-    dm = ChipDataModule(cfg.chip_dir, index, cfg.batch_size, cfg.num_workers, augment, cfg.seed, cfg.cache_chips)
+    dm = _datamodule(cfg, index, meta, augment)
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.monitor, mode="max", save_top_k=1,
                               enable_version_counter=False)
     # Lightning's save_last only writes when the monitored checkpoint improves; resume needs every epoch,

@@ -181,3 +181,49 @@ def test_drop_empty_chips_thins_only_empty_training_chips():
     assert drop_empty_chips(index, 1.0, seed=0) is index
     with pytest.raises(SN7Error, match="empty_chips"):
         drop_empty_chips(index, -0.5, seed=0)
+
+
+def test_init_from_loads_weights_but_not_the_optimizer_or_epoch(chip_dir, tmp_path):
+    first = train.run(_cfg(chip_dir, tmp_path / "a", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"))
+    src = torch.load(first["last"], map_location="cpu", weights_only=True)
+    cfg = _cfg(chip_dir, tmp_path / "b", f"init_from={first['last']}", "seed=5")
+    task = SegmentationTask(cfg.model, cfg.loss, cfg.optimizer)
+    train.init_weights(task.net, cfg.init_from)
+    for key, value in task.net.state_dict().items():
+        assert torch.equal(value, src["state_dict"][f"net.{key}"]), key
+    # a full run from it starts at epoch 0 and trains its own max_epochs, with a fresh optimizer
+    out = train.run(_cfg(chip_dir, tmp_path / "c", f"init_from={first['last']}", "trainer.limit_train_batches=2",
+                         "trainer.limit_val_batches=1"))
+    ckpt = torch.load(out["last"], map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 0 and ckpt["global_step"] == 2
+    # a fresh AdamW has seen only this run's 2 steps, not the 4 of both runs
+    steps = {int(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()}
+    assert steps == {2}
+
+
+def test_init_from_another_architecture_is_one_clear_error(chip_dir, tmp_path):
+    first = train.run(_cfg(chip_dir, tmp_path / "a", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"))
+    cfg = _cfg(chip_dir, tmp_path / "b", "model=unet", f"init_from={first['last']}")
+    with pytest.raises(SN7Error, match="architecture mismatch") as err:
+        train.run(cfg)
+    assert "\n" not in str(err.value) and str(first["last"]) in str(err.value)
+    with pytest.raises(SN7Error, match="not found"):
+        train.run(_cfg(chip_dir, tmp_path / "c", f"init_from={tmp_path / 'nope.ckpt'}"))
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # would create the marker file if unpickled
+
+
+def test_init_from_never_runs_code_in_a_checkpoint(chip_dir, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Payload(str(marker))}, evil)
+    cfg = _cfg(chip_dir, tmp_path / "run", f"init_from={evil}")
+    with pytest.raises(SN7Error, match="not a loadable checkpoint"):
+        train.run(cfg)
+    assert not marker.exists()

@@ -31,3 +31,14 @@ def spatial_split(window: Window, width: int, val_frac: float) -> str | None:
     if window.col_off + window.width <= edge:
         return "train"
     return None
+
+
+def split_regions(h: int, w: int, aoi_side: str | None, val_frac: float) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """(split, (r0, r1, c0, c1)) regions of an (h, w) grid: the whole AOI, or the spatial split's two bands.
+
+    The spatial split puts the right ``val_frac`` of the columns in validation, the rest in training.
+    """
+    if aoi_side is not None:
+        return [(aoi_side, (0, h, 0, w))]
+    edge = int(round(w * (1 - val_frac)))
+    return [(side, reg) for side, reg in (("train", (0, h, 0, edge)), ("val", (0, h, edge, w))) if reg[3] > reg[2]]

@@ -139,6 +139,10 @@ class ScotResult:
     f1: float  # SpaceNet building F1 at IoU >= 0.5, pooled over all AOI-months
     f1_25: float  # the same at IoU > 0.25
     per_aoi: list[AOIScore]
+    precision: float = 0.0  # at IoU >= 0.5, pooled
+    recall: float = 0.0
+    precision_25: float = 0.0  # at IoU > 0.25, pooled
+    recall_25: float = 0.0
 
     def to_dict(self) -> dict:
         """The JSON written by ``spacenet7 evaluate``."""
@@ -149,7 +153,8 @@ class ScotResult:
             per_aoi[a.aoi] = d
         per_month = [asdict(m) for a in self.per_aoi for m in a.months]
         return {"scot": self.scot, "tracking": self.tracking, "change": self.change, "f1": self.f1,
-                "f1_iou25": self.f1_25, "n_aois": len(self.per_aoi), "per_aoi": per_aoi, "per_month": per_month}
+                "precision": self.precision, "recall": self.recall, "f1_iou25": self.f1_25,
+                "precision_iou25": self.precision_25, "recall_iou25": self.recall_25, "n_aois": len(self.per_aoi), "per_aoi": per_aoi, "per_month": per_month}
 
 
 def drop_small(truth: pd.DataFrame, min_area: float = 4.0) -> pd.DataFrame:
@@ -183,5 +188,7 @@ def scot(truth: pd.DataFrame, proposal: pd.DataFrame, *, threshold: float = 0.25
     nt = sum(m.n_truth for a in per_aoi for m in a.months)
     npr = sum(m.n_proposal for a in per_aoi for m in a.months)
     mean = (lambda xs: float(np.mean(xs)) if xs else 0.0)
+    p50, r50, f50 = _prf(tp50, nt, npr)
+    p25, r25, f25 = _prf(tp25, nt, npr)
     return ScotResult(mean([a.scot for a in per_aoi]), mean([a.tracking for a in per_aoi]),
-                      mean([a.change for a in per_aoi]), _prf(tp50, nt, npr)[2], _prf(tp25, nt, npr)[2], per_aoi)
+                      mean([a.change for a in per_aoi]), f50, f25, per_aoi, p50, r50, p25, r25)

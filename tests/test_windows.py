@@ -1,0 +1,173 @@
+"""Training windows drawn from whole mosaics (chip layout=rasters)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import torch
+
+from spacenet7 import chip
+from spacenet7.config import compose
+from spacenet7.data.targets import CHANNELS
+from spacenet7.data.windows import (GridWindows, MosaicReader, RandomWindows, pack_targets, unpack_targets)
+from spacenet7.errors import SN7Error
+
+
+@pytest.fixture(scope="module")
+def both_layouts(synth_root, tmp_path_factory):
+    """The same synthetic data prepared as 2x chips and as 2x target rasters, spatial split."""
+    out = {}
+    for layout in ("chips", "rasters"):
+        d = tmp_path_factory.mktemp(layout)
+        chip.run(compose("chip", [f"data_root={synth_root}", f"out_dir={d}", f"layout={layout}", "upscale=2",
+                                  "chip_size=96", "overlap=0", "split=spatial", "progress=false", "min_valid_frac=0"]))
+        out[layout] = (d, *chip.load_index(d))
+    return out
+
+
+def test_pack_round_trips():
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, (len(CHANNELS), 9, 7)).astype(np.uint8)
+    ignore = rng.random((9, 7)) > 0.7
+    t2, i2 = unpack_targets(pack_targets(targets, ignore))
+    assert np.array_equal(t2, targets) and np.array_equal(i2, ignore)
+
+
+def test_window_targets_equal_chip_targets(both_layouts):
+    chips_dir, chips_index, _ = both_layouts["chips"]
+    rast_dir, rast_index, meta = both_layouts["rasters"]
+    assert meta["layout"] == "rasters"
+    checked = 0
+    for _, row in chips_index.iloc[:: max(1, len(chips_index) // 12)].iterrows():
+        src = rast_index[rast_index["stem"] == row["stem"]].iloc[0]
+        reader = MosaicReader(src["image"], rast_dir / src["target"], src["upscale"])
+        rgb, packed = reader.read(int(row["row_off"]), int(row["col_off"]), int(row["height"]), int(row["width"]))
+        targets, ignore = unpack_targets(packed)
+        with rasterio.open(chips_dir / row["path"]) as ds:
+            chip_arr = ds.read()
+        assert np.array_equal(targets, chip_arr[3:6]), row["path"]
+        assert np.array_equal(ignore, chip_arr[6] > 0), row["path"]
+        # the image is resampled from the source on the fly: the same as the chip's up to rounding
+        assert np.abs(rgb.astype(int) - chip_arr[:3].astype(int)).max() <= 1
+        checked += 1
+    assert checked >= 6
+
+
+def test_rasters_take_far_less_disk_than_chips(both_layouts):
+    def size(d):
+        return sum(p.stat().st_size for p in d.rglob("*.tif"))
+
+    assert size(both_layouts["rasters"][0]) * 3 < size(both_layouts["chips"][0])
+
+
+def test_training_windows_never_touch_the_validation_band(both_layouts, monkeypatch):
+    root, index, _ = both_layouts["rasters"]
+    val = index[index["split"] == "val"]
+    edge = int(val["c0"].min())
+    assert (index.loc[index["split"] == "train", "c1"] <= edge).all()
+    seen = []
+    real_read = MosaicReader.read
+
+    def spy(self, r, c, h, w):
+        seen.append((r, c, h, w))
+        return real_read(self, r, c, h, w)
+
+    monkeypatch.setattr(MosaicReader, "read", spy)
+    torch.manual_seed(0)
+    ds = RandomWindows(root, index, size=80, per_mosaic=40, scale_jitter=0.3)
+    for i in range(len(ds)):
+        sample = ds[i]
+        assert sample["image"].shape == (3, 80, 80) and sample["target"].shape == (3, 80, 80)
+    assert len(seen) == len(ds)
+    cols = np.array([(c, c + w) for _, c, _, w in seen])
+    rows = np.array([(r, r + h) for r, _, h, _ in seen])
+    assert cols.min() >= 0 and cols.max() <= edge, "a training window reached into the validation band"
+    assert rows.min() >= 0 and rows.max() <= int(index["height"].max())
+    # and the draws cover the training area, not one spot
+    assert cols[:, 0].min() < edge // 4 and cols[:, 1].max() > edge * 3 // 4
+
+
+def test_random_windows_use_every_orientation(both_layouts):
+    root, index, _ = both_layouts["rasters"]
+    ds = RandomWindows(root, index, size=64, per_mosaic=50)
+    rng = np.random.default_rng(1)
+    views = {ds.draw(i, rng)[3:] for i in range(len(ds))}
+    assert len(views) == 8
+
+
+def test_validation_grid_is_fixed_and_covers_the_band(both_layouts):
+    root, index, _ = both_layouts["rasters"]
+    a, b = GridWindows(root, index, 64), GridWindows(root, index, 64)
+    assert a.items == b.items
+    row = index[index["split"] == "val"].iloc[0]
+    covered = np.zeros((int(row["height"]), int(row["width"])), bool)
+    row_i = int(index.index[index["split"] == "val"][0])
+    for i, (r_idx, r, c, h, w) in enumerate(a.items):
+        if r_idx == row_i:
+            covered[r : r + h, c : c + w] = True
+    assert covered[:, int(row["c0"]) : int(row["c1"])].all()
+    assert not covered[:, : int(row["c0"])].any()
+    assert torch.equal(a[0]["image"], b[0]["image"])
+
+
+def test_rasters_layout_rebuilds_when_settings_change(synth_root, tmp_path):
+    args = [f"data_root={synth_root}", f"out_dir={tmp_path}", "layout=rasters", "split=spatial", "progress=false"]
+    chip.run(compose("chip", args + ["contact_width=1"]))
+    target = next((tmp_path / "targets").rglob("*.tif"))
+    with rasterio.open(target) as ds:
+        before = ds.read(1)
+    chip.run(compose("chip", args + ["contact_width=3"]))
+    with rasterio.open(target) as ds:
+        after = ds.read(1)
+    assert unpack_targets(after)[0][2].sum() > unpack_targets(before)[0][2].sum()
+
+
+def test_unknown_layout_is_a_clear_error(synth_root, tmp_path):
+    with pytest.raises(SN7Error, match="layout"):
+        chip.run(compose("chip", [f"data_root={synth_root}", f"out_dir={tmp_path}", "layout=tiles"]))
+
+
+def test_geometric_augment_with_windows_is_refused(both_layouts, tmp_path):
+    from spacenet7 import train
+
+    root = both_layouts["rasters"][0]
+    cfg = compose("train", ["experiment=demo_cpu", f"chip_dir={root}", f"run_dir={tmp_path}", "logger.wandb=false",
+                            "augment=default", "max_epochs=1"])
+    with pytest.raises(SN7Error, match="augment=planet"):
+        train.run(cfg)
+
+
+def test_train_on_windows_runs_and_records_the_layout(both_layouts, tmp_path):
+    from spacenet7 import train
+
+    root = both_layouts["rasters"][0]
+    cfg = compose("train", ["experiment=demo_cpu", f"chip_dir={root}", f"run_dir={tmp_path}", "logger.wandb=false",
+                            "augment=planet", "max_epochs=1", "windows.size=64", "windows.per_mosaic=4",
+                            "windows.scale_jitter=0.2", "trainer.enable_progress_bar=false"])
+    out = train.run(cfg)
+    ckpt = torch.load(out["best"], map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["chip_meta"]["layout"] == "rasters"
+    n_train = int((both_layouts["rasters"][1]["split"] == "train").sum())
+    assert ckpt["global_step"] == n_train * 4 // cfg.batch_size
+    metrics = pd.read_json(out["metrics"], typ="series")
+    assert 0 <= metrics["val_iou"] <= 1
+
+
+def test_sn7_full_recipe_trains_a_few_steps_on_cpu(tmp_path_factory):
+    """experiment=sn7_full on a small synthetic SN7-layout tree: its model, loss, augment and window sampling."""
+    from spacenet7 import synth, train
+    from spacenet7.config import SynthConfig
+
+    d = tmp_path_factory.mktemp("sn7_full")
+    synth.run(SynthConfig(out_dir=str(d / "data"), n_aois=3, n_months=2, size=128, seed=1))
+    chip.run(compose("chip", [f"data_root={d / 'data'}", f"out_dir={d / 'chips'}", "layout=rasters", "upscale=3",
+                              "progress=false"]))
+    cfg = compose("train", ["experiment=sn7_full", "trainer=cpu", f"chip_dir={d / 'chips'}", f"run_dir={d / 'run'}",
+                            "num_workers=2", "batch_size=2", "max_epochs=1", "windows.size=64", "windows.per_mosaic=2",
+                            "logger.wandb=false", "trainer.enable_progress_bar=false"])
+    assert cfg.model["encoder_name"] == "efficientnet-b3" and cfg.windows.scale_jitter > 0
+    out = train.run(cfg)
+    ckpt = torch.load(out["last"], map_location="cpu", weights_only=True)
+    n_train = int((chip.load_index(d / "chips")[0]["split"] == "train").sum())
+    assert ckpt["global_step"] == n_train * 2 // 2
+    assert ckpt["hyper_parameters"]["chip_meta"]["upscale"] == 3.0
