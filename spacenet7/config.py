@@ -28,6 +28,7 @@ class SynthConfig:
     start: str = "2018-01"  # YYYY-MM of the first month
     cloud_prob: float = 0.3
     preview: bool = False
+    style: str = "demo"  # "demo" (crisp, the demo's) or "planet" (measured closer to real mosaics)
 
 
 @dataclass
@@ -197,6 +198,9 @@ class PipelineConfig:
     stages: List[str] = field(default_factory=lambda: ["synth", "chip", "train", "predict", "vectorize", "export", "evaluate"])
     # per-stage settings, e.g. overrides.train.max_epochs=3 or overrides.train.experiment=demo_cpu
     overrides: Dict[str, Any] = field(default_factory=dict)
+    # synthetic pretraining: a nested pipeline (synth -> chip -> train) of the default config with these
+    # settings merged in, run under <run_dir>/pretrain; train then starts from its best checkpoint
+    pretrain: Optional[Dict[str, Any]] = None
 
 
 SCHEMAS: dict[str, type] = {

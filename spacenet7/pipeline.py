@@ -98,6 +98,22 @@ def write_manifest(run_dir: Path, data_root: Path, train_aois: list[str], test_a
     return path
 
 
+def pretrain_config(cfg: PipelineConfig) -> PipelineConfig:
+    """The nested synthetic-pretraining pipeline: the default pipeline config, ``cfg.pretrain`` merged in."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(cfg.run_dir) / "pretrain"
+    base = compose("pipeline", [f"run_dir={run_dir}", f"data_root={run_dir / 'data'}", "stages=[synth,chip,train]"])
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(base), dict(cfg.pretrain or {}))
+    except Exception as exc:  # omegaconf's validation errors: unknown key, wrong type
+        raise SN7Error(f"pipeline: bad pretrain settings ({str(exc).splitlines()[0]})") from None
+    pre = OmegaConf.to_object(merged)
+    if pre.pretrain:
+        raise SN7Error("pipeline: pretrain cannot itself have a pretrain section")
+    return pre
+
+
 def run(cfg: PipelineConfig) -> dict[str, object]:
     """Run the stages in order; returns each stage's outputs."""
     from spacenet7.cli import run_stage
@@ -133,6 +149,13 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
     else:
         raise SN7Error(f"pipeline: holdout={cfg.holdout!r} must be 'aoi' or 'band'")
     ovr = stage_overrides(cfg, train_aois, test_aois, region)
+    if cfg.pretrain is not None and "train" in stages:
+        pre = pretrain_config(cfg)
+        print(f"\n=== synthetic pretraining under {pre.run_dir}", flush=True)
+        t0 = time.perf_counter()
+        outputs["pretrain"] = run(pre)
+        timings["pretrain"] = time.perf_counter() - t0
+        ovr["train"].append(f"init_from={Path(pre.run_dir) / 'train' / 'checkpoints' / 'best.ckpt'}")
     write_manifest(Path(cfg.run_dir), root, train_aois, test_aois, ovr)
     for stage in stages:
         print(f"\n=== spacenet7 {stage} {' '.join(ovr[stage])}", flush=True)
@@ -143,7 +166,11 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
     print("\n=== timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f" (total {sum(timings.values()):.0f}s)")
     held = f"band rows {region[0]}-{region[1]}, cols {region[2]}-{region[3]} of " if region else ""
     print(f"held-out:      {held}{', '.join(test_aois)}")
-    print(f"GIS files:     {run_dir / 'footprints'}/<AOI>.gpkg and <AOI>/<stem>.geojson")
-    print(f"submission:    {run_dir / 'submission.csv'}")
-    print(f"metrics:       {run_dir / 'metrics.json'}")
+    if "train" in stages:
+        print(f"checkpoints:   {run_dir / 'train' / 'checkpoints'}")
+    if "export" in stages:
+        print(f"GIS files:     {run_dir / 'footprints'}/<AOI>.gpkg and <AOI>/<stem>.geojson")
+        print(f"submission:    {run_dir / 'submission.csv'}")
+    if "evaluate" in stages:
+        print(f"metrics:       {run_dir / 'metrics.json'}")
     return outputs

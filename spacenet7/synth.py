@@ -20,7 +20,7 @@ from affine import Affine
 from tqdm import tqdm
 
 from spacenet7.config import SynthConfig
-from spacenet7.data.scene import Scene, make_scene, month_schedule, render_month
+from spacenet7.data.scene import STYLES, Scene, make_scene, month_schedule, render_month
 from spacenet7.data.sn7 import LABEL_SUFFIX, UDM_SUFFIX, make_stem
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path
@@ -50,6 +50,8 @@ def quad(lon: float, lat: float) -> tuple[str, int, int]:
 
 def run(cfg: SynthConfig) -> list[Path]:
     """Generate ``cfg.n_aois`` AOIs under ``<out_dir>/train``; returns the AOI folders."""
+    if cfg.style not in STYLES:
+        raise SN7Error(f"synth: style={cfg.style!r} must be one of {sorted(STYLES)}")
     if cfg.n_aois < 1 or cfg.n_months < 1 or cfg.size < 64:
         raise SN7Error(f"synth: need n_aois >= 1, n_months >= 1 and size >= 64 (got {cfg.n_aois}, {cfg.n_months}, {cfg.size})")
     try:
@@ -80,14 +82,15 @@ def _write_aoi(aoi_dir: Path, name: str, transform: Affine, cfg: SynthConfig, rn
         shutil.rmtree(aoi_dir)
     for f in FOLDERS:
         (aoi_dir / f).mkdir(parents=True)
-    scene = make_scene(rng, cfg.size, cfg.n_months)
+    style = STYLES[cfg.style]
+    scene = make_scene(rng, cfg.size, cfg.n_months, style)
     cloudy = month_schedule(rng, cfg.n_months, cfg.cloud_prob)
     prev_ids: set[int] = set()
     frames = []
     for t in range(cfg.n_months):
         y, m = divmod(month0 - 1 + t, 12)
         stem = make_stem(name, year0 + y, m + 1)
-        month = render_month(scene, t, rng, cloudy[t])
+        month = render_month(scene, t, rng, cloudy[t], style)
         _write_images(aoi_dir, stem, month.rgb, month.cloud, transform)
         ids = [b.id for b in month.visible]
         pix = gpd.GeoDataFrame({"Id": ids}, geometry=[b.poly for b in month.visible], crs=None)
@@ -150,4 +153,4 @@ def _preview(path: Path, frames: list[tuple[str, np.ndarray, gpd.GeoDataFrame]])
 
 def scene_for(cfg: SynthConfig, k: int = 0) -> Scene:
     """The scene model of AOI ``k`` (for tests and exploration)."""
-    return make_scene(np.random.default_rng([cfg.seed, k]), cfg.size, cfg.n_months)
+    return make_scene(np.random.default_rng([cfg.seed, k]), cfg.size, cfg.n_months, STYLES[cfg.style])

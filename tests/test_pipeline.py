@@ -75,8 +75,11 @@ def test_pipeline_band_holdout_trains_left_of_the_band_and_scores_only_it(synth_
 
     cfg = compose("pipeline", [
         "recipe=real_sample", f"run_dir={tmp_path / 'run'}", f"data_root={synth_root}",
+        "+pretrain.overrides.synth.size=128", "pretrain.overrides.synth.n_aois=3", "pretrain.overrides.synth.n_months=2",
+        "pretrain.overrides.train.max_epochs=1", "+pretrain.overrides.train.logger.wandb=false",
+        "+pretrain.overrides.train.trainer.enable_progress_bar=false", "+pretrain.overrides.chip.chip_size=128",
         "overrides.train.max_epochs=1", "overrides.train.logger.wandb=false", "overrides.chip.progress=false",
-        "+overrides.train.model=unet_small", "+overrides.train.windows.size=64", "+overrides.train.windows.per_mosaic=2",
+        "+overrides.train.windows.size=64", "+overrides.train.windows.per_mosaic=2",
         "+overrides.train.trainer.enable_progress_bar=false", "overrides.predict.progress=false", "overrides.predict.tta=false",
         "+overrides.predict.tile=128", "+overrides.predict.overlap=32"])
     buf = io.StringIO()
@@ -94,5 +97,10 @@ def test_pipeline_band_holdout_trains_left_of_the_band_and_scores_only_it(synth_
     assert {"f1", "precision", "recall", "f1_iou25", "pixel_iou"} <= set(m) and 0 <= m["pixel_iou"] <= 1
     manifest = json.loads((run / "pipeline.json").read_text())
     assert "last.ckpt" in manifest["stages"]["predict"]
+    pre_ckpt = run / "pretrain" / "train" / "checkpoints" / "best.ckpt"
+    assert f"init_from={pre_ckpt}" in manifest["stages"]["train"] and pre_ckpt.exists()
+    pre_aois = sorted(scan(run / "pretrain" / "data"))
+    assert len(pre_aois) == 3 and json.loads((run / "pretrain" / "pipeline.json").read_text())["test_aois"] == pre_aois[-1:]
     out = buf.getvalue()
     assert "pixel IoU" in out and "held-out:      band rows 0-256, cols 192-256" in out
+    assert "synthetic pretraining" in out

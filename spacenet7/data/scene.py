@@ -33,6 +33,33 @@ PAD_REGROW = 3  # months after completion until the cleared margin is yard again
 ROAD_RGB = {"asphalt": np.array([110.0, 110.0, 108.0]), "dirt": np.array([165.0, 145.0, 115.0])}
 
 
+@dataclass(frozen=True)
+class Style:
+    """How a scene looks: building scale and density, and the sensor's rendering.
+
+    ``demo`` is the crisp default the demo is tuned on; ``planet`` moves every measured property
+    toward real Planet mosaics (``python bench/bench_transfer.py`` prints them side by side):
+    smaller, denser buildings, a softer point-spread function, darker mid-tones and muted colour.
+    """
+
+    building_scale: float = 1.0  # multiplies building depth, width and gaps
+    hood_density: float = 1.0  # multiplies the number of neighbourhoods
+    psf_sigma: float = 0.5  # Gaussian blur of the rendered image (pixels)
+    gamma: float = 1.0  # > 1 darkens mid-tones, keeping highlights (bright roofs, bare soil)
+    saturation: float = 1.0  # < 1 mutes colour toward grey
+    contrast: float = 1.0  # > 1 stretches values away from the image mean
+    balance: tuple[float, float, float] = (1.0, 1.0, 1.0)  # per-band gain (white balance)
+    haze_prob: float = 0.25  # chance of a hazy month
+    haze: tuple[float, float] = (0.1, 0.3)  # haze strength range
+
+
+STYLES: dict[str, Style] = {
+    "demo": Style(),
+    "planet": Style(building_scale=0.6, hood_density=1.6, psf_sigma=0.9, gamma=1.5, saturation=0.7, contrast=1.45,
+                    balance=(1.0, 0.97, 0.8), haze_prob=0.6, haze=(0.05, 0.2)),
+}
+
+
 @dataclass
 class Building:
     """One building and its life: a cleared lot from ``t_pad``, roof from ``t_built`` until ``t_demolish``."""
@@ -72,17 +99,18 @@ class Scene:
     instance: np.ndarray = field(repr=False, default=None)  # (H, W) int32, index+1 of building
 
 
-def make_scene(rng: np.random.Generator, size: int, n_months: int) -> Scene:
+def make_scene(rng: np.random.Generator, size: int, n_months: int, style: Style = STYLES["demo"]) -> Scene:
     """Draw land cover, roads, neighbourhoods of buildings and their construction timeline."""
     summer, winter, classes = _landcover(rng, size)
     roads = _main_roads(rng, size)
     buildings: list[Building] = []
     road_union = shapely.union_all([p for p, _ in roads]) if roads else Polygon()
-    n_hoods = max(3, int(round(rng.uniform(9, 13) * (size / 512) ** 2)))
+    n_hoods = max(3, int(round(rng.uniform(9, 13) * (size / 512) ** 2 * style.hood_density)))
     for k in range(n_hoods):
         # every AOI has an existing town (k = 0) and an industrial area (k = 1); the rest is random
         kind = ("dense", "industrial")[k] if k < 2 else None
-        _neighbourhood(rng, size, n_months, buildings, roads, road_union, kind=kind, developing=False if k == 0 else None)
+        _neighbourhood(rng, size, n_months, buildings, roads, road_union, kind=kind, developing=False if k == 0 else None,
+                       scale=style.building_scale)
     for i, b in enumerate(buildings):
         b.id = i + 1
     scene = Scene(size, n_months, summer, winter, classes, roads, buildings)
@@ -135,7 +163,7 @@ def _main_roads(rng: np.random.Generator, size: int) -> list[tuple[Polygon, np.n
     return roads
 
 
-def _neighbourhood(rng, size, n_months, buildings, roads, road_union, kind=None, developing=None) -> None:
+def _neighbourhood(rng, size, n_months, buildings, roads, road_union, kind=None, developing=None, scale=1.0) -> None:
     drawn = rng.choice(["residential", "dense", "industrial"], p=[0.5, 0.35, 0.15])
     kind = kind or drawn
     centre = rng.uniform(0.1, 0.9, 2) * size
@@ -151,6 +179,8 @@ def _neighbourhood(rng, size, n_months, buildings, roads, road_union, kind=None,
         depth_rng, width_rng, gap_rng, p_touch, street = (5, 10), (3, 9), (1, 2.5), 0.55, 4
     else:
         depth_rng, width_rng, gap_rng, p_touch, street = (6, 15), (5, 16), (2, 6), 0.1, 5
+    if scale != 1.0:  # smaller buildings, never under 2 px a side
+        depth_rng, width_rng, gap_rng = ((max(2.0, a * scale), max(2.5, b * scale)) for a, b in (depth_rng, width_rng, gap_rng))
     local_streets = []
     existing = shapely.STRtree([b.poly for b in buildings]) if buildings else None
     new: list[Polygon] = []
@@ -213,7 +243,7 @@ class Month:
     haze: float
 
 
-def render_month(scene: Scene, t: int, rng: np.random.Generator, cloudy: bool) -> Month:
+def render_month(scene: Scene, t: int, rng: np.random.Generator, cloudy: bool, style: Style = STYLES["demo"]) -> Month:
     """Render month ``t``: season, construction state, shadows, haze, clouds, jitter and noise."""
     s, ss = scene.size, SUPERSAMPLE
     w = 0.5 - 0.5 * np.cos(2 * np.pi * t / 12)  # 0 = summer .. 1 = winter
@@ -240,11 +270,20 @@ def render_month(scene: Scene, t: int, rng: np.random.Generator, cloudy: bool) -
     burn([(shapely.affinity.translate(b.poly, *b.shadow), None) for b in standing], "shadow")
     burn([(b.poly, b.roof) for b in standing], "paint")
     img = img.reshape(3, s, ss, s, ss).mean((2, 4))
-    img = ndimage.gaussian_filter(img, (0, 0.5, 0.5))
+    img = ndimage.gaussian_filter(img, (0, style.psf_sigma, style.psf_sigma))
+    if style.saturation != 1.0:
+        grey = img.mean(0, keepdims=True)
+        img = grey + style.saturation * (img - grey)
+    if style.gamma != 1.0:
+        img = 255.0 * np.clip(img / 255.0, 0, 1) ** style.gamma
+    if style.contrast != 1.0:
+        img = img.mean() + style.contrast * (img - img.mean())
+    if style.balance != (1.0, 1.0, 1.0):
+        img = img * np.asarray(style.balance)[:, None, None]
 
     gain = 1 + rng.normal(0, 0.05, 3) + rng.normal(0, 0.05)
     img = img * gain[:, None, None] + rng.normal(0, 4)
-    haze = float(rng.uniform(0.1, 0.3)) if rng.random() < 0.25 else 0.0
+    haze = float(rng.uniform(*style.haze)) if rng.random() < style.haze_prob else 0.0
     img = img * (1 - haze) + haze * np.array([205.0, 210.0, 220.0])[:, None, None]
     cloud = np.zeros((s, s), bool)
     if cloudy:
