@@ -11,7 +11,7 @@ export WANDB_SILENT := true
 export MPLBACKEND := Agg
 RUN_DIR ?= runs/demo
 
-.PHONY: install demo test test-slow notebook bench clean
+.PHONY: install demo real test test-slow notebook bench clean
 
 # Re-install only when the package metadata changed.
 $(STAMP): setup.cfg pyproject.toml
@@ -25,6 +25,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/spacenet7 pipeline run_dir=$(RUN_DIR)
+
+# The real SN7 sample beside the repository (../shared): synthetic pretraining, fine-tuning on all
+# but the right quarter of the AOI, then that band predicted and scored (conf/recipe/real_sample.yaml).
+real: $(STAMP)
+	$(BIN)/spacenet7 pipeline recipe=real_sample
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -32,7 +32,7 @@ from spacenet7.data.splits import aoi_split, spatial_split, split_regions
 from spacenet7.data.targets import CHANNELS, make_targets
 from spacenet7.data.windows import pack_targets, unpack_targets
 from spacenet7.errors import SN7Error
-from spacenet7.io.atomic import atomic_path
+from spacenet7.io.atomic import atomic_path, clear_partials
 from spacenet7.io.raster import iter_windows, write_raster
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
         raise SN7Error(f"chip: layout=rasters needs an integer upscale (got {cfg.upscale})")
     records = scan(cfg.data_root, cfg.split_dir, cfg.aois)
     out = Path(cfg.out_dir)
+    clear_partials(out)
     settings = _settings(cfg)
     meta_path = out / "chips.json"
     reuse = False

@@ -20,7 +20,7 @@ import pandas as pd
 
 from spacenet7.config import ExportConfig
 from spacenet7.errors import SN7DataError, SN7Error
-from spacenet7.io.atomic import atomic_path
+from spacenet7.io.atomic import atomic_path, clear_partials
 from spacenet7.io.vector import write_vector
 from spacenet7.metrics.table import month_rows
 from spacenet7.vectorize import load_vectors
@@ -38,7 +38,9 @@ def area_m2(gdf: gpd.GeoDataFrame) -> np.ndarray:
 def run(cfg: ExportConfig) -> dict[str, list[Path]]:
     """Export every ``<AOI>.parquet`` of ``vec_dir``; returns the written paths by kind."""
     check_export_crs(cfg.crs)
-    vec = sorted(Path(cfg.vec_dir).glob("*.parquet"))
+    clear_partials(cfg.out_dir)
+    clear_partials(Path(cfg.submission).parent, Path(cfg.submission).name)
+    vec = sorted(p for p in Path(cfg.vec_dir).glob("*.parquet") if not p.name.startswith("."))
     if not vec:
         raise SN7DataError(Path(cfg.vec_dir), "no vectorize outputs (<AOI>.parquet); run `spacenet7 vectorize` first")
     out = {"geojson": [], "gpkg": [], "submission": []}
@@ -86,8 +88,8 @@ def buildings_layer(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
 def _write_gpkg(path: Path, per_month, gdf: gpd.GeoDataFrame) -> Path:
     with atomic_path(path) as tmp:
         for stem, month, g in per_month:
-            write_vector(_month_layer(g, gdf.crs), tmp, layer=month.replace("-", "_"), append_layer=True)
-        write_vector(buildings_layer(gdf), tmp, layer="buildings", append_layer=True)
+            write_vector(_month_layer(g, gdf.crs), tmp, layer=month.replace("-", "_"), driver="GPKG", append_layer=True)
+        write_vector(buildings_layer(gdf), tmp, layer="buildings", driver="GPKG", append_layer=True)
     return path
 
 

@@ -26,6 +26,7 @@ from spacenet7.config import PredictConfig
 from spacenet7.data.sn7 import MonthRecord, parse_stem, read_image, scan
 from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7DataError, SN7Error
+from spacenet7.io.atomic import clear_partials
 from spacenet7.io.raster import cog_profile, iter_windows, open_raster, to_cog
 from spacenet7.models.precision import autocast_dtype
 from spacenet7.models.task import build_net
@@ -161,6 +162,7 @@ def run(cfg: PredictConfig) -> list[Path]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = load_model(cfg.checkpoint, cfg.model, cfg.device, cfg.amp)
+    clear_partials(cfg.out_dir)
     records = _records(cfg)
     with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * 2**20):
         written = _predict_all(model, records, cfg)

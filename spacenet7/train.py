@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from spacenet7.chip import load_index
+from spacenet7.chip import Layout, load_index
 from spacenet7.config import TrainConfig
 from spacenet7.data.dataset import ChipDataModule
 from spacenet7.data.windows import WindowDataModule
@@ -79,7 +79,7 @@ def init_weights(net: torch.nn.Module, checkpoint: str | Path) -> None:
 
 def _datamodule(cfg: TrainConfig, index: pd.DataFrame, meta: dict, augment):
     """The data module for the chip folder's layout: fixed chips or random windows."""
-    if meta.get("layout", "chips") == "chips":
+    if Layout(meta.get("layout", Layout.CHIPS.value)) is Layout.CHIPS:
         index = drop_empty_chips(index, cfg.empty_chips, cfg.seed)
         return ChipDataModule(cfg.chip_dir, index, cfg.batch_size, cfg.num_workers, augment, cfg.seed, cfg.cache_chips)
     geometric = _geometric_transforms(augment)

@@ -22,7 +22,7 @@ from rasterio import features
 from spacenet7.config import TrackConfig, VectorizeConfig
 from spacenet7.data.sn7 import parse_stem
 from spacenet7.errors import SN7DataError, SN7Error
-from spacenet7.io.atomic import atomic_path
+from spacenet7.io.atomic import atomic_path, clear_partials
 from spacenet7.io.vector import pixel_to_map
 from spacenet7.polygonize import instances, polygons
 from spacenet7.predict import read_prediction
@@ -43,6 +43,7 @@ class MonthPrediction:
 def run(cfg: VectorizeConfig) -> list[Path]:
     """Vectorize and track every AOI folder under ``pred_dir``; returns the GeoParquet paths."""
     pred_dir = Path(cfg.pred_dir)
+    clear_partials(cfg.out_dir)
     aoi_dirs = sorted(p for p in pred_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) if pred_dir.is_dir() else []
     if cfg.aois:
         aoi_dirs = [p for p in aoi_dirs if p.name in cfg.aois]
@@ -53,7 +54,7 @@ def run(cfg: VectorizeConfig) -> list[Path]:
 
 def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
     """Polygonize and track one AOI."""
-    files = sorted(aoi_dir.glob("*.tif"), key=lambda p: parse_stem(p.name).month_key)
+    files = sorted((p for p in aoi_dir.glob("*.tif") if not p.name.startswith(".")), key=lambda p: parse_stem(p.name).month_key)
     if not files:
         raise SN7DataError(aoi_dir, "no prediction rasters")
     months, preds = [], []

@@ -242,3 +242,20 @@ def test_unknown_export_crs_fails_before_writing(run, tmp_path):
     with pytest.raises(SN7Error, match="crs='EPSG:99999999' is not a CRS"):
         export.run(cfg)
     assert not (tmp_path / "fp").exists() and not (tmp_path / "s.csv").exists()
+
+
+def test_partial_files_of_a_killed_write_are_invisible_and_cleared(tmp_path):
+    """A temp file left by a kill during a write is never read as output, and the next run removes it."""
+    from spacenet7.io.atomic import atomic_path, clear_partials
+
+    target = tmp_path / "vectors" / "A.parquet"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half written")
+            raise RuntimeError("failed mid-write")
+    assert not target.exists() and not tmp.exists()
+    tmp.write_text("half written")  # what SIGKILL leaves: the temp file, never renamed or removed
+    assert tmp.name.startswith(".A.parquet.") and tmp.suffix == ".partial"
+    assert not list((tmp_path / "vectors").glob("*.parquet")), "a reader's glob would pick up the partial file"
+    assert clear_partials(tmp_path, "B.parquet") == 0 and tmp.exists()
+    assert clear_partials(tmp_path) == 1 and not tmp.exists()

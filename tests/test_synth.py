@@ -235,3 +235,42 @@ def test_preview_png(tmp_path):
 
     im = Image.open(png[0])
     assert im.width > 2 * im.height * 0.8  # two panels side by side
+
+
+@pytest.fixture(scope="module")
+def styles(tmp_path_factory):
+    """The same seed rendered in the demo style and the planet style."""
+    out = {}
+    for style in ("demo", "planet"):
+        cfg = SynthConfig(out_dir=str(tmp_path_factory.mktemp(style)), n_aois=1, n_months=2, size=384, seed=7,
+                          cloud_prob=0.0, style=style)
+        synth.run(cfg)
+        rec = next(iter(scan(cfg.out_dir).values()))[0]
+        out[style] = (_rgb(rec.image), read_labels_pix(rec))
+    return out
+
+
+def test_planet_style_buildings_are_smaller_and_denser(styles):
+    (_, demo), (_, planet) = styles["demo"], styles["planet"]
+    # the real Chengdu sample: median footprint ~20 px, ~29 buildings per 100^2 px (bench/bench_transfer.py)
+    assert np.median(planet.area) < 0.6 * np.median(demo.area)
+    assert 10 <= np.median(planet.area) <= 40
+    assert len(planet) > 2 * len(demo)
+
+
+def test_planet_style_is_softer_darker_and_muted(styles):
+    (demo, _), (planet, _) = styles["demo"], styles["planet"]
+
+    def fine_over_coarse(rgb):
+        g = rgb.mean(0)
+        return np.abs(g - ndimage.gaussian_filter(g, 1)).mean() / np.abs(ndimage.gaussian_filter(g, 1) - ndimage.gaussian_filter(g, 4)).mean()
+
+    assert fine_over_coarse(planet) < 0.85 * fine_over_coarse(demo)
+    assert planet.mean() < 0.85 * demo.mean()
+    # real mosaics are warm: blue well below red (Chengdu means R 84, B 52)
+    assert planet[2].mean() < 0.75 * planet[0].mean()
+
+
+def test_unknown_style_is_a_clear_error(tmp_path):
+    with pytest.raises(synth.SN7Error, match="style"):
+        synth.run(SynthConfig(out_dir=str(tmp_path), style="photoreal"))

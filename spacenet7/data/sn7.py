@@ -140,7 +140,7 @@ def scan(root: str | Path, split: str = "train", aois: list[str] | None = None) 
         if aois is not None and aoi_dir.name not in aois:
             continue
         records = []
-        for tif in sorted((aoi_dir / "images").glob("*.tif")):
+        for tif in sorted(p for p in (aoi_dir / "images").glob("*.tif") if not p.name.startswith(".")):  # not temp or macOS ._ files
             try:
                 info = parse_stem(tif.name)
             except SN7Error:
