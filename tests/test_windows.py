@@ -171,3 +171,15 @@ def test_sn7_full_recipe_trains_a_few_steps_on_cpu(tmp_path_factory):
     n_train = int((chip.load_index(d / "chips")[0]["split"] == "train").sum())
     assert ckpt["global_step"] == n_train * 2 // 2
     assert ckpt["hyper_parameters"]["chip_meta"]["upscale"] == 3.0
+
+
+def test_disk_readers_keep_a_bounded_number_of_files_open(both_layouts, monkeypatch):
+    import spacenet7.data.windows as windows
+
+    root, index, _ = both_layouts["rasters"]
+    monkeypatch.setattr(windows, "MAX_OPEN", 2)
+    ds = RandomWindows(root, index, size=32, per_mosaic=1)
+    for i in range(len(ds)):
+        ds[i]
+    assert len(ds.regions) > 2 and len(ds._readers) == 2
+    assert sum(bool(r._handles) for r in ds._readers.values()) <= 2

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from spacenet7.io.raster import iter_windows, read_checked
 # bit of each target channel in a target raster, then the ignore bit
 BITS: dict[str, int] = {**{name: i for i, name in enumerate(CHANNELS)}, "ignore": len(CHANNELS)}
 IGNORE_VALUE = -1.0
+MAX_OPEN = 64  # mosaics a dataset keeps open at once when reading from disk (2 files each)
 
 
 def pack_targets(targets: np.ndarray, ignore: np.ndarray) -> np.ndarray:
@@ -86,6 +88,7 @@ class MosaicReader:
                 packed = read_checked(t, 1)
             src, _ = self._open()
             self._memory = (self._read_rgb(Window(0, 0, src.width, src.height), packed.shape), packed)
+            self.close()  # everything is in memory: no file stays open
 
     def _open(self) -> tuple[Any, Any]:
         # one handle pair per process: GDAL handles must not cross a fork into DataLoader workers
@@ -154,13 +157,18 @@ class _WindowBase(Dataset):
         small = [i for i, reg in self.regions if min(reg.shape) < 1]
         if small:
             raise ValueError(f"empty region in rows {small}")
-        self._readers: dict[int, MosaicReader] = {}
+        self._readers: OrderedDict[int, MosaicReader] = OrderedDict()
         self.in_memory = in_memory
 
     def reader(self, row: int) -> MosaicReader:
-        if row not in self._readers:
-            rec = self.index.iloc[row]
-            self._readers[row] = MosaicReader(rec["image"], self.root / rec["target"], float(rec["upscale"]), self.in_memory)
+        """The reader of index row ``row``; at most :data:`MAX_OPEN` mosaics stay open on disk (least recently used)."""
+        if row in self._readers:
+            self._readers.move_to_end(row)
+            return self._readers[row]
+        rec = self.index.iloc[row]
+        self._readers[row] = MosaicReader(rec["image"], self.root / rec["target"], float(rec["upscale"]), self.in_memory)
+        if not self.in_memory and len(self._readers) > MAX_OPEN:
+            self._readers.popitem(last=False)[1].close()
         return self._readers[row]
 
 

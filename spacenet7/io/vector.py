@@ -48,7 +48,9 @@ def write_vector(gdf: gpd.GeoDataFrame, path: str | Path, *, layer: str | None =
     driver = driver or {".geojson": "GeoJSON", ".gpkg": "GPKG", ".json": "GeoJSON"}[path.suffix.lower()]
     kwargs = dict(driver=driver, layer=layer or path.stem, geometry_type="Polygon", promote_to_multi=False, **layer_options)
     if append_layer:
-        pyogrio.write_dataframe(gdf, path, append=False, **kwargs)
+        with warnings.catch_warnings():  # the caller's temporary file ends in .partial, not .gpkg
+            warnings.filterwarnings("ignore", message=".*non conformant file extension")
+            pyogrio.write_dataframe(gdf, path, append=False, **kwargs)
         return path
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="'crs' was not provided")  # pixel-space layers
