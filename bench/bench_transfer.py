@@ -2,6 +2,7 @@
 
     python bench/bench_transfer.py                      # trains the demo recipe on synthetic data first
     python bench/bench_transfer.py --checkpoint CKPT    # scores an existing synthetic-only checkpoint
+    python bench/bench_transfer.py --style planet        # the planet-style synthetic data
 
 Prints, side by side for the real sample (../shared/data/sn7_real_sample) and the synthetic
 training data, the image statistics that separate them (per-band mean and std, texture as the
@@ -74,6 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", type=Path, help="a synthetic-only checkpoint (default: train the demo recipe)")
     ap.add_argument("--run-dir", type=Path, default=Path("runs/transfer"))
+    ap.add_argument("--style", default="demo", help="synth style of the training data (demo | planet)")
     args = ap.parse_args()
     if not (REAL / "train").is_dir():
         raise SystemExit(f"bench_transfer: the real sample is not at {REAL} (it lives in ../shared)")
@@ -81,11 +83,13 @@ def main() -> None:
     data = run / "data"
     ckpt = args.checkpoint
     if ckpt is None:
-        cfg = compose("pipeline", [f"run_dir={run}", f"data_root={data}", "stages=[synth,chip,train]", "n_test_aois=1"])
+        cfg = compose("pipeline", [f"run_dir={run}", f"data_root={data}", "stages=[synth,chip,train]", "n_test_aois=1",
+                                   f"+overrides.synth.style={args.style}"])
         pipeline.run(cfg)
         ckpt = run / "train" / "checkpoints" / "best.ckpt"
     elif not data.is_dir():
-        pipeline.run(compose("pipeline", [f"run_dir={run}", f"data_root={data}", "stages=[synth]"]))
+        pipeline.run(compose("pipeline", [f"run_dir={run}", f"data_root={data}", "stages=[synth]",
+                                          f"+overrides.synth.style={args.style}"]))
     real, synthetic = image_stats(REAL), image_stats(data)
     print(f"\n{'statistic':<26} {'real sample':>12} {'synthetic':>12} {'synthetic/real':>15}")
     for k in real:
