@@ -29,7 +29,7 @@ from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.atomic import clear_partials
 from spacenet7.io.raster import cog_profile, iter_windows, open_raster, to_cog
 from spacenet7.models.precision import autocast_dtype
-from spacenet7.models.task import build_net
+from spacenet7.models.task import build_net, read_checkpoint
 
 log = logging.getLogger(__name__)
 SCALE = 254.0
@@ -59,18 +59,9 @@ def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: st
         SN7Error: missing file, not a spacenet7 checkpoint, or weights of another architecture.
     """
     path = Path(checkpoint)
-    if not path.exists():
-        raise SN7DataError(path, "checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
-    except Exception as exc:
-        raise SN7DataError(path, f"not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
-    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if "state_dict" not in ckpt or "model" not in hp:
-        raise SN7DataError(path, "not a spacenet7 checkpoint (no state_dict / model hyper-parameters)")
+    state, hp = read_checkpoint(path)
     cfg = model_cfg or hp["model"]
     net = build_net(cfg)
-    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

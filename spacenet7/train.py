@@ -29,7 +29,7 @@ from spacenet7.data.windows import WindowDataModule
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.atomic import atomic_path
 from spacenet7.models.precision import resolve_precision
-from spacenet7.models.task import SegmentationTask
+from spacenet7.models.task import SegmentationTask, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +47,12 @@ def drop_empty_chips(index: pd.DataFrame, keep: float, seed: int) -> pd.DataFram
 def init_weights(net: torch.nn.Module, checkpoint: str | Path) -> None:
     """Load the network weights of a spacenet7 checkpoint into ``net`` (not its optimizer state or epoch).
 
-    The file is read with ``weights_only=True``: a checkpoint can never run code.
-
     Raises:
-        SN7DataError: missing or unreadable file, not a spacenet7 checkpoint, or weights of another shape.
+        SN7DataError: missing or unreadable file, not a spacenet7 checkpoint (see :func:`read_checkpoint`),
+            or weights of another shape.
     """
     path = Path(checkpoint)
-    if not path.is_file():
-        raise SN7DataError(path, "init_from checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise SN7DataError(path, f"not a loadable checkpoint ({str(exc).splitlines()[0][:160]})") from None
-    sd = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(sd, dict):
-        raise SN7DataError(path, "not a spacenet7 checkpoint (no state_dict)")
-    state = {k[len("net."):]: v for k, v in sd.items() if k.startswith("net.")}
+    state, hp = read_checkpoint(path)
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
@@ -70,7 +60,7 @@ def init_weights(net: torch.nn.Module, checkpoint: str | Path) -> None:
     if missing or extra or wrong:
         what = (f"{wrong[0][0]} is {wrong[0][1]} in the checkpoint but {wrong[0][2]} in the model" if wrong
                 else f"{len(missing)} weights missing (e.g. {missing[0]})" if missing else f"{len(extra)} unexpected weights (e.g. {extra[0]})")
-        trained = ((ckpt.get("hyper_parameters") or {}).get("model") or {})
+        trained = hp["model"]
         raise SN7DataError(path, f"init_from: architecture mismatch ({what}; the checkpoint was trained as "
                                  f"{trained.get('arch')}/{trained.get('encoder_name')}); use a checkpoint of the same model")
     net.load_state_dict(state, strict=True)

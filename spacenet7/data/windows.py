@@ -31,12 +31,12 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset
 
+from spacenet7.data.dataset import IGNORE
 from spacenet7.data.targets import CHANNELS
 from spacenet7.io.raster import iter_windows, read_checked
 
 # bit of each target channel in a target raster, then the ignore bit
 BITS: dict[str, int] = {**{name: i for i, name in enumerate(CHANNELS)}, "ignore": len(CHANNELS)}
-IGNORE_VALUE = -1.0
 MAX_OPEN = 64  # mosaics a dataset keeps open at once when reading from disk (2 files each)
 
 
@@ -139,7 +139,7 @@ def to_sample(rgb: np.ndarray, packed: np.ndarray, augment: Any = None) -> dict[
     x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0))).float().div_(255.0)
     target = torch.from_numpy(targets).float()
     ign = torch.from_numpy(ignore)
-    target[:, ign] = IGNORE_VALUE
+    target[:, ign] = IGNORE
     return {"image": x, "target": target, "ignore": ign}
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import shapely
 from affine import Affine
-from rasterio import features
+
+from spacenet7.data.sn7 import rasterize_footprints
 
 
 def clip_to_region(table: pd.DataFrame, region: Sequence[float]) -> pd.DataFrame:
@@ -30,11 +31,7 @@ def clip_to_region(table: pd.DataFrame, region: Sequence[float]) -> pd.DataFrame
 
 
 def _mask(geoms: np.ndarray, shape: tuple[int, int], r0: int, c0: int) -> np.ndarray:
-    geoms = [g for g in geoms if g is not None and not g.is_empty]
-    if not geoms:
-        return np.zeros(shape, bool)
-    return features.rasterize(((g, 1) for g in geoms), out_shape=shape, transform=Affine.translation(c0, r0),
-                              fill=0, dtype="uint8").astype(bool)
+    return rasterize_footprints(geoms, shape, Affine.translation(c0, r0)).astype(bool)
 
 
 def pixel_iou(truth: pd.DataFrame, proposal: pd.DataFrame, region: Sequence[float] | None = None) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -9,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
 
-from spacenet7.errors import SN7Error
+from spacenet7.errors import SN7DataError, SN7Error
 
 
 def build_net(model_cfg: dict[str, Any]) -> torch.nn.Module:
@@ -26,6 +27,28 @@ def build_net(model_cfg: dict[str, Any]) -> torch.nn.Module:
         if "encoder" in msg.lower():
             raise SN7Error(f"model.encoder_name={model_cfg.get('encoder_name')!r} is not a known smp/timm encoder ({msg})") from None
         raise SN7Error(f"cannot build model {model_cfg.get('arch')!r}: {msg}") from None
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The network weights (keys without the ``net.`` prefix) and hyper-parameters of a spacenet7 checkpoint.
+
+    The file is read with ``weights_only=True``: a checkpoint can never run code.
+
+    Raises:
+        SN7DataError: missing or unloadable file, or not a spacenet7 checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SN7DataError(path, "checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SN7DataError(path, f"not a loadable checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(ckpt.get("state_dict") if isinstance(ckpt, dict) else None, dict) or not isinstance(hp, dict) or "model" not in hp:
+        raise SN7DataError(path, "not a spacenet7 checkpoint (no state_dict / model hyper-parameters)")
+    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    return state, hp
 
 
 class SegmentationTask(L.LightningModule):
