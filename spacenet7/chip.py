@@ -31,7 +31,7 @@ from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan
 from spacenet7.data.splits import aoi_split, spatial_split, split_regions
 from spacenet7.data.targets import CHANNELS, make_targets
 from spacenet7.data.windows import pack_targets, unpack_targets
-from spacenet7.errors import SN7Error
+from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.atomic import atomic_path, clear_partials
 from spacenet7.io.raster import iter_windows, write_raster
 
@@ -60,15 +60,25 @@ def load_index(chip_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     path = index_path(chip_dir)
     if not path.exists():
         raise SN7Error(f"{path}: chip index not found (run `spacenet7 chip` first, or fix chip_dir=)")
-    index = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    meta = json.loads((Path(chip_dir) / "chips.json").read_text())
+    try:
+        index = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as exc:  # pyarrow / pandas raise many types for a truncated or foreign file
+        raise SN7DataError(path, f"unreadable chip index, truncated? re-run `spacenet7 chip` ({str(exc).splitlines()[0][:120]})") from None
+    meta_path = Path(chip_dir) / "chips.json"
+    if not meta_path.exists():
+        raise SN7DataError(meta_path, "chip metadata not found; re-run `spacenet7 chip`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as exc:
+        raise SN7DataError(meta_path, f"not valid JSON ({exc}); re-run `spacenet7 chip`") from None
     return index, meta
 
 
 def _settings(cfg: ChipConfig) -> dict:
     """Everything the prepared files depend on: resume only when all of it is the same."""
     keys = ("data_root", "split_dir", "layout", "chip_size", "overlap", "upscale", "boundary_width", "contact_width")
-    return {k: str(Path(getattr(cfg, k)).resolve()) if k == "data_root" else getattr(cfg, k) for k in keys}
+    out = {k: str(Path(getattr(cfg, k)).resolve()) if k == "data_root" else getattr(cfg, k) for k in keys}
+    return {**out, "input": cfg.input.to_dict()}
 
 
 def run(cfg: ChipConfig) -> dict[str, Path]:
@@ -106,7 +116,7 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
     if index.empty:
         raise SN7Error(f"chip: no chip passed min_valid_frac={cfg.min_valid_frac} under {cfg.data_root}")
     meta = {"layout": layout.value, "upscale": cfg.upscale, "chip_size": cfg.chip_size, "bands": list(BANDS),
-            "source_bands": 4, "split": cfg.split, "val_frac": cfg.val_frac, "aois": sorted(records),
+            "input": cfg.input.to_dict(), "split": cfg.split, "val_frac": cfg.val_frac, "aois": sorted(records),
             "data_root": str(cfg.data_root), "settings": settings}
     idx_path = out / f"index.{cfg.index_format}"
     with atomic_path(idx_path) as tmp:
@@ -120,7 +130,7 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
 
 def _month_targets(rec, cfg: ChipConfig):
     """The month's image on the training grid, its targets (3, H, W) and ignore mask (H, W)."""
-    img = read_image(rec, upscale=cfg.upscale)
+    img = read_image(rec, upscale=cfg.upscale, spec=cfg.input)
     labels = read_labels(rec, img.crs)
     inst = instance_raster(labels, img.shape, img.transform)
     targets = make_targets(inst, cfg.boundary_width, cfg.contact_width)

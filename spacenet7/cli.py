@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     from spacenet7.config import CONF_DIR, register
 
     register()
+    precheck(stage, argv)
 
     @hydra.main(config_path=str(CONF_DIR), config_name=stage, version_base="1.3")
     def _app(cfg) -> None:
@@ -53,11 +54,52 @@ def main(argv: list[str] | None = None) -> None:
         try:
             run_stage(stage, OmegaConf.to_object(cfg))
         except SN7Error as exc:
-            print(f"spacenet7 {stage}: error: {exc}", file=sys.stderr)
-            sys.exit(1)
+            fail(stage, str(exc))
+        except OSError as exc:  # the OS's reason, with the file it concerns, as one line
+            fail(stage, os_error_line(exc))
 
-    sys.argv = [f"spacenet7-{stage}", *argv]
+    sys.argv = [f"spacenet7-{stage}", *argv, *hydra_overrides(stage, argv)]
     _app()
+
+
+def precheck(stage: str, argv: list[str]) -> None:
+    """Compose the stage's config before Hydra runs it, so that a typo, a wrong type or a bad value
+    is one line naming the key (Hydra's own report is several). Skipped for Hydra's flags
+    (``--help``, ``--cfg``, ``-m``), which Hydra handles itself."""
+    if any(a.startswith("-") for a in argv):
+        return
+    from spacenet7.config import compose_checked
+
+    overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra.")]
+    if stage == "train" and not any(a.split("=", 1)[0] == "run_dir" for a in overrides):
+        overrides.append("run_dir=unused")  # its default is Hydra's run folder, known only once Hydra runs
+    try:
+        compose_checked(stage, overrides)
+    except SN7Error as exc:
+        fail(stage, str(exc))
+
+
+def fail(stage: str, message: str) -> None:
+    """Report one line on stderr and exit 1."""
+    message = message.removeprefix(f"{stage}: ")
+    print(f"spacenet7 {stage}: error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def os_error_line(exc: OSError) -> str:
+    """``<path>: <reason>`` for an OSError (GDAL's first message line when the OS gave none)."""
+    reason = exc.strerror or str(exc).splitlines()[0][:200] or type(exc).__name__
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
+def hydra_overrides(stage: str, argv: list[str]) -> list[str]:
+    """Hydra settings for this stage: the job is named after it, and ``train run_dir=X`` keeps
+    Hydra's record of the run inside ``X``."""
+    given = {a.split("=", 1)[0].lstrip("+~"): a.split("=", 1)[1] for a in argv if "=" in a}
+    out = [] if "hydra.job.name" in given else [f"hydra.job.name={stage}"]
+    if stage == "train" and "run_dir" in given and "hydra.run.dir" not in given:
+        out.append(f"hydra.run.dir={given['run_dir']}")
+    return out
 
 
 if __name__ == "__main__":

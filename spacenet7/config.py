@@ -8,12 +8,22 @@ scheduler, augment); those fields are typed ``Any`` and built with ``hydra.utils
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
+
+from spacenet7.data.bands import InputSpec
+from spacenet7.errors import SN7Error
+
+def check(ok: bool, stage: str, message: str) -> None:
+    """Knob validation at compose time: raise one line naming the stage and the key."""
+    if not ok:
+        raise SN7Error(f"{stage}: {message}")
+
 
 CONF_DIR = Path(os.environ.get("SPACENET7_CONFIG_DIR", Path(__file__).resolve().parent.parent / "conf"))
 
@@ -29,6 +39,13 @@ class SynthConfig:
     cloud_prob: float = 0.3
     preview: bool = False
     style: str = "demo"  # "demo" (crisp, the demo's) or "planet" (measured closer to real mosaics)
+
+    def __post_init__(self) -> None:
+        check(self.n_aois >= 1, "synth", f"n_aois={self.n_aois} must be >= 1")
+        check(self.n_months >= 1, "synth", f"n_months={self.n_months} must be >= 1")
+        check(self.size >= 64, "synth", f"size={self.size} must be >= 64")
+        check(0 <= self.cloud_prob <= 1, "synth", f"cloud_prob={self.cloud_prob} must be within [0, 1]")
+        check(bool(re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", str(self.start))), "synth", f"start={self.start!r} must be YYYY-MM")
 
 
 @dataclass
@@ -50,6 +67,18 @@ class ChipConfig:
     seed: int = 0
     index_format: str = "parquet"  # or "csv"
     progress: bool = True
+    input: InputSpec = field(default_factory=InputSpec)  # band order, alpha band, scaling to 8 bit (recorded in chips.json)
+
+    def __post_init__(self) -> None:
+        check(self.chip_size > 0, "chip", f"chip_size={self.chip_size} must be > 0")
+        check(0 <= self.overlap < self.chip_size, "chip", f"overlap={self.overlap} must be >= 0 and smaller than chip_size={self.chip_size}")
+        check(self.upscale > 0, "chip", f"upscale={self.upscale} must be > 0")
+        check(0 <= self.min_valid_frac <= 1, "chip", f"min_valid_frac={self.min_valid_frac} must be within [0, 1]")
+        check(self.month_stride >= 1, "chip", f"month_stride={self.month_stride} must be >= 1")
+        check(0 < self.val_frac < 1, "chip", f"val_frac={self.val_frac} must be between 0 and 1")
+        check(self.boundary_width >= 1 and self.contact_width >= 1, "chip", "boundary_width and contact_width must be >= 1")
+        check(self.split in ("aoi", "spatial"), "chip", f"split={self.split!r} must be 'aoi' or 'spatial'")
+        check(self.index_format in ("parquet", "csv"), "chip", f"index_format={self.index_format!r} must be 'parquet' or 'csv'")
 
 
 @dataclass
@@ -85,6 +114,11 @@ class WindowsConfig:
     scale_jitter: float = 0.0  # zoom drawn in [1/(1+j), 1+j]; 0 = off
     in_memory: bool = False  # hold each mosaic in memory once read (small data sets)
 
+    def __post_init__(self) -> None:
+        check(self.size > 0, "train", f"windows.size={self.size} must be > 0")
+        check(self.per_mosaic > 0, "train", f"windows.per_mosaic={self.per_mosaic} must be > 0")
+        check(self.scale_jitter >= 0, "train", f"windows.scale_jitter={self.scale_jitter} must be >= 0")
+
 
 @dataclass
 class TrainConfig:
@@ -110,6 +144,12 @@ class TrainConfig:
     windows: WindowsConfig = field(default_factory=WindowsConfig)
     init_from: Optional[str] = None  # a checkpoint of the same architecture to start from (weights only)
 
+    def __post_init__(self) -> None:
+        check(self.batch_size > 0, "train", f"batch_size={self.batch_size} must be > 0")
+        check(self.max_epochs > 0, "train", f"max_epochs={self.max_epochs} must be > 0")
+        check(self.num_workers >= 0, "train", f"num_workers={self.num_workers} must be >= 0")
+        check(0 <= self.empty_chips <= 1, "train", f"empty_chips={self.empty_chips} must be within [0, 1]")
+
 
 @dataclass
 class PredictConfig:
@@ -134,6 +174,24 @@ class PredictConfig:
     model: Any = None  # expected architecture; None = the one stored in the checkpoint
     progress: bool = True
     threads: int = 0
+    aoi: Optional[str] = None  # images=: the area's name, for files without an SN7 name
+    # the imagery's band layout and scaling (InputSpec keys) over the checkpoint's, e.g. for 4-band
+    # uint16 BGRN: +input={rgb:[3,2,1],alpha:null,scaling:percentile}; empty = the checkpoint's
+    input: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check(self.tile > 0, "predict", f"tile={self.tile} must be > 0")
+        check(0 <= self.overlap < self.tile, "predict", f"overlap={self.overlap} must be >= 0 and smaller than tile={self.tile}")
+        check(self.block > 0, "predict", f"block={self.block} must be > 0")
+        check(self.batch_size > 0, "predict", f"batch_size={self.batch_size} must be > 0")
+        check(0 <= self.fusion_weight <= 1, "predict", f"fusion_weight={self.fusion_weight} must be within [0, 1]")
+        check(self.grid in ("source", "upscaled"), "predict", f"grid={self.grid!r} must be 'source' or 'upscaled'")
+        if self.input:
+            unknown = sorted(set(self.input) - set(InputSpec.__dataclass_fields__))
+            check(not unknown, "predict", f"input has unknown key(s) {unknown}; keys: {sorted(InputSpec.__dataclass_fields__)}")
+            InputSpec(**{**InputSpec().to_dict(), **self.input})  # validates the values
+        check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "predict",
+              f"device={self.device!r} must be auto, cpu or cuda[:N]")
 
 
 @dataclass
@@ -149,6 +207,12 @@ class TrackConfig:
     max_new_overlap: float = 0.5  # drop a new track whose first footprint lies this much (fraction of its area) on earlier ones
     never_demolished: bool = False
 
+    def __post_init__(self) -> None:
+        check(self.method in ("hungarian", "greedy"), "vectorize", f"track.method={self.method!r} must be 'hungarian' or 'greedy'")
+        check(0 <= self.min_iou <= 1, "vectorize", f"track.min_iou={self.min_iou} must be within [0, 1]")
+        check(self.max_gap >= 0, "vectorize", f"track.max_gap={self.max_gap} must be >= 0")
+        check(self.min_persist >= 1, "vectorize", f"track.min_persist={self.min_persist} must be >= 1")
+
 
 @dataclass
 class VectorizeConfig:
@@ -161,6 +225,12 @@ class VectorizeConfig:
     min_area_px: float = 4.0
     simplify_px: float = 0.0
     track: TrackConfig = field(default_factory=TrackConfig)
+
+    def __post_init__(self) -> None:
+        check(0 < self.threshold < 1, "vectorize", f"threshold={self.threshold} must be between 0 and 1")
+        check(0 < self.seed_threshold <= 1, "vectorize", f"seed_threshold={self.seed_threshold} must be within (0, 1]")
+        check(self.min_area_px >= 0 and self.min_seed_px >= 0 and self.simplify_px >= 0, "vectorize",
+              "min_area_px, min_seed_px and simplify_px must be >= 0")
 
 
 @dataclass
@@ -187,6 +257,13 @@ class EvaluateConfig:
     beta: float = 2.0
     region: Optional[List[float]] = None  # [row0, row1, col0, col1] source pixels: score only this box of every month
 
+    def __post_init__(self) -> None:
+        check(0 < self.iou_threshold < 1, "evaluate", f"iou_threshold={self.iou_threshold} must be between 0 and 1")
+        check(self.beta > 0, "evaluate", f"beta={self.beta} must be > 0")
+        check(self.min_truth_area >= 0, "evaluate", f"min_truth_area={self.min_truth_area} must be >= 0")
+        check(self.region is None or len(self.region) == 4, "evaluate",
+              f"region={self.region} must be [row0, row1, col0, col1] in source pixels")
+
 
 @dataclass
 class PipelineConfig:
@@ -201,6 +278,11 @@ class PipelineConfig:
     # synthetic pretraining: a nested pipeline (synth -> chip -> train) of the default config with these
     # settings merged in, run under <run_dir>/pretrain; train then starts from its best checkpoint
     pretrain: Optional[Dict[str, Any]] = None
+
+    def __post_init__(self) -> None:
+        check(self.holdout in ("aoi", "band"), "pipeline", f"holdout={self.holdout!r} must be 'aoi' or 'band'")
+        check(0 < self.band_frac < 1, "pipeline", f"band_frac={self.band_frac} must be between 0 and 1")
+        check(self.n_test_aois >= 1, "pipeline", f"n_test_aois={self.n_test_aois} must be >= 1")
 
 
 SCHEMAS: dict[str, type] = {
@@ -233,3 +315,17 @@ def compose(stage: str, overrides: list[str] | None = None) -> Any:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
             cfg = hydra_compose(config_name=stage, overrides=overrides)
     return OmegaConf.to_object(cfg)
+
+
+def compose_checked(stage: str, overrides: list[str] | None = None) -> Any:
+    """:func:`compose`, with Hydra's and OmegaConf's errors (unknown key, wrong type, bad override
+    syntax) turned into one :class:`SN7Error` line naming the stage and the key."""
+    try:
+        return compose(stage, overrides)
+    except SN7Error:
+        raise
+    except Exception as exc:  # hydra.errors.*, omegaconf.errors.*: several types, all "bad config"
+        lines = [str(exc).splitlines()[0]] if str(exc) else [type(exc).__name__]
+        if exc.__cause__ is not None and str(exc.__cause__):
+            lines.append(str(exc.__cause__).splitlines()[0])
+        raise SN7Error(f"{stage}: bad config: " + ": ".join(line.rstrip(".") for line in lines)) from None

@@ -11,7 +11,7 @@ import pandas as pd
 from spacenet7.config import EvaluateConfig
 from spacenet7.data.sn7 import read_labels_pix, scan
 from spacenet7.errors import SN7DataError, SN7Error
-from spacenet7.io.atomic import atomic_path
+from spacenet7.io.atomic import atomic_path, ensure_writable_file
 from spacenet7.metrics.pixel import clip_to_region, pixel_iou
 from spacenet7.metrics.scot import ScotResult, scot
 from spacenet7.metrics.table import check_table, check_unique_ids, month_rows, read_table
@@ -55,6 +55,7 @@ def format_table(result: ScotResult) -> str:
 
 def run(cfg: EvaluateConfig) -> dict[str, Path]:
     """Score ``proposal`` (default: the pipeline's submission) against ``truth`` (default: the data set)."""
+    ensure_writable_file(cfg.out)
     if cfg.truth:
         truth = read_table(cfg.truth, name="truth")
         truth_src = Path(cfg.truth)
@@ -74,8 +75,6 @@ def run(cfg: EvaluateConfig) -> dict[str, Path]:
         log.warning("evaluate: proposal AOIs not in the truth are ignored: %s", ", ".join(extra))
     region = None
     if cfg.region is not None:
-        if len(cfg.region) != 4:
-            raise SN7Error(f"evaluate: region={list(cfg.region)} must be [row0, row1, col0, col1] in source pixels")
         region = [float(v) for v in cfg.region]
         try:
             truth, proposal = clip_to_region(truth, region), clip_to_region(proposal, region)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from spacenet7.config import ExportConfig
 from spacenet7.errors import SN7DataError, SN7Error
-from spacenet7.io.atomic import atomic_path, clear_partials
+from spacenet7.io.atomic import atomic_path, clear_partials, ensure_writable_dir, ensure_writable_file
 from spacenet7.io.vector import write_vector
 from spacenet7.metrics.table import month_rows
 from spacenet7.vectorize import load_vectors
@@ -38,6 +38,8 @@ def area_m2(gdf: gpd.GeoDataFrame) -> np.ndarray:
 def run(cfg: ExportConfig) -> dict[str, list[Path]]:
     """Export every ``<AOI>.parquet`` of ``vec_dir``; returns the written paths by kind."""
     check_export_crs(cfg.crs)
+    ensure_writable_dir(cfg.out_dir)
+    ensure_writable_file(cfg.submission)
     clear_partials(cfg.out_dir)
     clear_partials(Path(cfg.submission).parent, Path(cfg.submission).name)
     vec = sorted(p for p in Path(cfg.vec_dir).glob("*.parquet") if not p.name.startswith("."))

@@ -17,10 +17,10 @@ import logging
 import time
 from pathlib import Path
 
-from spacenet7.config import PipelineConfig, compose
-from spacenet7.data.sn7 import image_grid, scan
+from spacenet7.config import PipelineConfig, compose, compose_checked
+from spacenet7.data.sn7 import check_not_too_deep, image_grid, scan
 from spacenet7.errors import SN7Error
-from spacenet7.io.atomic import atomic_path
+from spacenet7.io.atomic import atomic_path, ensure_writable_dir
 
 log = logging.getLogger(__name__)
 ORDER = ["synth", "chip", "train", "predict", "vectorize", "export", "evaluate"]
@@ -122,14 +122,19 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
     if unknown:
         raise SN7Error(f"pipeline: unknown stage(s) {unknown}; stages are {ORDER}")
     stages = [s for s in ORDER if s in cfg.stages]
+    for stage, ovr in stage_overrides(cfg, ["_"], ["_"], [0, 1, 0, 1]).items():  # typos and bad values: before any work
+        if stage in stages:
+            compose_checked(stage, ovr)
+    ensure_writable_dir(cfg.run_dir)
     root = Path(cfg.data_root)
     outputs: dict[str, object] = {}
     timings: dict[str, float] = {}
     if "synth" in stages:
         stages.remove("synth")
         if not (root / "train").is_dir():
+            check_not_too_deep(root)
             t0 = time.perf_counter()
-            outputs["synth"] = run_stage("synth", compose("synth", stage_overrides(cfg, [], [])["synth"]))
+            outputs["synth"] = run_stage("synth", compose_checked("synth", stage_overrides(cfg, [], [])["synth"]))
             timings["synth"] = time.perf_counter() - t0
         else:
             log.info("pipeline: data found at %s, skipping synth", root)
@@ -149,6 +154,7 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
     else:
         raise SN7Error(f"pipeline: holdout={cfg.holdout!r} must be 'aoi' or 'band'")
     ovr = stage_overrides(cfg, train_aois, test_aois, region)
+    configs = {stage: compose_checked(stage, ovr[stage]) for stage in stages}
     if cfg.pretrain is not None and "train" in stages:
         pre = pretrain_config(cfg)
         print(f"\n=== synthetic pretraining under {pre.run_dir}", flush=True)
@@ -156,11 +162,12 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
         outputs["pretrain"] = run(pre)
         timings["pretrain"] = time.perf_counter() - t0
         ovr["train"].append(f"init_from={Path(pre.run_dir) / 'train' / 'checkpoints' / 'best.ckpt'}")
+        configs["train"] = compose_checked("train", ovr["train"])
     write_manifest(Path(cfg.run_dir), root, train_aois, test_aois, ovr)
     for stage in stages:
         print(f"\n=== spacenet7 {stage} {' '.join(ovr[stage])}", flush=True)
         t0 = time.perf_counter()
-        outputs[stage] = run_stage(stage, compose(stage, ovr[stage]))
+        outputs[stage] = run_stage(stage, configs[stage])
         timings[stage] = time.perf_counter() - t0
     run_dir = Path(cfg.run_dir)
     print("\n=== timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f" (total {sum(timings.values()):.0f}s)")

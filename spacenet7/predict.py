@@ -23,10 +23,11 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from spacenet7.config import PredictConfig
-from spacenet7.data.sn7 import MonthRecord, parse_stem, read_image, scan
+from spacenet7.data.bands import InputSpec, check_fits
+from spacenet7.data.sn7 import MonthRecord, read_image, records_from_files, scan
 from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7DataError, SN7Error
-from spacenet7.io.atomic import clear_partials
+from spacenet7.io.atomic import clear_partials, ensure_writable_dir
 from spacenet7.io.raster import cog_profile, iter_windows, open_raster, to_cog
 from spacenet7.models.precision import autocast_dtype
 from spacenet7.models.task import build_net, read_checkpoint
@@ -42,7 +43,7 @@ class LoadedModel:
 
     net: torch.nn.Module
     upscale: float
-    source_bands: int
+    spec: InputSpec  # how the training imagery was read: band order, alpha, scaling
     device: torch.device
     amp_dtype: torch.dtype | None = None
 
@@ -71,7 +72,7 @@ def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: st
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     meta = hp.get("chip_meta") or {}
     net = net.eval().to(dev, memory_format=torch.channels_last)
-    return LoadedModel(net, float(meta.get("upscale", 1.0)), int(meta.get("source_bands", 4)), dev, autocast_dtype(dev, amp))
+    return LoadedModel(net, float(meta.get("upscale", 1.0)), InputSpec.from_dict(meta.get("input")), dev, autocast_dtype(dev, amp))
 
 
 def window_weights(tile: int) -> np.ndarray:
@@ -130,31 +131,29 @@ def _predict_batch(model: LoadedModel, batch: torch.Tensor, tta: str | None) -> 
 
 
 def _records(cfg: PredictConfig) -> dict[str, list[MonthRecord]]:
-    if not cfg.images:
-        return scan(cfg.data_root, cfg.split_dir, cfg.aois)
-    out: dict[str, list[MonthRecord]] = {}
-    for p in map(Path, cfg.images):
-        try:
-            info = parse_stem(p.name)
-        except SN7Error:
-            raise SN7DataError(p, "mosaic name is not global_monthly_YYYY_MM_mosaic_<AOI>.tif") from None
-        out.setdefault(info.aoi, []).append(MonthRecord(info.aoi, info.year, info.month, p.parent.parent))
-    return {k: sorted(v, key=lambda r: (r.year, r.month)) for k, v in out.items()}
+    """The months to predict: a data root's SN7 layout, or the GeoTIFFs given as ``images``."""
+    if cfg.images:
+        return records_from_files(cfg.images, cfg.aoi)
+    return scan(cfg.data_root, cfg.split_dir, cfg.aois)
 
 
 def run(cfg: PredictConfig) -> list[Path]:
     """Predict every mosaic; returns the written probability rasters."""
-    if cfg.grid not in ("source", "upscaled"):
-        raise SN7Error(f"predict: grid={cfg.grid!r} must be 'source' or 'upscaled'")
-    if cfg.overlap >= cfg.tile:
-        raise SN7Error(f"predict: overlap {cfg.overlap} must be smaller than tile {cfg.tile}")
     if cfg.tta_views not in TTA_VIEWS:
         raise SN7Error(f"predict: tta_views={cfg.tta_views!r} must be one of {sorted(TTA_VIEWS)}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model = load_model(cfg.checkpoint, cfg.model, cfg.device, cfg.amp)
-    clear_partials(cfg.out_dir)
     records = _records(cfg)
+    model = load_model(cfg.checkpoint, cfg.model, cfg.device, cfg.amp)
+    if cfg.input:
+        model.spec = InputSpec(**{**model.spec.to_dict(), **cfg.input})
+    for rec in (r for recs in records.values() for r in recs):  # every header, before any output
+        with open_raster(rec.image) as ds:
+            check_fits(ds, model.spec, rec.image)
+    ensure_writable_dir(cfg.out_dir)
+    clear_partials(cfg.out_dir)
+    for scratch in Path(cfg.out_dir).glob("*/.raw"):  # left by a killed run
+        shutil.rmtree(scratch, ignore_errors=True)
     with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * 2**20):
         written = _predict_all(model, records, cfg)
     log.info("predict: wrote %d probability rasters under %s", len(written), cfg.out_dir)
@@ -166,11 +165,18 @@ def _predict_all(model: LoadedModel, records: dict[str, list[MonthRecord]], cfg:
     for aoi, recs in records.items():
         raw_dir = Path(cfg.out_dir) / aoi / ".raw"  # scratch: per-month predictions before fusion
         try:
-            raw = [predict_mosaic(model, rec, raw_dir / f"{rec.stem}.tif", cfg) for rec in
-                   tqdm(recs, desc=f"predict {aoi}", disable=not cfg.progress)]
-            finals = [Path(cfg.out_dir) / aoi / f"{rec.stem}.tif" for rec in recs]
-            if cfg.fusion and len(raw) > 1:
-                fuse(raw, finals, cfg.fusion_weight, cfg.block)
+            raw, kept = [], []
+            for rec in tqdm(recs, desc=f"predict {aoi}", disable=not cfg.progress):
+                try:
+                    raw.append(predict_mosaic(model, rec, raw_dir / f"{rec.stem}.tif", cfg))
+                    kept.append(rec)
+                except NoValidPixels as exc:
+                    log.warning("predict: skipping %s", exc)
+            if not raw:
+                raise SN7DataError(recs[0].image.parent, f"every month of {aoi} is fully masked; nothing to predict")
+            finals = [Path(cfg.out_dir) / aoi / f"{rec.stem}.tif" for rec in kept]
+            if (cfg.fusion and len(raw) > 1) or not same_grid(raw):  # months on other grids are aligned
+                fuse(raw, finals, cfg.fusion_weight if cfg.fusion else 0.0, cfg.block)
             else:
                 for src, dst in zip(raw, finals):
                     to_cog(src, dst)
@@ -183,8 +189,7 @@ def _predict_all(model: LoadedModel, records: dict[str, list[MonthRecord]], cfg:
 def predict_mosaic(model: LoadedModel, rec: MonthRecord, out: Path, cfg: PredictConfig) -> Path:
     """Predict one mosaic block by block into a tiled uint8 GeoTIFF at ``out``."""
     with open_raster(rec.image) as ds:
-        if ds.count != model.source_bands:
-            raise SN7DataError(rec.image, f"has {ds.count} bands but the model was trained on {model.source_bands}-band mosaics")
+        check_fits(ds, model.spec, rec.image)
         h, w, transform, crs = ds.height, ds.width, ds.transform, ds.crs
     f = model.upscale
     fi = int(round(f))
@@ -201,7 +206,7 @@ def predict_mosaic(model: LoadedModel, rec: MonthRecord, out: Path, cfg: Predict
             r0, c0 = max(0, int(blk.row_off) - halo), max(0, int(blk.col_off) - halo)
             r1 = min(h, int(blk.row_off + blk.height) + halo)
             c1 = min(w, int(blk.col_off + blk.width) + halo)
-            img = read_image(rec, window=Window(c0, r0, c1 - c0, r1 - r0), upscale=f)
+            img = read_image(rec, window=Window(c0, r0, c1 - c0, r1 - r0), upscale=f, spec=model.spec)
             prob = sliding_window(model, img.rgb, cfg.tile, cfg.overlap, cfg.batch_size, cfg.tta_views if cfg.tta else None)
             valid = img.valid
             if out_f != fi:  # back to the source grid: mean of probabilities, all sub-pixels valid
@@ -217,8 +222,12 @@ def predict_mosaic(model: LoadedModel, rec: MonthRecord, out: Path, cfg: Predict
         _describe(dst, f, cfg.grid)
     if not any_valid:
         out.unlink()
-        raise SN7DataError(rec.image, "no valid pixel in this month (alpha 0 / UDM everywhere); nothing to predict")
+        raise NoValidPixels(rec.image, "no valid pixel in this month (alpha 0 / UDM everywhere)")
     return out
+
+
+class NoValidPixels(SN7DataError):
+    """A month without a single usable pixel (a fully clouded month): skipped, not fatal."""
 
 
 def _describe(dst, upscale: float, grid: str) -> None:
@@ -228,36 +237,74 @@ def _describe(dst, upscale: float, grid: str) -> None:
 
 
 def fuse(raw: list[Path], finals: list[Path], weight: float, block: int) -> None:
-    """Temporal fusion: blend each month with the all-month mean of valid pixels, block by block."""
+    """Temporal fusion: blend each month with the all-month mean of valid pixels, block by block.
+
+    Months on another grid than the first (a pixel smaller, shifted, another CRS) are resampled
+    onto the first month's grid (nearest), so that every output of the AOI shares one grid;
+    ``weight=0`` only aligns.
+    """
     srcs = [rasterio.open(p) for p in raw]
+    views = _aligned(srcs)
     try:
-        h, w = srcs[0].height, srcs[0].width
+        ref = srcs[0]
+        h, w = ref.height, ref.width
         tmps = []
-        for src, final in zip(srcs, finals):
+        for final in finals:
             tmp = final.parent / ".raw" / f"{final.stem}.fused.tif"
-            tmps.append(rasterio.open(tmp, "w", **cog_profile(src.profile, predictor=1)))
+            tmps.append(rasterio.open(tmp, "w", **cog_profile(ref.profile, predictor=1)))
         for win in iter_windows(h, w, block, block):
             total = np.zeros((len(CHANNELS), int(win.height), int(win.width)), np.float32)
             count = np.zeros((int(win.height), int(win.width)), np.float32)
-            for src in srcs:
+            for src in views:
                 a = src.read(window=win)
                 ok = a[0] != NODATA
                 total += np.where(ok, a, 0)
                 count += ok
             mean = total / np.maximum(count, 1)
-            for src, dst in zip(srcs, tmps):
+            for src, dst in zip(views, tmps):
                 a = src.read(window=win)
                 ok = a[0] != NODATA
                 fused = np.round((1 - weight) * a + weight * mean)
                 dst.write(np.where(ok, fused, NODATA).astype(np.uint8), window=win)
         for dst in tmps:
-            _describe(dst, float(srcs[0].tags().get("upscale", 1)), srcs[0].tags().get("grid", "source"))
+            _describe(dst, float(ref.tags().get("upscale", 1)), ref.tags().get("grid", "source"))
             dst.close()
         for dst, final in zip(tmps, finals):
             to_cog(dst.name, final)
     finally:
-        for s in srcs:
+        for s in [*views, *srcs]:
             s.close()
+
+
+def _grid(ds) -> tuple:
+    return ds.crs, ds.transform, ds.width, ds.height
+
+
+def same_grid(paths: list[Path]) -> bool:
+    """Whether the rasters share one grid (CRS, transform and size)."""
+    grids = set()
+    for p in paths:
+        with rasterio.open(p) as ds:
+            grids.add(_grid(ds))
+    return len(grids) <= 1
+
+
+def _aligned(srcs: list) -> list:
+    """Each dataset as seen on the first one's grid: itself, or a nearest-neighbour WarpedVRT."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    ref = srcs[0]
+    out = []
+    for src in srcs:
+        if _grid(src) == _grid(ref):
+            out.append(src)
+            continue
+        log.warning("predict: %s is %dx%d on another grid than %s (%dx%d); resampled onto the latter",
+                    Path(src.name).name, src.height, src.width, Path(ref.name).name, ref.height, ref.width)
+        out.append(WarpedVRT(src, crs=ref.crs, transform=ref.transform, width=ref.width, height=ref.height,
+                             nodata=NODATA, resampling=Resampling.nearest))
+    return out
 
 
 def read_prediction(path: str | Path) -> tuple[np.ndarray, np.ndarray, rasterio.Affine, rasterio.crs.CRS, float]:

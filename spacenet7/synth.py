@@ -7,9 +7,11 @@ images, UDMs, the three label flavours and ``sn7_train_ground_truth_pix.csv``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import geopandas as gpd
@@ -22,8 +24,8 @@ from tqdm import tqdm
 from spacenet7.config import SynthConfig
 from spacenet7.data.scene import STYLES, Scene, make_scene, month_schedule, render_month
 from spacenet7.data.sn7 import LABEL_SUFFIX, UDM_SUFFIX, make_stem
-from spacenet7.errors import SN7Error
-from spacenet7.io.atomic import atomic_path
+from spacenet7.errors import SN7DataError, SN7Error
+from spacenet7.io.atomic import atomic_path, ensure_writable_dir
 from spacenet7.io.raster import write_raster
 from spacenet7.io.vector import pixel_to_map, write_vector
 from spacenet7.metrics.table import month_rows
@@ -34,6 +36,7 @@ WORLD = 20037508.342789244  # half the EPSG:3857 world width, metres
 ZOOM = 13
 TILE_M = 2 * WORLD / 2**ZOOM
 GSD = TILE_M / 1024  # 4.777 m, the SN7 pixel size
+MARKER = ".spacenet7-synth.json"  # marks a folder synth made (and may write into again)
 FOLDERS = ("images", "images_masked", "labels", "labels_match", "labels_match_pix", "UDM_masks")
 # (lon, lat) of fast-growing places, as in the SN7 AOI list
 PLACES = [(103.9, 30.4), (36.8, -1.3), (7.4, 9.1), (-99.1, 19.4), (77.6, 13.0), (31.2, 30.0), (-47.9, -15.8),
@@ -48,17 +51,28 @@ def quad(lon: float, lat: float) -> tuple[str, int, int]:
     return f"L15-{tx // 4:04d}E-{2**(ZOOM - 2) - 1 - ty // 4:04d}N_{tx}_{ty}_{ZOOM}", tx, ty
 
 
+def _check_own_folder(out: Path) -> None:
+    """Synthesize only into an empty folder or one that synth made: never into a user's real data."""
+    if not out.exists() or (out / MARKER).exists():
+        return
+    if not out.is_dir():
+        raise SN7DataError(out, "is a file; synth writes a data folder")
+    if any(not p.name.startswith(".") for p in out.iterdir()):
+        raise SN7DataError(out, "is not empty and was not made by `spacenet7 synth`; synth writes only into an empty "
+                                "folder or its own (it would mix synthetic AOIs into your data)")
+
+
 def run(cfg: SynthConfig) -> list[Path]:
     """Generate ``cfg.n_aois`` AOIs under ``<out_dir>/train``; returns the AOI folders."""
     if cfg.style not in STYLES:
         raise SN7Error(f"synth: style={cfg.style!r} must be one of {sorted(STYLES)}")
-    if cfg.n_aois < 1 or cfg.n_months < 1 or cfg.size < 64:
-        raise SN7Error(f"synth: need n_aois >= 1, n_months >= 1 and size >= 64 (got {cfg.n_aois}, {cfg.n_months}, {cfg.size})")
-    try:
-        year0, month0 = (int(x) for x in cfg.start.split("-"))
-    except ValueError:
-        raise SN7Error(f"synth: start={cfg.start!r} is not YYYY-MM") from None
+    year0, month0 = (int(x) for x in cfg.start.split("-"))
     out = Path(cfg.out_dir)
+    _check_own_folder(out)
+    ensure_writable_dir(out)
+    with atomic_path(out / MARKER) as tmp:  # first: a killed synth leaves a folder it may overwrite
+        settings = {k: v for k, v in asdict(cfg).items() if k != "out_dir"}  # same seed, same bytes anywhere
+        tmp.write_text(json.dumps({"made_by": "spacenet7 synth", **settings}, indent=2))
     rng = np.random.default_rng(cfg.seed)
     places = rng.permutation(len(PLACES))
     csv_rows: list[dict] = []

@@ -24,10 +24,11 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from spacenet7.chip import Layout, load_index
 from spacenet7.config import TrainConfig
+from spacenet7.data.bands import InputSpec
 from spacenet7.data.dataset import ChipDataModule
 from spacenet7.data.windows import WindowDataModule
 from spacenet7.errors import SN7DataError, SN7Error
-from spacenet7.io.atomic import atomic_path
+from spacenet7.io.atomic import atomic_path, ensure_writable_dir
 from spacenet7.models.precision import resolve_precision
 from spacenet7.models.task import SegmentationTask, read_checkpoint
 
@@ -67,9 +68,24 @@ def init_weights(net: torch.nn.Module, checkpoint: str | Path) -> None:
     log.info("train: initialised the network from %s", path)
 
 
+def check_files(chip_dir: str | Path, index: pd.DataFrame, layout: Layout) -> None:
+    """Every file the index lists exists, checked before training starts (not at the first batch that needs it)."""
+    chip_dir = Path(chip_dir)
+    if layout is Layout.CHIPS:
+        paths = [chip_dir / p for p in index["path"].unique()]
+    else:
+        paths = [chip_dir / p for p in index["target"].unique()] + [Path(p) for p in index["image"].unique()]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise SN7DataError(missing[0], f"listed in the chip index but not found ({len(missing)} of {len(paths)} files "
+                                       "missing); re-run `spacenet7 chip`")
+
+
 def _datamodule(cfg: TrainConfig, index: pd.DataFrame, meta: dict, augment):
     """The data module for the chip folder's layout: fixed chips or random windows."""
-    if Layout(meta.get("layout", Layout.CHIPS.value)) is Layout.CHIPS:
+    layout = Layout(meta.get("layout", Layout.CHIPS.value))
+    check_files(cfg.chip_dir, index, layout)
+    if layout is Layout.CHIPS:
         index = drop_empty_chips(index, cfg.empty_chips, cfg.seed)
         return ChipDataModule(cfg.chip_dir, index, cfg.batch_size, cfg.num_workers, augment, cfg.seed, cfg.cache_chips)
     geometric = _geometric_transforms(augment)
@@ -78,7 +94,7 @@ def _datamodule(cfg: TrainConfig, index: pd.DataFrame, meta: dict, augment):
                        "window sampler draws rotations/mirrors itself and augment sees the image only; use augment=planet")
     w = cfg.windows
     return WindowDataModule(cfg.chip_dir, index, w.size, w.per_mosaic, cfg.batch_size, cfg.num_workers, augment,
-                            w.d4, w.scale_jitter, cfg.seed, w.in_memory)
+                            w.d4, w.scale_jitter, cfg.seed, w.in_memory, InputSpec.from_dict(meta.get("input")))
 
 
 def _geometric_transforms(augment) -> list[str]:
@@ -104,6 +120,7 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
+    ensure_writable_dir(cfg.run_dir)
     index, meta = load_index(cfg.chip_dir)
     if not (index["split"] == "val").any():
         raise SN7Error(f"{cfg.chip_dir}: chip index has no 'val' chips (check chip split/val_frac)")

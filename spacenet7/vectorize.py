@@ -21,8 +21,8 @@ from rasterio import features
 
 from spacenet7.config import TrackConfig, VectorizeConfig
 from spacenet7.data.sn7 import parse_stem
-from spacenet7.errors import SN7DataError, SN7Error
-from spacenet7.io.atomic import atomic_path, clear_partials
+from spacenet7.errors import SN7DataError
+from spacenet7.io.atomic import atomic_path, clear_partials, ensure_writable_dir
 from spacenet7.io.vector import pixel_to_map
 from spacenet7.polygonize import instances, polygons
 from spacenet7.predict import read_prediction
@@ -43,6 +43,7 @@ class MonthPrediction:
 def run(cfg: VectorizeConfig) -> list[Path]:
     """Vectorize and track every AOI folder under ``pred_dir``; returns the GeoParquet paths."""
     pred_dir = Path(cfg.pred_dir)
+    ensure_writable_dir(cfg.out_dir)
     clear_partials(cfg.out_dir)
     aoi_dirs = sorted(p for p in pred_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) if pred_dir.is_dir() else []
     if cfg.aois:
@@ -58,12 +59,13 @@ def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
     if not files:
         raise SN7DataError(aoi_dir, "no prediction rasters")
     months, preds = [], []
-    crs, src_transform = None, None
+    crs, src_transform, shape = None, None, None
     for f in files:
         prob, valid, transform, crs_f, up = read_prediction(f)
-        if crs is not None and crs_f != crs:
-            raise SN7DataError(f, f"CRS {crs_f} differs from the AOI's {crs}")
-        crs = crs_f
+        if crs is not None and (crs_f != crs or transform * Affine.scale(up) != src_transform or valid.shape != shape):
+            raise SN7DataError(f, f"grid ({crs_f}, {valid.shape[0]}x{valid.shape[1]}) differs from the AOI's first month "
+                                  f"({crs}, {shape[0]}x{shape[1]}); `spacenet7 predict` aligns the months of an AOI")
+        crs, shape = crs_f, valid.shape
         src_transform = transform * Affine.scale(up)
         labels = instances(prob, valid, threshold=cfg.threshold, seed_threshold=cfg.seed_threshold, min_seed_px=cfg.min_seed_px)
         pix = polygons(labels, simplify=cfg.simplify_px * up)
@@ -134,5 +136,17 @@ def load_vectors(path: str | Path) -> tuple[gpd.GeoDataFrame, dict]:
     """Read a vectorize output and its month list."""
     path = Path(path)
     if not path.exists():
-        raise SN7Error(f"{path}: vectorize output not found (run `spacenet7 vectorize` first)")
-    return gpd.read_parquet(path), json.loads(path.with_suffix(".json").read_text())
+        raise SN7DataError(path, "vectorize output not found (run `spacenet7 vectorize` first)")
+    try:
+        gdf = gpd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a truncated or foreign file
+        raise SN7DataError(path, f"unreadable GeoParquet, truncated? re-run `spacenet7 vectorize` ({str(exc).splitlines()[0][:120]})") from None
+    meta_path = path.with_suffix(".json")
+    if not meta_path.exists():
+        raise SN7DataError(meta_path, "month list of the vectorize output not found; re-run `spacenet7 vectorize`")
+    try:
+        meta = json.loads(meta_path.read_text())
+        meta["aoi"], meta["months"]  # noqa: B018 - the keys export needs
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SN7DataError(meta_path, f"not a vectorize month list ({type(exc).__name__}: {exc}); re-run `spacenet7 vectorize`") from None
+    return gdf, meta

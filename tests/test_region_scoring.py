@@ -71,6 +71,5 @@ def test_evaluate_region_writes_building_scores(tmp_path):
     m = json.loads((tmp_path / "m.json").read_text())
     assert (m["f1"], m["precision"], m["recall"], m["pixel_iou"]) == (1.0, 1.0, 1.0, 1.0)
     assert m["region"] == [0, 100, 60, 100]
-    cfg.region = [0, 100]
-    with pytest.raises(SN7Error, match="row0, row1, col0, col1"):
-        evaluate.run(cfg)
+    with pytest.raises(SN7Error, match="row0, row1, col0, col1"):  # checked when the config is made
+        EvaluateConfig(truth=cfg.truth, proposal=cfg.proposal, out=cfg.out, region=[0, 100])

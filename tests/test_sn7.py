@@ -113,7 +113,7 @@ def test_wrong_band_count(synth_root, tmp_path):
     p.unlink()
     with rasterio.open(p, "w", **prof) as ds:
         ds.write(arr)
-    with pytest.raises(SN7DataError, match="expected 4 bands, found 3"):
+    with pytest.raises(SN7DataError, match=r"has 3 band\(s\) but input.count=4"):
         read_image(scan(tmp_path)[aoi.name][0])
 
 

@@ -12,6 +12,7 @@ Layout::
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +25,16 @@ from affine import Affine
 from rasterio import features
 from rasterio.windows import Window
 
+from spacenet7.data.bands import InputSpec, Scaling, band_limits, check_fits, nodata_mask, to_uint8
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.raster import open_raster, read_resampled
 from spacenet7.io.vector import read_vector
 
+log = logging.getLogger(__name__)
 STEM_RE = re.compile(r"^global_monthly_(\d{4})_(\d{2})_mosaic_(.+)$")
+TIF_RE = re.compile(r"\.tiff?$", re.IGNORECASE)  # .tif, .TIF, .tiff
 LABEL_SUFFIX = "_Buildings.geojson"
 UDM_SUFFIX = "_UDM.tif"
-IMAGE_BANDS = 4  # R, G, B, alpha
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,12 @@ def parse_stem(name: str) -> StemInfo:
         SN7Error: the name does not follow the SN7 pattern.
     """
     stem = Path(name).name
-    for suffix in (LABEL_SUFFIX, UDM_SUFFIX, ".tif", ".geojson"):
+    for suffix in (LABEL_SUFFIX, UDM_SUFFIX, ".geojson"):
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
             break
+    else:
+        stem = TIF_RE.sub("", stem)
     m = STEM_RE.match(stem)
     if not m or not 1 <= int(m.group(2)) <= 12:
         raise SN7Error(f"{name}: not an SN7 name (expected global_monthly_YYYY_MM_mosaic_<AOI>)")
@@ -78,6 +83,7 @@ class MonthRecord:
     year: int
     month: int
     aoi_dir: Path
+    path: Path | None = None  # the image file, when not ``images/<stem>.tif`` (``.TIF``, a user's own file)
 
     @property
     def stem(self) -> str:
@@ -89,11 +95,11 @@ class MonthRecord:
 
     @property
     def image(self) -> Path:
-        return self.aoi_dir / "images" / f"{self.stem}.tif"
+        return self.path or self.aoi_dir / "images" / f"{self.stem}.tif"
 
     @property
     def image_masked(self) -> Path | None:
-        p = self.aoi_dir / "images_masked" / f"{self.stem}.tif"
+        p = self.aoi_dir / "images_masked" / self.image.name
         return p if p.exists() else None
 
     @property
@@ -134,20 +140,22 @@ def scan(root: str | Path, split: str = "train", aois: list[str] | None = None) 
     """
     base = Path(root) / split
     if not base.is_dir():
+        check_not_too_deep(root, split)
         raise SN7DataError(base, "not a folder (expected <root>/<split>/<AOI>/images/*.tif)")
     out: dict[str, list[MonthRecord]] = {}
     for aoi_dir in sorted(p for p in base.iterdir() if (p / "images").is_dir()):
         if aois is not None and aoi_dir.name not in aois:
             continue
         records = []
-        for tif in sorted(p for p in (aoi_dir / "images").glob("*.tif") if not p.name.startswith(".")):  # not temp or macOS ._ files
+        for tif in sorted(image_files(aoi_dir / "images")):
             try:
                 info = parse_stem(tif.name)
             except SN7Error:
                 raise SN7DataError(tif, "misnamed image (expected global_monthly_YYYY_MM_mosaic_<AOI>.tif)") from None
             if info.aoi != aoi_dir.name:
                 raise SN7DataError(tif, f"image names AOI {info.aoi!r} but lies in folder {aoi_dir.name!r}")
-            records.append(MonthRecord(info.aoi, info.year, info.month, aoi_dir))
+            records.append(MonthRecord(info.aoi, info.year, info.month, aoi_dir, None if tif.name.endswith(".tif") else tif))
+        _check_unique_months(records)
         if records:
             out[aoi_dir.name] = sorted(records, key=lambda r: (r.year, r.month))
     if not out:
@@ -155,6 +163,86 @@ def scan(root: str | Path, split: str = "train", aois: list[str] | None = None) 
     if aois is not None and (missing := sorted(set(aois) - set(out))):
         raise SN7DataError(base, f"requested AOIs not found: {', '.join(missing)}")
     return out
+
+
+def check_not_too_deep(root: str | Path, split: str = "train") -> None:
+    """Raise a clear error when ``root`` is itself the ``<split>`` folder (it holds AOI folders)."""
+    root = Path(root)
+    if root.is_dir() and any((p / "images").is_dir() for p in root.iterdir() if p.is_dir()):
+        raise SN7DataError(root, f"holds AOI folders itself, so it is the {split}/ folder, one level too deep; "
+                                 f"give the data root above it: data_root={root.parent}")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """GeoTIFFs of a folder (``.tif``, ``.TIF``, ``.tiff``), without hidden files: temporary
+    ``.partial`` files and macOS ``._*`` resource forks start with a dot."""
+    return [p for p in folder.iterdir() if TIF_RE.search(p.name) and not p.name.startswith(".") and p.is_file()]
+
+
+def _check_unique_months(records: list[MonthRecord]) -> None:
+    seen: dict[tuple[str, str], Path] = {}
+    for r in records:
+        if (key := (r.aoi, r.month_key)) in seen:
+            raise SN7DataError(r.image, f"a second image for {r.aoi} {r.month_key} (the first is {seen[key].name})")
+        seen[key] = r.image
+
+
+DATE_RE = re.compile(r"(?<!\d)((?:19|20)\d{2})[-_.]?(0[1-9]|1[0-2])(?:[-_.]?(?:0[1-9]|[12]\d|3[01]))?(?!\d)")
+
+
+def file_month(path: Path) -> tuple[int, int] | None:
+    """(year, month) from a file: an SN7 name, a date in the name (``2019-03``, ``20190315``, ...),
+    or the TIFF date tag; ``None`` when none says."""
+    try:
+        info = parse_stem(path.name)
+        return info.year, info.month
+    except SN7Error:
+        pass
+    if m := DATE_RE.search(path.stem):
+        return int(m.group(1)), int(m.group(2))
+    with open_raster(path, require_crs=False) as ds:
+        tag = ds.tags().get("TIFFTAG_DATETIME", "")
+    if m := re.match(r"^(\d{4})[:-](\d{2})", tag):
+        if 1 <= int(m.group(2)) <= 12:
+            return int(m.group(1)), int(m.group(2))
+    return None
+
+
+def records_from_files(paths: list[str | Path], aoi: str | None = None) -> dict[str, list[MonthRecord]]:
+    """Month records for GeoTIFFs given by path: SN7 files or a user's own time series.
+
+    The AOI is ``aoi`` when given, else the one in the SN7 name. The month comes from the SN7
+    name, a date in the file name, or the TIFF date tag; when no file has one, from the list
+    order (``0001-01``, ``0001-02``, ...).
+
+    Raises:
+        SN7DataError: a missing file, no AOI name for a non-SN7 file, some files dated and others
+            not, or two files for one month.
+    """
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        if not p.is_file():
+            raise SN7DataError(p, "file not found")
+    months = [file_month(p) for p in paths]
+    if any(m is None for m in months) and not all(m is None for m in months):
+        first = paths[months.index(None)]
+        raise SN7DataError(first, "no date in its name or TIFF tags, but other files have one; name every month "
+                                  "(e.g. area_2019-03.tif) or none (the list order is then the month order)")
+    if all(m is None for m in months):
+        months = [(1 + i // 12, 1 + i % 12) for i in range(len(paths))]
+    out: dict[str, list[MonthRecord]] = {}
+    for p, (year, month) in zip(paths, months):
+        name = aoi
+        if name is None:
+            try:
+                name = parse_stem(p.name).aoi
+            except SN7Error:
+                raise SN7DataError(p, "not an SN7 mosaic name, so give the area a name: aoi=<name>") from None
+        aoi_dir = p.parent.parent if p.parent.name == "images" else p.parent  # SN7 layout: images_masked/, UDM_masks/ beside
+        out.setdefault(name, []).append(MonthRecord(name, year, month, aoi_dir, p))
+    for recs in out.values():
+        _check_unique_months(recs)
+    return {k: sorted(v, key=lambda r: (r.year, r.month)) for k, v in out.items()}
 
 
 @dataclass
@@ -171,28 +259,37 @@ class Image:
         return self.valid.shape
 
 
-def read_image(record: MonthRecord, *, window: Window | None = None, upscale: float = 1) -> Image:
-    """Read RGB and the valid mask (alpha band of ``images_masked`` AND NOT UDM).
+def read_image(record: MonthRecord, *, window: Window | None = None, upscale: float = 1,
+               spec: InputSpec | None = None) -> Image:
+    """Read 8-bit RGB and the valid mask (alpha of ``images_masked`` > 0, not UDM, not nodata).
 
     Args:
         record: the (AOI, month).
         window: a window in source pixels (whole image when ``None``).
         upscale: resample ``upscale`` times finer (bilinear for RGB, nearest for masks).
+        spec: the file's band layout and scaling (:class:`InputSpec`; SN7's RGBA uint8 when ``None``).
 
     Raises:
-        SN7DataError: missing CRS, wrong band count, truncated file, UDM of another size.
+        SN7DataError: missing CRS, too few bands, not 8 bit without scaling, truncated file,
+            UDM or alpha file of another size.
     """
     from rasterio.enums import Resampling
 
-    with open_raster(record.image, bands=IMAGE_BANDS) as ds:
+    spec = spec or InputSpec()
+    with open_raster(record.image) as ds:
+        check_fits(ds, spec, record.image)
         win = window or Window(0, 0, ds.width, ds.height)
-        rgb = read_resampled(ds, [1, 2, 3], win, upscale)
+        values = read_resampled(ds, list(spec.rgb), win, upscale)
+        rgb = to_uint8(values, band_limits(ds, spec))
+        valid = ~nodata_mask(ds, values)
         transform = ds.window_transform(win) * Affine.scale(1 / upscale)
         crs, full = ds.crs, (ds.height, ds.width)
+    if spec.alpha is not None:
         alpha_src = record.image_masked or record.image
-    with open_raster(alpha_src, bands=IMAGE_BANDS) as ds:
-        _same_grid(ds, full, alpha_src)
-        valid = read_resampled(ds, 4, win, upscale, Resampling.nearest) > 0
+        with open_raster(alpha_src) as ds:
+            _same_grid(ds, full, alpha_src)
+            check_fits(ds, InputSpec(count=spec.count, rgb=[1, 1, 1], alpha=spec.alpha, scaling=Scaling.fixed), alpha_src)
+            valid &= read_resampled(ds, spec.alpha, win, upscale, Resampling.nearest) > 0
     if record.udm is not None:
         with open_raster(record.udm, require_crs=False) as ds:
             _same_grid(ds, full, record.udm)
@@ -207,7 +304,7 @@ def _same_grid(ds, shape: tuple[int, int], path: Path) -> None:
 
 def image_grid(record: MonthRecord) -> tuple[Affine, rasterio.crs.CRS, tuple[int, int]]:
     """Transform, CRS and (H, W) of a record's image, checked."""
-    with open_raster(record.image, bands=IMAGE_BANDS) as ds:
+    with open_raster(record.image) as ds:
         return ds.transform, ds.crs, (ds.height, ds.width)
 
 
@@ -224,9 +321,14 @@ def _read_label_file(record: MonthRecord, folder: str) -> gpd.GeoDataFrame:
     return gdf
 
 
-def _footprints(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    gdf = gdf[~gdf.geometry.is_empty & gdf.geometry.notna()]
-    return gdf[["Id", "geometry"]].reset_index(drop=True)
+def _footprints(gdf: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:
+    """Non-empty footprints with ``Id``; invalid polygons (self-intersections, ...) repaired and counted."""
+    gdf = gdf[~gdf.geometry.is_empty & gdf.geometry.notna()].reset_index(drop=True)
+    invalid = ~gdf.geometry.is_valid.to_numpy()
+    if invalid.any():
+        gdf.loc[invalid, "geometry"] = shapely.make_valid(gdf.geometry.values[invalid])
+        log.info("%s: repaired %d invalid polygon(s) of %d (shapely.make_valid)", path, int(invalid.sum()), len(gdf))
+    return gdf[["Id", "geometry"]]
 
 
 def read_labels(record: MonthRecord, crs=None) -> gpd.GeoDataFrame:
@@ -241,7 +343,7 @@ def read_labels(record: MonthRecord, crs=None) -> gpd.GeoDataFrame:
         raise SN7DataError(record.labels_match, "label file declares no CRS")
     if len(gdf) and gdf.crs != crs:
         gdf = gdf.to_crs(crs)
-    return _footprints(gdf.set_crs(crs, allow_override=True))
+    return _footprints(gdf.set_crs(crs, allow_override=True), record.labels_match)
 
 
 def read_labels_pix(record: MonthRecord) -> gpd.GeoDataFrame:
@@ -249,7 +351,7 @@ def read_labels_pix(record: MonthRecord) -> gpd.GeoDataFrame:
 
     SN7 files declare CRS84 although the coordinates are pixels; the declaration is dropped.
     """
-    return _footprints(_read_label_file(record, "labels_match_pix").set_crs(None, allow_override=True))
+    return _footprints(_read_label_file(record, "labels_match_pix").set_crs(None, allow_override=True), record.labels_match_pix)
 
 
 def rasterize_footprints(geoms, shape: tuple[int, int], transform: Affine = Affine.identity(),

@@ -31,6 +31,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset
 
+from spacenet7.data.bands import InputSpec, band_limits, to_uint8
 from spacenet7.data.dataset import IGNORE
 from spacenet7.data.targets import CHANNELS
 from spacenet7.io.raster import iter_windows, read_checked
@@ -77,10 +78,13 @@ class MosaicReader:
         target: the month's target raster (training grid).
         upscale: training grid / source grid (an integer, or 1).
         in_memory: hold the resampled RGB and the targets in memory (small data sets: fastest).
+        spec: the mosaic's band layout and scaling (SN7's RGBA uint8 when ``None``).
     """
 
-    def __init__(self, image: str | Path, target: str | Path, upscale: float, in_memory: bool = False) -> None:
+    def __init__(self, image: str | Path, target: str | Path, upscale: float, in_memory: bool = False,
+                 spec: InputSpec | None = None) -> None:
         self.image, self.target, self.upscale = Path(image), Path(target), float(upscale)
+        self.spec = spec or InputSpec()
         self._handles: dict[int, tuple[Any, Any]] = {}
         self._memory: tuple[np.ndarray, np.ndarray] | None = None
         if in_memory:
@@ -108,7 +112,8 @@ class MosaicReader:
 
     def _read_rgb(self, src_win: Window, out_shape: tuple[int, int]) -> np.ndarray:
         src, _ = self._open()
-        return read_checked(src, [1, 2, 3], window=src_win, out_shape=(3, *out_shape), resampling=Resampling.bilinear)
+        values = read_checked(src, list(self.spec.rgb), window=src_win, out_shape=(3, *out_shape), resampling=Resampling.bilinear)
+        return to_uint8(values, band_limits(src, self.spec))
 
     def read(self, r: int, c: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         """The window (r, c, h, w) of the training grid: ((3, h, w) uint8 RGB, (h, w) packed targets)."""
@@ -119,7 +124,7 @@ class MosaicReader:
         packed = read_checked(tgt, 1, window=Window(c, r, w, h))
         u = self.upscale
         if u == 1:
-            return read_checked(src, [1, 2, 3], window=Window(c, r, w, h)), packed
+            return self._read_rgb(Window(c, r, w, h), (h, w)), packed
         # read a source window with a 1-pixel halo so bilinear resampling sees the same neighbours
         # as the whole-mosaic resampling of `chip`, then crop the halo off
         sr0, sc0 = max(0, math.floor(r / u) - 1), max(0, math.floor(c / u) - 1)
@@ -149,8 +154,10 @@ def _regions(index: pd.DataFrame, split: str) -> list[tuple[int, Region]]:
 
 
 class _WindowBase(Dataset):
-    def __init__(self, root: str | Path, index: pd.DataFrame, split: str, size: int, in_memory: bool) -> None:
+    def __init__(self, root: str | Path, index: pd.DataFrame, split: str, size: int, in_memory: bool,
+                 spec: InputSpec | None = None) -> None:
         self.root, self.size, self.index = Path(root), int(size), index.reset_index(drop=True)
+        self.spec = spec
         self.regions = _regions(self.index, split)
         if not self.regions:
             raise ValueError(f"no '{split}' region in the window index")
@@ -166,7 +173,7 @@ class _WindowBase(Dataset):
             self._readers.move_to_end(row)
             return self._readers[row]
         rec = self.index.iloc[row]
-        self._readers[row] = MosaicReader(rec["image"], self.root / rec["target"], float(rec["upscale"]), self.in_memory)
+        self._readers[row] = MosaicReader(rec["image"], self.root / rec["target"], float(rec["upscale"]), self.in_memory, self.spec)
         if not self.in_memory and len(self._readers) > MAX_OPEN:
             self._readers.popitem(last=False)[1].close()
         return self._readers[row]
@@ -189,11 +196,12 @@ class RandomWindows(_WindowBase):
         d4: draw one of the 8 rotations/mirrors per window.
         scale_jitter: relative zoom range (0 = off).
         in_memory: hold each mosaic in memory once read.
+        spec: the mosaics' band layout and scaling (``chips.json``'s ``input``).
     """
 
     def __init__(self, root: str | Path, index: pd.DataFrame, size: int, per_mosaic: int, augment: Any = None,
-                 d4: bool = True, scale_jitter: float = 0.0, in_memory: bool = False) -> None:
-        super().__init__(root, index, "train", size, in_memory)
+                 d4: bool = True, scale_jitter: float = 0.0, in_memory: bool = False, spec: InputSpec | None = None) -> None:
+        super().__init__(root, index, "train", size, in_memory, spec)
         self.per_mosaic, self.augment, self.d4, self.scale_jitter = int(per_mosaic), augment, d4, float(scale_jitter)
 
     def __len__(self) -> int:
@@ -248,8 +256,9 @@ def _pad(rgb: np.ndarray, packed: np.ndarray, size: int) -> tuple[np.ndarray, np
 class GridWindows(_WindowBase):
     """A fixed grid of ``size`` windows over every validation region (the last one flush to the region's edge)."""
 
-    def __init__(self, root: str | Path, index: pd.DataFrame, size: int, in_memory: bool = False) -> None:
-        super().__init__(root, index, "val", size, in_memory)
+    def __init__(self, root: str | Path, index: pd.DataFrame, size: int, in_memory: bool = False,
+                 spec: InputSpec | None = None) -> None:
+        super().__init__(root, index, "val", size, in_memory, spec)
         self.items: list[tuple[int, int, int, int, int]] = []
         for row, reg in self.regions:
             for w in iter_windows(*reg.shape, self.size, self.size):
@@ -279,14 +288,15 @@ class WindowDataModule(L.LightningDataModule):
         scale_jitter: relative zoom range (0 = off).
         seed: seeds the loaders' generators.
         in_memory: hold each mosaic in memory.
+        spec: the mosaics' band layout and scaling.
     """
 
     def __init__(self, root: str | Path, index: pd.DataFrame, size: int, per_mosaic: int, batch_size: int,
                  num_workers: int = 0, augment: Any = None, d4: bool = True, scale_jitter: float = 0.0,
-                 seed: int = 0, in_memory: bool = False) -> None:
+                 seed: int = 0, in_memory: bool = False, spec: InputSpec | None = None) -> None:
         super().__init__()
-        self.train_set = RandomWindows(root, index, size, per_mosaic, augment, d4, scale_jitter, in_memory)
-        self.val_set = GridWindows(root, index, size, in_memory)
+        self.train_set = RandomWindows(root, index, size, per_mosaic, augment, d4, scale_jitter, in_memory, spec)
+        self.val_set = GridWindows(root, index, size, in_memory, spec)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:

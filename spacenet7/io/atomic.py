@@ -3,17 +3,25 @@
 Temporary files are named ``.<name>.<random>.partial`` next to their target: no reader's glob
 (``*.tif``, ``*.parquet``, ...) can pick one up, and :func:`clear_partials` removes the ones a
 killed run left behind.
+
+Fault injection for tests: with ``SPACENET7_KILL_BEFORE_RENAME=<glob>`` in the environment, the
+process SIGKILLs itself after writing a temporary file whose target name matches the glob, just
+before the rename: the worst moment for a kill (tests/test_bad_input.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from spacenet7.errors import SN7DataError
 
 log = logging.getLogger(__name__)
 PARTIAL_SUFFIX = ".partial"
@@ -33,6 +41,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if (glob := os.environ.get("SPACENET7_KILL_BEFORE_RENAME")) and fnmatch.fnmatch(path.name, glob):
+            os.kill(os.getpid(), signal.SIGKILL)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.is_dir():
@@ -58,3 +68,35 @@ def clear_partials(folder: str | Path, name: str = "*") -> int:
     if n:
         log.info("removed %d partial file(s) left by an interrupted run under %s", n, folder)
     return n
+
+
+def ensure_writable_dir(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and prove it writable, before any work is done.
+
+    Raises:
+        SN7DataError: one line naming the folder and the OS's reason (a path under a regular
+            file, no permission, a read-only or full file system).
+    """
+    folder = Path(folder)
+    for parent in (folder, *folder.parents):  # the nearest existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise SN7DataError(folder, f"cannot write output here: {parent} is a file, not a folder")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=PARTIAL_SUFFIX, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SN7DataError(folder, f"cannot write output here: {exc.strerror or exc}") from None
+    return folder
+
+
+def ensure_writable_file(path: str | Path) -> Path:
+    """:func:`ensure_writable_dir` for the folder of an output file, which must not be a folder itself."""
+    path = Path(path)
+    if path.is_dir():
+        raise SN7DataError(path, "is a folder; expected an output file name")
+    ensure_writable_dir(path.parent)
+    return path

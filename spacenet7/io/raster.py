@@ -78,20 +78,38 @@ def cog_profile(profile: dict[str, Any], **overrides: Any) -> dict[str, Any]:
 def write_raster(path: str | Path, array: np.ndarray, profile: dict[str, Any],
                  descriptions: tuple[str, ...] | None = None) -> Path:
     """Write a (bands, H, W) array with ``profile`` to a temporary file, then rename it into place."""
-    with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(array)
-            if descriptions:
-                dst.descriptions = descriptions
+    try:
+        with atomic_path(path) as tmp:
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(array)
+                if descriptions:
+                    dst.descriptions = descriptions
+    except rasterio.errors.RasterioError as exc:
+        raise SN7DataError(path, write_problem(path, exc)) from None
     return Path(path)
+
+
+def write_problem(path: str | Path, exc: Exception) -> str:
+    """Why GDAL could not write ``path``, in words: its messages ("TIFFWriteDirectory...") rarely say."""
+    import shutil
+
+    try:
+        if shutil.disk_usage(Path(path).parent).free < 16 * 2**20:
+            return "could not be written: No space left on device"
+    except OSError:
+        pass
+    return f"could not be written ({_short(exc)})"
 
 
 def to_cog(src: str | Path, dst: str | Path) -> None:
     """Copy a tiled GeoTIFF to a COG (streams; memory stays bounded), atomically."""
     from rasterio.shutil import copy as rio_copy
 
-    with atomic_path(dst) as tmp:
-        rio_copy(str(src), str(tmp), driver="COG", compress="DEFLATE", predictor="2", blocksize=256)
+    try:
+        with atomic_path(dst) as tmp:
+            rio_copy(str(src), str(tmp), driver="COG", compress="DEFLATE", predictor="2", blocksize=256)
+    except rasterio.errors.RasterioError as exc:
+        raise SN7DataError(dst, write_problem(dst, exc)) from None
 
 
 def read_resampled(ds, indexes: list[int] | int, window: Window, factor: float, resampling=Resampling.bilinear) -> np.ndarray:

@@ -50,6 +50,7 @@ def write_vector(gdf: gpd.GeoDataFrame, path: str | Path, *, layer: str | None =
     if append_layer:
         with warnings.catch_warnings():  # the caller's temporary file ends in .partial, not .gpkg
             warnings.filterwarnings("ignore", message=".*non conformant file extension")
+            warnings.filterwarnings("ignore", message=".*filename extension should be")
             pyogrio.write_dataframe(gdf, path, append=False, **kwargs)
         return path
     with atomic_path(path) as tmp, warnings.catch_warnings():

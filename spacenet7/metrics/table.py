@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import shapely
 from spacenet7.data.sn7 import STEM_RE
 from spacenet7.errors import SN7DataError
 
+log = logging.getLogger(__name__)
 COLUMNS = ("filename", "id", "geometry")
 
 
@@ -53,10 +55,16 @@ def check_table(df: pd.DataFrame, path: str | Path = "<table>") -> pd.DataFrame:
         i = int(np.flatnonzero(bad.values)[0])
         raise SN7DataError(path, f"row {i + 2}: unparseable filename {df['filename'].iloc[i]!r} "
                                  "(expected global_monthly_YYYY_MM_mosaic_<AOI>)")
+    month = parts[1].astype(int)
+    bad = ~month.between(1, 12)
+    if bad.any():
+        i = int(np.flatnonzero(bad.values)[0])
+        raise SN7DataError(path, f"row {i + 2}: month {parts[1].iloc[i]} in {df['filename'].iloc[i]!r} is not 01-12")
     ids = pd.to_numeric(df["id"], errors="coerce")
-    if ids.isna().any():
-        i = int(np.flatnonzero(ids.isna().values)[0])
-        raise SN7DataError(path, f"row {i + 2}: id {df['id'].iloc[i]!r} is not an integer")
+    bad = ids.isna() | (ids != np.round(ids))
+    if bad.any():
+        i = int(np.flatnonzero(bad.values)[0])
+        raise SN7DataError(path, f"row {i + 2}: id {str(df['id'].iloc[i])!r} is not an integer")
     wkt = df["geometry"].astype(str).values
     geoms = shapely.from_wkt(wkt, on_invalid="ignore")
     bad = np.flatnonzero(pd.isna(geoms))
@@ -71,6 +79,7 @@ def check_table(df: pd.DataFrame, path: str | Path = "<table>") -> pd.DataFrame:
     invalid = ~shapely.is_valid(geoms)
     if invalid.any():
         geoms[invalid] = shapely.make_valid(geoms[invalid])
+        log.info("%s: repaired %d invalid polygon(s) of %d (shapely.make_valid)", path, int(invalid.sum()), len(geoms))
     out = pd.DataFrame({
         "filename": names.values,
         "aoi": parts[2].values,

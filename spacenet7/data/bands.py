@@ -1,0 +1,146 @@
+"""How a mosaic file becomes the network's input: band order, alpha band, scaling to 8 bit.
+
+SpaceNet 7 mosaics are 4-band uint8 RGBA and need nothing. Other Planet products are not: an
+analytic scene is 4-band uint16 BGRN, where band 4 is near-infrared, not alpha. An
+:class:`InputSpec` states the file's layout; ``chip`` records it in ``chips.json``, ``train``
+stores it in the checkpoint, and ``predict`` applies the same spec unless told otherwise. A file
+that does not fit its spec is a one-line error, never a silent ``value mod 256``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+from rasterio.enums import Resampling
+
+from spacenet7.errors import SN7DataError, SN7Error
+
+STATS_SIDE = 512  # percentile scaling: statistics from a decimated read of at most this side
+
+
+class Scaling(str, Enum):
+    """How input values become 0-255 (lower-case names: Hydra matches overrides by name)."""
+
+    none = "none"  # 8-bit input, used as is (anything else is refused)
+    fixed = "fixed"  # ``range`` [lo, hi] -> [0, 255], the same for every band and image
+    percentile = "percentile"  # per band and image: its ``percentiles`` [lo, hi] of valid pixels -> [0, 255]
+
+
+@dataclass
+class InputSpec:
+    """The layout of the input mosaics (1-based band numbers, as GDAL counts them).
+
+    Attributes:
+        count: the band count every file must have (``None``: any count with the bands named here).
+        rgb: the bands holding red, green and blue, in that order (``[3, 2, 1]`` for BGRN).
+        alpha: the band whose 0 marks unusable pixels (``images_masked`` is read when present),
+            or ``None``: every pixel is usable except the file's nodata.
+        scaling: how values become 8 bit (:class:`Scaling`).
+        range: ``scaling=fixed``: the input values mapped to 0 and 255.
+        percentiles: ``scaling=percentile``: the per-band percentiles mapped to 0 and 255.
+    """
+
+    count: Optional[int] = 4
+    rgb: List[int] = field(default_factory=lambda: [1, 2, 3])
+    alpha: Optional[int] = 4
+    scaling: Scaling = Scaling.none
+    range: List[float] = field(default_factory=lambda: [0.0, 255.0])
+    percentiles: List[float] = field(default_factory=lambda: [2.0, 98.0])
+
+    def __post_init__(self) -> None:
+        try:
+            self.scaling = Scaling(self.scaling)
+        except ValueError:
+            raise SN7Error(f"input.scaling={self.scaling!r} must be one of {[s.value for s in Scaling]}") from None
+        if len(self.rgb) != 3 or any(int(b) < 1 for b in self.rgb):
+            raise SN7Error(f"input.rgb={list(self.rgb)} must be three band numbers >= 1 (red, green, blue)")
+        if self.count is not None and self.count < self.bands_needed:
+            raise SN7Error(f"input.count={self.count} is fewer than the bands input.rgb/input.alpha name ({self.bands_needed})")
+        if self.alpha is not None and self.alpha < 1:
+            raise SN7Error(f"input.alpha={self.alpha} must be a band number >= 1, or null")
+        if len(self.range) != 2 or not self.range[0] < self.range[1]:
+            raise SN7Error(f"input.range={list(self.range)} must be [lo, hi] with lo < hi")
+        if len(self.percentiles) != 2 or not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
+            raise SN7Error(f"input.percentiles={list(self.percentiles)} must be [lo, hi] with 0 <= lo < hi <= 100")
+
+    @property
+    def bands_needed(self) -> int:
+        """The smallest band count a file must have."""
+        return max([*self.rgb, self.alpha or 0])
+
+    def to_dict(self) -> dict:
+        """Plain types, for ``chips.json`` and checkpoints."""
+        d = asdict(self)
+        return {**d, "rgb": [int(b) for b in d["rgb"]], "scaling": self.scaling.value,
+                "range": [float(v) for v in d["range"]], "percentiles": [float(v) for v in d["percentiles"]]}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> InputSpec:
+        """Inverse of :meth:`to_dict`; ``None`` (chips and checkpoints older than specs) is the SN7 layout."""
+        return cls(**d) if d else cls()
+
+
+def check_fits(ds, spec: InputSpec, path: str | Path) -> None:
+    """Raise a one-line :class:`SN7DataError` unless the open raster ``ds`` fits ``spec``."""
+    if spec.count is not None and ds.count != spec.count:
+        raise SN7DataError(path, f"has {ds.count} band(s) but input.count={spec.count} (for other imagery set input.count, "
+                                 "input.rgb and input.alpha to its layout)")
+    if ds.count < spec.bands_needed:
+        hint = " (set input.alpha=null for a file without an alpha band)" if spec.alpha and ds.count < spec.alpha else ""
+        raise SN7DataError(path, f"has {ds.count} band(s) but input.rgb={list(spec.rgb)}, input.alpha={spec.alpha} "
+                                 f"need {spec.bands_needed}{hint}")
+    dtype = ds.dtypes[spec.rgb[0] - 1]
+    if spec.scaling == Scaling.none and dtype != "uint8":
+        raise SN7DataError(path, f"is {dtype}, but input.scaling=none reads 8-bit imagery only; set "
+                                 "input.scaling=percentile, or input.scaling=fixed with input.range=[lo,hi]")
+
+
+def band_limits(ds, spec: InputSpec) -> np.ndarray | None:
+    """Per-band ``[lo, hi]`` (3, 2) mapped to 0 and 255, or ``None`` when the values are used as is."""
+    if spec.scaling == Scaling.none:
+        return None
+    if spec.scaling == Scaling.fixed:
+        return np.tile(np.asarray(spec.range, np.float64), (3, 1))
+    return _percentile_limits(str(ds.name), Path(ds.name).stat().st_mtime_ns, tuple(spec.rgb), spec.alpha,
+                              tuple(spec.percentiles))
+
+
+@functools.lru_cache(maxsize=256)
+def _percentile_limits(path: str, _mtime: int, rgb: tuple[int, ...], alpha: int | None,
+                       percentiles: tuple[float, float]) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        k = max(1, int(np.ceil(max(ds.height, ds.width) / STATS_SIDE)))
+        shape = (max(1, ds.height // k), max(1, ds.width // k))
+        a = ds.read(list(rgb), out_shape=(3, *shape), resampling=Resampling.nearest).astype(np.float64)
+        ok = np.ones(shape, bool)
+        if alpha is not None:
+            ok &= ds.read(alpha, out_shape=shape, resampling=Resampling.nearest) > 0
+        if ds.nodata is not None:
+            ok &= ~np.all(a == ds.nodata, axis=0)
+    if not ok.any():
+        raise SN7DataError(path, "no valid pixel to compute input.percentiles from")
+    lo, hi = np.percentile(a[:, ok], percentiles, axis=1)
+    return np.stack([lo, np.maximum(hi, lo + 1e-6)], axis=1)
+
+
+def to_uint8(values: np.ndarray, limits: np.ndarray | None) -> np.ndarray:
+    """Scale (3, ...) band values to uint8 with per-band ``limits`` (``None``: already 8 bit)."""
+    if limits is None:
+        return values.astype(np.uint8, copy=False)
+    shape = (3,) + (1,) * (values.ndim - 1)
+    lo, hi = limits[:, 0].reshape(shape), limits[:, 1].reshape(shape)
+    return np.clip(np.round((values.astype(np.float32) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+def nodata_mask(ds, values: np.ndarray) -> np.ndarray:
+    """(H, W) True where every RGB band equals the file's nodata (all False when it declares none)."""
+    if ds.nodata is None:
+        return np.zeros(values.shape[1:], bool)
+    return np.all(values == ds.nodata, axis=0)
