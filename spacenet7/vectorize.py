@@ -25,7 +25,7 @@ from spacenet7.errors import SN7DataError
 from spacenet7.io.atomic import atomic_path, clear_partials, ensure_writable_dir
 from spacenet7.io.vector import pixel_to_map
 from spacenet7.polygonize import instances, polygons
-from spacenet7.predict import read_prediction
+from spacenet7.io.probability import read_prediction
 from spacenet7.track import track
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from matplotlib.collections import PolyCollection
 from spacenet7.data.sn7 import MonthRecord, read_image, read_labels, scan
 from spacenet7.errors import SN7Error
 from spacenet7.metrics.matching import match
-from spacenet7.predict import read_prediction
+from spacenet7.io.probability import read_prediction
 from spacenet7.vectorize import load_vectors
 
 

@@ -578,3 +578,25 @@ def test_sigkill_during_a_write_then_rerun_this_stage_and_the_next(stage, tiny_r
         r = _sub(argv, cwd=tmp_path)
         assert r.returncode == 0, f"{argv[0]} after a killed {stage}: {r.stderr[-3000:]}"
     assert not partials(tmp_path), partials(tmp_path)
+
+
+def test_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
+    """GDAL reports a full disk as "TIFFWriteDirectory..."; the user reads "No space left on device"."""
+    import errno
+    import shutil as sh
+    from collections import namedtuple
+
+    from spacenet7.cli import os_error_line
+    from spacenet7.errors import SN7DataError
+    from spacenet7.io import raster
+
+    def failing_open(*a, **k):
+        raise rasterio.errors.RasterioIOError("TIFFWriteDirectory: Error writing directory")
+
+    monkeypatch.setattr(raster.rasterio, "open", failing_open)
+    monkeypatch.setattr(sh, "disk_usage", lambda p: namedtuple("U", "total used free")(100, 100, 0))
+    with pytest.raises(SN7DataError, match="could not be written: No space left on device") as e:
+        raster.write_raster(tmp_path / "x.tif", np.zeros((1, 4, 4), np.uint8), {"driver": "GTiff"})
+    assert str(tmp_path / "x.tif") in str(e.value) and not partials(tmp_path)
+    err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "m.json"))
+    assert os_error_line(err) == f"{tmp_path / 'm.json'}: No space left on device"

@@ -9,7 +9,7 @@ from spacenet7 import evaluate, export, vectorize
 from spacenet7.config import EvaluateConfig, ExportConfig, VectorizeConfig
 from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan
 from spacenet7.data.targets import make_targets
-from spacenet7.io.raster import cog_profile
+from spacenet7.io import probability
 from spacenet7.metrics.table import read_table
 
 
@@ -34,13 +34,11 @@ def _oracle_predictions(root, aoi, out):
     for rec in scan(root)[aoi]:
         img = read_image(rec)
         inst = instance_raster(read_labels(rec, img.crs), img.shape, img.transform)
-        t = make_targets(inst).astype(np.float32) * 254
-        t[:, ~img.valid] = 255
-        prof = cog_profile({"crs": img.crs, "transform": img.transform, "width": img.shape[1], "height": img.shape[0],
-                            "count": 3, "dtype": "uint8", "nodata": 255})
+        stored = probability.encode(make_targets(inst).astype(np.float32), img.valid)
+        prof = probability.profile(img.crs, img.transform, img.shape[1], img.shape[0])
         (out / aoi).mkdir(parents=True, exist_ok=True)
         with rasterio.open(out / aoi / f"{rec.stem}.tif", "w", **prof) as ds:
-            ds.write(t.astype(np.uint8))
+            ds.write(stored)
 
 
 def test_oracle_probabilities_score_high_through_vectorize_export_evaluate(synth_root, tmp_path):

@@ -144,11 +144,13 @@ def _write_prediction(path, footprint: np.ndarray) -> None:
     import rasterio
     from affine import Affine
 
-    data = np.where(np.isnan(footprint), 255, np.round(np.nan_to_num(footprint) * 254)).astype(np.uint8)
-    zeros = np.where(data == 255, 255, 0).astype(np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=3, dtype="uint8",
-                       nodata=255, crs="EPSG:3857", transform=Affine(4.78, 0, 1e6, 0, -4.78, 2e6)) as dst:
-        dst.write(np.stack([data, zeros, zeros]))
+    from spacenet7.io import probability
+
+    valid = ~np.isnan(footprint)
+    prob = np.stack([np.nan_to_num(footprint), np.zeros_like(footprint), np.zeros_like(footprint)])
+    prof = probability.profile("EPSG:3857", Affine(4.78, 0, 1e6, 0, -4.78, 2e6), footprint.shape[1], footprint.shape[0])
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(probability.encode(prob, valid))
 
 
 @pytest.mark.parametrize("fill_masked", [False, True])

@@ -1,6 +1,7 @@
 import json
 import shutil
 import subprocess
+import sys
 
 import geopandas as gpd
 import numpy as np
@@ -11,6 +12,8 @@ import rasterio
 import torch
 
 from spacenet7 import chip, export, predict, train, vectorize
+from spacenet7.data.bands import InputSpec
+from spacenet7.models import inference
 from spacenet7.config import ChipConfig, ExportConfig, PredictConfig, VectorizeConfig, compose
 from spacenet7.data.sn7 import scan
 from spacenet7.errors import SN7DataError, SN7Error
@@ -68,9 +71,9 @@ class _PixelNet(torch.nn.Module):
 
 def test_sliding_window_blending_leaves_no_seams():
     net = _PixelNet().eval()
-    model = predict.LoadedModel(net, 1.0, 4, torch.device("cpu"))
+    model = inference.LoadedModel(net, 1.0, InputSpec(), torch.device("cpu"))
     rgb = np.random.default_rng(0).integers(0, 255, (3, 300, 270), dtype=np.uint8)
-    out = predict.sliding_window(model, rgb, tile=128, overlap=48, batch_size=3, tta="d4")
+    out = inference.sliding_window(model, rgb, tile=128, overlap=48, batch_size=3, tta="d4")
     with torch.no_grad():
         direct = net(torch.from_numpy(rgb).float()[None] / 255).sigmoid()[0].numpy()
     assert np.abs(out - direct).max() < 1e-5
@@ -81,14 +84,14 @@ def test_d4_tta_is_invariant_to_the_views_it_averages(k, mirror):
     """Averaged over the 8 rotations/mirrors, an orientation-sensitive net becomes exactly equivariant."""
     torch.manual_seed(0)
     net = torch.nn.Conv2d(3, 3, 3, padding=1, bias=False).eval()  # random 3x3 kernels: no symmetry
-    model = predict.LoadedModel(net, 1.0, 4, torch.device("cpu"))
+    model = inference.LoadedModel(net, 1.0, InputSpec(), torch.device("cpu"))
     x = torch.rand(2, 3, 16, 16)
     view = lambda t: torch.rot90(t.flip(3) if mirror else t, k, (2, 3))  # noqa: E731
     with torch.no_grad():
-        tta = predict._predict_batch(model, x, "d4")
-        assert torch.allclose(predict._predict_batch(model, view(x), "d4"), view(tta), atol=1e-6)
-        plain = predict._predict_batch(model, x, None)
-        assert not torch.allclose(predict._predict_batch(model, view(x), None), view(plain), atol=1e-3)
+        tta = inference.predict_batch(model, x, "d4")
+        assert torch.allclose(inference.predict_batch(model, view(x), "d4"), view(tta), atol=1e-6)
+        plain = inference.predict_batch(model, x, None)
+        assert not torch.allclose(inference.predict_batch(model, view(x), None), view(plain), atol=1e-3)
 
 
 def test_unknown_tta_views_is_a_clear_error(run, tmp_path):
@@ -259,3 +262,11 @@ def test_partial_files_of_a_killed_write_are_invisible_and_cleared(tmp_path):
     assert not list((tmp_path / "vectors").glob("*.parquet")), "a reader's glob would pick up the partial file"
     assert clear_partials(tmp_path, "B.parquet") == 0 and tmp.exists()
     assert clear_partials(tmp_path) == 1 and not tmp.exists()
+
+
+def test_the_vector_stages_import_no_torch():
+    """vectorize, export and evaluate read probability rasters and tables: no torch, no Lightning."""
+    code = "import sys, spacenet7.vectorize, spacenet7.export, spacenet7.evaluate; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning'}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

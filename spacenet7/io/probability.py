@@ -1,0 +1,71 @@
+"""The probability-raster format that ``predict`` writes and ``vectorize`` reads (no torch here).
+
+One band per target channel (:data:`spacenet7.data.targets.CHANNELS`), uint8 ``round(p * 254)``
+with nodata 255 (masked pixels) and a GDAL scale of 1/254, so GIS tools show probabilities.
+Tags record the grid: ``grid=source`` (the mosaic's) or ``grid=upscaled`` with ``upscale=<f>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+from spacenet7.data.targets import CHANNELS
+from spacenet7.errors import SN7DataError
+from spacenet7.io.raster import open_raster
+
+SCALE = 254.0
+NODATA = 255
+ENCODING = "uint8 probability * 254, nodata 255"
+
+
+def encode(prob: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(C, H, W) probabilities in [0, 1] and an (H, W) valid mask -> the stored uint8."""
+    return np.where(valid, np.round(prob * SCALE), NODATA).astype(np.uint8)
+
+
+def decode(stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`encode`: ((C, H, W) float32 probabilities, 0 where masked; (H, W) valid mask)."""
+    valid = stored[0] != NODATA
+    return np.where(valid, stored, 0).astype(np.float32) / SCALE, valid
+
+
+def profile(crs, transform, width: int, height: int) -> dict:
+    """The GeoTIFF profile of a probability raster (tiled, deflate; copied to a COG when complete)."""
+    from spacenet7.io.raster import cog_profile
+
+    return cog_profile({"crs": crs, "transform": transform, "width": width, "height": height, "count": len(CHANNELS),
+                        "dtype": "uint8", "nodata": NODATA}, predictor=1)
+
+
+def describe(dst, upscale: float, grid: str) -> None:
+    """Band names, scales and grid tags of an open probability raster being written."""
+    dst.descriptions = CHANNELS
+    dst.scales = [1 / SCALE] * len(CHANNELS)
+    dst.update_tags(upscale=str(upscale), grid=grid, encoding=ENCODING)
+
+
+def grid_tags(ds) -> tuple[float, str]:
+    """(upscale, grid) of an open probability raster."""
+    tags = ds.tags()
+    return float(tags.get("upscale", 1.0)), tags.get("grid", "source")
+
+
+def read_prediction(path: str | Path) -> tuple[np.ndarray, np.ndarray, rasterio.Affine, rasterio.crs.CRS, float]:
+    """Read a probability raster: (C, H, W) float probabilities, valid mask, transform, CRS, upscale.
+
+    The upscale is the raster's pixels per source pixel (1 for ``grid=source``).
+
+    Raises:
+        SN7DataError: no CRS, wrong band count, or every pixel nodata.
+    """
+    with open_raster(path, bands=len(CHANNELS)) as ds:
+        stored = ds.read()
+        transform, crs = ds.transform, ds.crs
+        upscale, grid = grid_tags(ds)
+    prob, valid = decode(stored)
+    if not valid.any():
+        raise SN7DataError(path, "every pixel is nodata (an all-cloud month?); nothing to vectorize")
+    return prob, valid, transform, crs, upscale if grid == "upscaled" else 1.0

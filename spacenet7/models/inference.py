@@ -1,0 +1,108 @@
+"""Inference with a trained network: checkpoint loading, blended sliding windows, test-time views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spacenet7.data.bands import InputSpec
+from spacenet7.data.targets import CHANNELS
+from spacenet7.errors import SN7DataError
+from spacenet7.io.raster import iter_windows
+from spacenet7.models.precision import autocast_dtype
+from spacenet7.models.task import build_net, read_checkpoint
+
+
+@dataclass
+class LoadedModel:
+    """A network rebuilt from a checkpoint, with what prediction must reproduce from training."""
+
+    net: torch.nn.Module
+    upscale: float
+    spec: InputSpec  # how the training imagery was read: band order, alpha, scaling
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+
+
+def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: str = "auto", amp: bool = False) -> LoadedModel:
+    """Rebuild the trained network from a spacenet7 checkpoint.
+
+    Args:
+        checkpoint: a ``.ckpt`` written by ``spacenet7 train``.
+        model_cfg: the architecture you expect; ``None`` uses the one stored in the checkpoint.
+        device: ``auto``, ``cpu`` or ``cuda``.
+
+    Raises:
+        SN7Error: missing file, not a spacenet7 checkpoint, or weights of another architecture.
+    """
+    path = Path(checkpoint)
+    state, hp = read_checkpoint(path)
+    cfg = model_cfg or hp["model"]
+    net = build_net(cfg)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0][:160]
+        raise SN7DataError(path, f"weights do not fit the architecture {cfg.get('arch')}/{cfg.get('encoder_name')} "
+                                 f"(checkpoint was trained as {hp['model'].get('arch')}/{hp['model'].get('encoder_name')}): {first}") from None
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    meta = hp.get("chip_meta") or {}
+    net = net.eval().to(dev, memory_format=torch.channels_last)
+    return LoadedModel(net, float(meta.get("upscale", 1.0)), InputSpec.from_dict(meta.get("input")), dev, autocast_dtype(dev, amp))
+
+def window_weights(tile: int) -> np.ndarray:
+    """A smooth 2-D blending window (squared sine), never exactly zero."""
+    w = np.sin(np.pi * (np.arange(tile) + 0.5) / tile) ** 2
+    return np.maximum(np.outer(w, w), 1e-3).astype(np.float32)
+
+
+@torch.no_grad()
+def sliding_window(model: LoadedModel, rgb: np.ndarray, tile: int, overlap: int, batch_size: int = 8,
+                   tta: str | None = None) -> np.ndarray:
+    """Blended sliding-window probabilities for a (3, H, W) uint8 image -> (C, H, W) float32.
+
+    ``tta``: a key of ``TTA_VIEWS`` to average over those views, or None for one view.
+    """
+    _, h, w = rgb.shape
+    ph, pw = max(h, tile), max(w, tile)
+    img = np.pad(rgb, ((0, 0), (0, ph - h), (0, pw - w)), mode="reflect") if (ph, pw) != (h, w) else rgb
+    x = torch.from_numpy(np.ascontiguousarray(img)).float().div_(255.0)
+    weights = torch.from_numpy(window_weights(tile))
+    acc = torch.zeros((len(CHANNELS), ph, pw))
+    norm = torch.zeros((ph, pw))
+    wins = list(iter_windows(ph, pw, tile, tile - overlap))
+    for i in range(0, len(wins), batch_size):
+        chunk = wins[i : i + batch_size]
+        batch = torch.stack([x[:, int(wn.row_off) : int(wn.row_off) + tile, int(wn.col_off) : int(wn.col_off) + tile] for wn in chunk])
+        prob = predict_batch(model, batch, tta)
+        for wn, p in zip(chunk, prob):
+            r, c = int(wn.row_off), int(wn.col_off)
+            acc[:, r : r + tile, c : c + tile] += p * weights
+            norm[r : r + tile, c : c + tile] += weights
+    return (acc / norm)[:, :h, :w].numpy()
+
+
+# Test-time views as (quarter turns, mirror first): "d4" is the full dihedral group of the square,
+# the same symmetries the default augmentation trains with; "flips" is identity + the two mirrors.
+TTA_VIEWS: dict[str, tuple[tuple[int, bool], ...]] = {
+    "d4": tuple((k, mirror) for k in range(4) for mirror in (False, True)),
+    "flips": ((0, False), (0, True), (2, True)),
+}
+
+
+def predict_batch(model: LoadedModel, batch: torch.Tensor, tta: str | None) -> torch.Tensor:
+    """Sigmoid probabilities of a (B, 3, h, w) batch, averaged over the ``TTA_VIEWS[tta]`` views (None: one)."""
+    views = TTA_VIEWS[tta] if tta else ((0, False),)
+    batch = batch.to(model.device)
+    out = 0
+    for k, mirror in views:
+        xb = batch.flip(3) if mirror else batch
+        xb = torch.rot90(xb, k, (2, 3)) if k else xb
+        with torch.autocast(model.device.type, dtype=model.amp_dtype or torch.float32, enabled=model.amp_dtype is not None):
+            p = model.net(xb.contiguous(memory_format=torch.channels_last)).float().sigmoid()
+        p = torch.rot90(p, -k, (2, 3)) if k else p
+        out = out + (p.flip(3) if mirror else p)
+    return (out / len(views)).cpu()
