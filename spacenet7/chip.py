@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import pandas as pd
 import rasterio
 from tqdm import tqdm
 
-from spacenet7.config import ChipConfig
+from spacenet7.config import ChipConfig, IndexFormat, Layout, Split
 from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan
 from spacenet7.data.splits import aoi_split, spatial_split, split_regions
 from spacenet7.data.targets import CHANNELS, make_targets
@@ -37,13 +36,6 @@ from spacenet7.io.raster import iter_windows, write_raster
 
 log = logging.getLogger(__name__)
 BANDS = ("red", "green", "blue", *CHANNELS, "ignore")
-
-
-class Layout(str, Enum):
-    """How the training data is laid out on disk."""
-
-    CHIPS = "chips"  # 7-band chips on a fixed grid
-    RASTERS = "rasters"  # one packed target raster per month; windows are drawn at training time
 
 
 def index_path(chip_dir: str | Path) -> Path:
@@ -83,15 +75,10 @@ def _settings(cfg: ChipConfig) -> dict:
 
 def run(cfg: ChipConfig) -> dict[str, Path]:
     """Prepare every (AOI, month) of ``cfg.data_root``; returns the index and metadata paths."""
-    if cfg.split not in ("aoi", "spatial"):
-        raise SN7Error(f"chip: split={cfg.split!r} must be 'aoi' or 'spatial'")
-    try:
-        layout = Layout(cfg.layout)
-    except ValueError:
-        raise SN7Error(f"chip: layout={cfg.layout!r} must be one of {[m.value for m in Layout]}") from None
-    if layout is Layout.CHIPS and cfg.overlap >= cfg.chip_size:
+    layout = cfg.layout
+    if layout is Layout.chips and cfg.overlap >= cfg.chip_size:
         raise SN7Error(f"chip: overlap {cfg.overlap} must be smaller than chip_size {cfg.chip_size}")
-    if layout is Layout.RASTERS and cfg.upscale != int(cfg.upscale):
+    if layout is Layout.rasters and cfg.upscale != int(cfg.upscale):
         raise SN7Error(f"chip: layout=rasters needs an integer upscale (got {cfg.upscale})")
     records = scan(cfg.data_root, cfg.split_dir, cfg.aois)
     out = Path(cfg.out_dir)
@@ -106,10 +93,10 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
             reuse = False
         if not reuse:
             log.info("chip: settings differ from the run in %s; rebuilding every file", out)
-    by_aoi = aoi_split(list(records), cfg.val_frac, cfg.seed) if cfg.split == "aoi" else {}
+    by_aoi = aoi_split(list(records), cfg.val_frac, cfg.seed) if cfg.split is Split.aoi else {}
     jobs = [r for recs in records.values() for r in recs[:: cfg.month_stride]]
     rows: list[dict] = []
-    month_fn = _chip_month if layout is Layout.CHIPS else _target_month
+    month_fn = _chip_month if layout is Layout.chips else _target_month
     for rec in tqdm(jobs, desc="chip", disable=not cfg.progress):
         rows += month_fn(rec, cfg, out, by_aoi.get(rec.aoi), reuse)
     index = pd.DataFrame(rows)
@@ -120,11 +107,11 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
             "data_root": str(cfg.data_root), "settings": settings}
     idx_path = out / f"index.{cfg.index_format}"
     with atomic_path(idx_path) as tmp:
-        index.to_parquet(tmp, index=False) if cfg.index_format == "parquet" else index.to_csv(tmp, index=False)
+        index.to_parquet(tmp, index=False) if cfg.index_format is IndexFormat.parquet else index.to_csv(tmp, index=False)
     with atomic_path(meta_path) as tmp:
         tmp.write_text(json.dumps(meta, indent=2))
     counts = index["split"].value_counts().to_dict()
-    log.info("chip: %d %s (%s) in %s", len(index), "chips" if layout is Layout.CHIPS else "regions", counts, out)
+    log.info("chip: %d %s (%s) in %s", len(index), "chips" if layout is Layout.chips else "regions", counts, out)
     return {"index": idx_path, "meta": meta_path}
 
 

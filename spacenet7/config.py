@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -19,10 +20,67 @@ from omegaconf import OmegaConf
 from spacenet7.data.bands import InputSpec
 from spacenet7.errors import SN7Error
 
+# Closed choices. Hydra matches an override by member name, so names are the lower-case values and
+# a bad value is refused when the config is composed ("expected one of [aoi, spatial]").
+class Split(StrEnum):
+    """How chips are split into train and val."""
+
+    aoi = "aoi"  # whole AOIs (grouped)
+    spatial = "spatial"  # the right val_frac band of every AOI (one-AOI data)
+
+
+class Layout(StrEnum):
+    """How the training data is laid out on disk."""
+
+    chips = "chips"  # 7-band chips on a fixed grid
+    rasters = "rasters"  # one packed target raster per month; windows are drawn at training time
+
+
+class IndexFormat(StrEnum):
+    parquet = "parquet"
+    csv = "csv"
+
+
+class Grid(StrEnum):
+    """The grid of the probability rasters."""
+
+    source = "source"  # the mosaic's
+    upscaled = "upscaled"  # the model's (the mosaic's times the training upscale)
+
+
+class TTAViews(StrEnum):
+    """Test-time views."""
+
+    d4 = "d4"  # the 8 rotations/mirrors (8x inference)
+    flips = "flips"  # identity + 2 mirrors (3x)
+
+
+class TrackMethod(StrEnum):
+    """Month-to-month matching of the tracker."""
+
+    hungarian = "hungarian"  # optimal
+    greedy = "greedy"  # highest IoU first
+
+
+class Holdout(StrEnum):
+    """What the pipeline holds out and scores."""
+
+    aoi = "aoi"  # the last n_test_aois AOIs (sorted)
+    band = "band"  # the right band_frac of every AOI
+
+
 def check(ok: bool, stage: str, message: str) -> None:
     """Knob validation at compose time: raise one line naming the stage and the key."""
     if not ok:
         raise SN7Error(f"{stage}: {message}")
+
+
+def choice(value: Any, enum: type[StrEnum], stage: str, key: str) -> Any:
+    """``value`` as a member of ``enum`` (dataclasses built directly from Python get strings)."""
+    try:
+        return enum(value)
+    except ValueError:
+        raise SN7Error(f"{stage}: {key}={value!r} must be one of {[m.value for m in enum]}") from None
 
 
 CONF_DIR = Path(os.environ.get("SPACENET7_CONFIG_DIR", Path(__file__).resolve().parent.parent / "conf"))
@@ -54,7 +112,7 @@ class ChipConfig:
     split_dir: str = "train"
     out_dir: str = "runs/demo/chips"
     aois: Optional[List[str]] = None  # None = every AOI under data_root
-    layout: str = "chips"  # "chips" (7-band chips) or "rasters" (target rasters; training draws windows)
+    layout: Layout = Layout.chips  # 7-band chips, or target rasters that training draws windows from
     chip_size: int = 256
     overlap: int = 32
     upscale: float = 1.0
@@ -62,14 +120,17 @@ class ChipConfig:
     month_stride: int = 1
     boundary_width: int = 1
     contact_width: int = 1
-    split: str = "aoi"  # "aoi" (grouped by AOI) or "spatial" (a band of each AOI)
+    split: Split = Split.aoi
     val_frac: float = 0.25
     seed: int = 0
-    index_format: str = "parquet"  # or "csv"
+    index_format: IndexFormat = IndexFormat.parquet
     progress: bool = True
     input: InputSpec = field(default_factory=InputSpec)  # band order, alpha band, scaling to 8 bit (recorded in chips.json)
 
     def __post_init__(self) -> None:
+        self.layout = choice(self.layout, Layout, "chip", "layout")
+        self.split = choice(self.split, Split, "chip", "split")
+        self.index_format = choice(self.index_format, IndexFormat, "chip", "index_format")
         check(self.chip_size > 0, "chip", f"chip_size={self.chip_size} must be > 0")
         check(0 <= self.overlap < self.chip_size, "chip", f"overlap={self.overlap} must be >= 0 and smaller than chip_size={self.chip_size}")
         check(self.upscale > 0, "chip", f"upscale={self.upscale} must be > 0")
@@ -77,8 +138,6 @@ class ChipConfig:
         check(self.month_stride >= 1, "chip", f"month_stride={self.month_stride} must be >= 1")
         check(0 < self.val_frac < 1, "chip", f"val_frac={self.val_frac} must be between 0 and 1")
         check(self.boundary_width >= 1 and self.contact_width >= 1, "chip", "boundary_width and contact_width must be >= 1")
-        check(self.split in ("aoi", "spatial"), "chip", f"split={self.split!r} must be 'aoi' or 'spatial'")
-        check(self.index_format in ("parquet", "csv"), "chip", f"index_format={self.index_format!r} must be 'parquet' or 'csv'")
 
 
 @dataclass
@@ -165,11 +224,11 @@ class PredictConfig:
     gdal_cache_mb: int = 256  # GDAL block cache (its default is 5% of RAM)
     batch_size: int = 8
     tta: bool = True  # average the probabilities over test-time views (rotations and mirrors)
-    tta_views: str = "d4"  # "d4": the 8 rotations/mirrors (8x inference) or "flips": identity + 2 mirrors (3x)
+    tta_views: TTAViews = TTAViews.d4
     amp: bool = True  # bf16/fp16 autocast where the hardware runs it natively
     fusion: bool = True
     fusion_weight: float = 0.35
-    grid: str = "source"  # "source" or "upscaled"
+    grid: Grid = Grid.source
     device: str = "auto"
     model: Any = None  # expected architecture; None = the one stored in the checkpoint
     progress: bool = True
@@ -180,12 +239,13 @@ class PredictConfig:
     input: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.grid = choice(self.grid, Grid, "predict", "grid")
+        self.tta_views = choice(self.tta_views, TTAViews, "predict", "tta_views")
         check(self.tile > 0, "predict", f"tile={self.tile} must be > 0")
         check(0 <= self.overlap < self.tile, "predict", f"overlap={self.overlap} must be >= 0 and smaller than tile={self.tile}")
         check(self.block > 0, "predict", f"block={self.block} must be > 0")
         check(self.batch_size > 0, "predict", f"batch_size={self.batch_size} must be > 0")
         check(0 <= self.fusion_weight <= 1, "predict", f"fusion_weight={self.fusion_weight} must be within [0, 1]")
-        check(self.grid in ("source", "upscaled"), "predict", f"grid={self.grid!r} must be 'source' or 'upscaled'")
         if self.input:
             unknown = sorted(set(self.input) - set(InputSpec.__dataclass_fields__))
             check(not unknown, "predict", f"input has unknown key(s) {unknown}; keys: {sorted(InputSpec.__dataclass_fields__)}")
@@ -196,7 +256,7 @@ class PredictConfig:
 
 @dataclass
 class TrackConfig:
-    method: str = "hungarian"  # or "greedy"
+    method: TrackMethod = TrackMethod.hungarian
     min_iou: float = 0.2
     max_gap: int = 6  # months a track may go unseen and still be matched
     fill_gaps: bool = True
@@ -208,7 +268,7 @@ class TrackConfig:
     never_demolished: bool = False
 
     def __post_init__(self) -> None:
-        check(self.method in ("hungarian", "greedy"), "vectorize", f"track.method={self.method!r} must be 'hungarian' or 'greedy'")
+        self.method = choice(self.method, TrackMethod, "vectorize", "track.method")
         check(0 <= self.min_iou <= 1, "vectorize", f"track.min_iou={self.min_iou} must be within [0, 1]")
         check(self.max_gap >= 0, "vectorize", f"track.max_gap={self.max_gap} must be >= 0")
         check(self.min_persist >= 1, "vectorize", f"track.min_persist={self.min_persist} must be >= 1")
@@ -270,7 +330,7 @@ class PipelineConfig:
     run_dir: str = "runs/demo"
     data_root: str = "data/synthetic"
     n_test_aois: int = 1  # holdout=aoi: the last AOIs (sorted) are held out, never chipped or trained on
-    holdout: str = "aoi"  # "aoi" (whole AOIs) or "band" (the right band_frac of every AOI: one-AOI data)
+    holdout: Holdout = Holdout.aoi
     band_frac: float = 0.25  # holdout=band: width fraction of the held-out band (the training run's validation band)
     stages: List[str] = field(default_factory=lambda: ["synth", "chip", "train", "predict", "vectorize", "export", "evaluate"])
     # per-stage settings, e.g. overrides.train.max_epochs=3 or overrides.train.experiment=demo_cpu
@@ -280,7 +340,7 @@ class PipelineConfig:
     pretrain: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
-        check(self.holdout in ("aoi", "band"), "pipeline", f"holdout={self.holdout!r} must be 'aoi' or 'band'")
+        self.holdout = choice(self.holdout, Holdout, "pipeline", "holdout")
         check(0 < self.band_frac < 1, "pipeline", f"band_frac={self.band_frac} must be between 0 and 1")
         check(self.n_test_aois >= 1, "pipeline", f"n_test_aois={self.n_test_aois} must be >= 1")
 

@@ -17,7 +17,7 @@ import logging
 import time
 from pathlib import Path
 
-from spacenet7.config import PipelineConfig, compose, compose_checked
+from spacenet7.config import Holdout, PipelineConfig, compose, compose_checked
 from spacenet7.data.sn7 import check_not_too_deep, image_grid, scan
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path, ensure_writable_dir
@@ -34,7 +34,7 @@ def stage_overrides(cfg: PipelineConfig, train_aois: list[str], test_aois: list[
                     region: list[int] | None = None) -> dict[str, list[str]]:
     """The Hydra overrides that wire every stage to this run's files (``region``: the held-out band)."""
     run, root = Path(cfg.run_dir), cfg.data_root
-    ckpt = run / "train" / "checkpoints" / ("last.ckpt" if cfg.holdout == "band" else "best.ckpt")
+    ckpt = run / "train" / "checkpoints" / ("last.ckpt" if cfg.holdout is Holdout.band else "best.ckpt")
     base = {
         "synth": [f"out_dir={root}"],
         "chip": [f"data_root={root}", f"out_dir={run / 'chips'}", f"aois={_list(train_aois)}"],
@@ -45,7 +45,7 @@ def stage_overrides(cfg: PipelineConfig, train_aois: list[str], test_aois: list[
         "evaluate": [f"data_root={root}", f"aois={_list(test_aois)}", f"submission={run / 'submission.csv'}",
                      f"out={run / 'metrics.json'}"],
     }
-    if cfg.holdout == "band":
+    if cfg.holdout is Holdout.band:
         base["chip"] += ["split=spatial", f"val_frac={cfg.band_frac}"]
         base["evaluate"] += [f"region={_list([str(v) for v in region or []])}"]
     return {k: v + flatten_overrides(cfg.overrides.get(k) or {}) for k, v in base.items()}
@@ -140,19 +140,15 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
             log.info("pipeline: data found at %s, skipping synth", root)
     aois = sorted(scan(root))
     region = None
-    if cfg.holdout == "band":
-        if not 0 < cfg.band_frac < 1:
-            raise SN7Error(f"pipeline: band_frac={cfg.band_frac} must be between 0 and 1")
+    if cfg.holdout is Holdout.band:
         train_aois = test_aois = aois
         region = band_region(root, aois, cfg.band_frac)
         log.info("pipeline: held-out band rows %d-%d, cols %d-%d of %s", *region, aois)
-    elif cfg.holdout == "aoi":
+    else:
         if cfg.n_test_aois < 1 or cfg.n_test_aois >= len(aois):
             raise SN7Error(f"pipeline: n_test_aois={cfg.n_test_aois} must leave at least one training AOI ({len(aois)} AOIs)")
         train_aois, test_aois = aois[: -cfg.n_test_aois], aois[-cfg.n_test_aois :]
         log.info("pipeline: training AOIs %s; held-out AOIs %s", train_aois, test_aois)
-    else:
-        raise SN7Error(f"pipeline: holdout={cfg.holdout!r} must be 'aoi' or 'band'")
     ovr = stage_overrides(cfg, train_aois, test_aois, region)
     configs = {stage: compose_checked(stage, ovr[stage]) for stage in stages}
     if cfg.pretrain is not None and "train" in stages:

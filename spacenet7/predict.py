@@ -21,7 +21,7 @@ import torch
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from spacenet7.config import PredictConfig
+from spacenet7.config import Grid, PredictConfig
 from spacenet7.data.bands import InputSpec, check_fits
 from spacenet7.data.fusion import fuse, same_grid
 from spacenet7.data.sn7 import MonthRecord, read_image, records_from_files, scan
@@ -30,7 +30,7 @@ from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io import probability
 from spacenet7.io.atomic import clear_partials, ensure_writable_dir
 from spacenet7.io.raster import iter_windows, open_raster, to_cog
-from spacenet7.models.inference import TTA_VIEWS, LoadedModel, load_model, sliding_window
+from spacenet7.models.inference import LoadedModel, load_model, sliding_window
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,6 @@ def _records(cfg: PredictConfig) -> dict[str, list[MonthRecord]]:
 
 def run(cfg: PredictConfig) -> list[Path]:
     """Predict every mosaic; returns the written probability rasters."""
-    if cfg.tta_views not in TTA_VIEWS:
-        raise SN7Error(f"predict: tta_views={cfg.tta_views!r} must be one of {sorted(TTA_VIEWS)}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     records = _records(cfg)
@@ -98,9 +96,9 @@ def predict_mosaic(model: LoadedModel, rec: MonthRecord, out: Path, cfg: Predict
         h, w, transform, crs = ds.height, ds.width, ds.transform, ds.crs
     f = model.upscale
     fi = int(round(f))
-    if cfg.grid == "source" and f != fi:
+    if cfg.grid is Grid.source and f != fi:
         raise SN7Error(f"predict: grid=source needs an integer upscale (checkpoint has {f})")
-    out_f = 1 if cfg.grid == "source" else fi
+    out_f = 1 if cfg.grid is Grid.source else fi
     profile = probability.profile(crs, transform * rasterio.Affine.scale(1 / out_f), w * out_f, h * out_f)
     halo = int(np.ceil(cfg.tile / (2 * f)))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from spacenet7.chip import Layout, load_index
-from spacenet7.config import TrainConfig
+from spacenet7.chip import load_index
+from spacenet7.config import Layout, TrainConfig
 from spacenet7.data.bands import InputSpec
 from spacenet7.data.dataset import ChipDataModule
 from spacenet7.data.windows import WindowDataModule
@@ -71,7 +71,7 @@ def init_weights(net: torch.nn.Module, checkpoint: str | Path) -> None:
 def check_files(chip_dir: str | Path, index: pd.DataFrame, layout: Layout) -> None:
     """Every file the index lists exists, checked before training starts (not at the first batch that needs it)."""
     chip_dir = Path(chip_dir)
-    if layout is Layout.CHIPS:
+    if layout is Layout.chips:
         paths = [chip_dir / p for p in index["path"].unique()]
     else:
         paths = [chip_dir / p for p in index["target"].unique()] + [Path(p) for p in index["image"].unique()]
@@ -83,9 +83,9 @@ def check_files(chip_dir: str | Path, index: pd.DataFrame, layout: Layout) -> No
 
 def _datamodule(cfg: TrainConfig, index: pd.DataFrame, meta: dict, augment):
     """The data module for the chip folder's layout: fixed chips or random windows."""
-    layout = Layout(meta.get("layout", Layout.CHIPS.value))
+    layout = Layout(meta.get("layout", Layout.chips.value))
     check_files(cfg.chip_dir, index, layout)
-    if layout is Layout.CHIPS:
+    if layout is Layout.chips:
         index = drop_empty_chips(index, cfg.empty_chips, cfg.seed)
         return ChipDataModule(cfg.chip_dir, index, cfg.batch_size, cfg.num_workers, augment, cfg.seed, cfg.cache_chips)
     geometric = _geometric_transforms(augment)

@@ -94,13 +94,6 @@ def test_d4_tta_is_invariant_to_the_views_it_averages(k, mirror):
         assert not torch.allclose(inference.predict_batch(model, view(x), None), view(plain), atol=1e-3)
 
 
-def test_unknown_tta_views_is_a_clear_error(run, tmp_path):
-    cfg = PredictConfig(**{**run["pcfg"].__dict__, "out_dir": str(tmp_path), "tta_views": "d8"})
-    with pytest.raises(SN7Error, match="tta_views='d8' must be one of"):
-        predict.run(cfg)
-    assert not list(tmp_path.rglob("*.tif"))
-
-
 def test_temporal_fusion_blends_with_the_valid_mean(run, tmp_path):
     cfg = PredictConfig(**{**run["pcfg"].__dict__, "out_dir": str(tmp_path), "fusion": False})
     predict.run(cfg)

@@ -123,8 +123,12 @@ def test_rasters_layout_rebuilds_when_settings_change(synth_root, tmp_path):
 
 
 def test_unknown_layout_is_a_clear_error(synth_root, tmp_path):
-    with pytest.raises(SN7Error, match="layout"):
-        chip.run(compose("chip", [f"data_root={synth_root}", f"out_dir={tmp_path}", "layout=tiles"]))
+    from spacenet7.config import ChipConfig, compose_checked
+
+    with pytest.raises(SN7Error, match=r"layout=tiles: Invalid value 'tiles', expected one of \[chips, rasters\]"):
+        compose_checked("chip", [f"data_root={synth_root}", f"out_dir={tmp_path}", "layout=tiles"])
+    with pytest.raises(SN7Error, match=r"layout='tiles' must be one of \['chips', 'rasters'\]"):
+        ChipConfig(layout="tiles")
 
 
 def test_geometric_augment_with_windows_is_refused(both_layouts, tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import List, Optional
 
@@ -23,7 +23,7 @@ from spacenet7.errors import SN7DataError, SN7Error
 STATS_SIDE = 512  # percentile scaling: statistics from a decimated read of at most this side
 
 
-class Scaling(str, Enum):
+class Scaling(StrEnum):
     """How input values become 0-255 (lower-case names: Hydra matches overrides by name)."""
 
     none = "none"  # 8-bit input, used as is (anything else is refused)
