@@ -16,7 +16,7 @@ from spacenet7.data.bands import InputSpec
 from spacenet7.models import inference
 from spacenet7.config import ChipConfig, ExportConfig, PredictConfig, VectorizeConfig, compose
 from spacenet7.data.sn7 import scan
-from spacenet7.errors import SN7DataError, SN7Error
+from spacenet7.errors import SN7DataError
 from spacenet7.metrics.table import read_table
 
 
