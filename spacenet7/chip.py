@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +27,16 @@ import rasterio
 from tqdm import tqdm
 
 from spacenet7.config import ChipConfig, IndexFormat, Layout, Split
+from spacenet7.data.bands import InputSpec
 from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan
 from spacenet7.data.splits import aoi_split, spatial_split, split_regions
-from spacenet7.data.targets import CHANNELS, make_targets
+from spacenet7.data.targets import CHIP_BANDS, make_targets
 from spacenet7.data.windows import pack_targets, unpack_targets
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.atomic import atomic_path, clear_partials
 from spacenet7.io.raster import iter_windows, write_raster
 
 log = logging.getLogger(__name__)
-BANDS = ("red", "green", "blue", *CHANNELS, "ignore")
 
 
 def index_path(chip_dir: str | Path) -> Path:
@@ -66,6 +67,20 @@ def load_index(chip_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     return index, meta
 
 
+@dataclass(frozen=True)
+class Cutting:
+    """How one month becomes training data (the chip cutter's parameters, unpacked from the config)."""
+
+    upscale: float  # training grid / source grid
+    spec: InputSpec  # the mosaics' band layout and scaling
+    boundary_width: int
+    contact_width: int
+    chip_size: int  # layout=chips
+    overlap: int  # layout=chips
+    val_frac: float  # split=spatial: the right band's width fraction
+    min_valid_frac: float  # chips / regions with fewer valid pixels are skipped
+
+
 def _settings(cfg: ChipConfig) -> dict:
     """Everything the prepared files depend on: resume only when all of it is the same."""
     keys = ("data_root", "split_dir", "layout", "chip_size", "overlap", "upscale", "boundary_width", "contact_width")
@@ -76,8 +91,6 @@ def _settings(cfg: ChipConfig) -> dict:
 def run(cfg: ChipConfig) -> dict[str, Path]:
     """Prepare every (AOI, month) of ``cfg.data_root``; returns the index and metadata paths."""
     layout = cfg.layout
-    if layout is Layout.chips and cfg.overlap >= cfg.chip_size:
-        raise SN7Error(f"chip: overlap {cfg.overlap} must be smaller than chip_size {cfg.chip_size}")
     if layout is Layout.rasters and cfg.upscale != int(cfg.upscale):
         raise SN7Error(f"chip: layout=rasters needs an integer upscale (got {cfg.upscale})")
     records = scan(cfg.data_root, cfg.split_dir, cfg.aois)
@@ -97,12 +110,14 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
     jobs = [r for recs in records.values() for r in recs[:: cfg.month_stride]]
     rows: list[dict] = []
     month_fn = _chip_month if layout is Layout.chips else _target_month
+    cut = Cutting(cfg.upscale, cfg.input, cfg.boundary_width, cfg.contact_width, cfg.chip_size, cfg.overlap, cfg.val_frac,
+                  cfg.min_valid_frac)
     for rec in tqdm(jobs, desc="chip", disable=not cfg.progress):
-        rows += month_fn(rec, cfg, out, by_aoi.get(rec.aoi), reuse)
+        rows += month_fn(rec, cut, out, by_aoi.get(rec.aoi), reuse)
     index = pd.DataFrame(rows)
     if index.empty:
         raise SN7Error(f"chip: no chip passed min_valid_frac={cfg.min_valid_frac} under {cfg.data_root}")
-    meta = {"layout": layout.value, "upscale": cfg.upscale, "chip_size": cfg.chip_size, "bands": list(BANDS),
+    meta = {"layout": layout.value, "upscale": cfg.upscale, "chip_size": cfg.chip_size, "bands": list(CHIP_BANDS),
             "input": cfg.input.to_dict(), "split": cfg.split, "val_frac": cfg.val_frac, "aois": sorted(records),
             "data_root": str(cfg.data_root), "settings": settings}
     idx_path = out / f"index.{cfg.index_format}"
@@ -115,18 +130,18 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
     return {"index": idx_path, "meta": meta_path}
 
 
-def _month_targets(rec, cfg: ChipConfig):
+def _month_targets(rec, cut: Cutting):
     """The month's image on the training grid, its targets (3, H, W) and ignore mask (H, W)."""
-    img = read_image(rec, upscale=cfg.upscale, spec=cfg.input)
+    img = read_image(rec, upscale=cut.upscale, spec=cut.spec)
     labels = read_labels(rec, img.crs)
     inst = instance_raster(labels, img.shape, img.transform)
-    targets = make_targets(inst, cfg.boundary_width, cfg.contact_width)
+    targets = make_targets(inst, cut.boundary_width, cut.contact_width)
     ignore = (~img.valid).astype(np.uint8)
     targets[:, ignore.astype(bool)] = 0
     return img, targets, ignore
 
 
-def _target_month(rec, cfg: ChipConfig, out: Path, aoi_side: str | None, reuse: bool) -> list[dict]:
+def _target_month(rec, cut: Cutting, out: Path, aoi_side: str | None, reuse: bool) -> list[dict]:
     rel = Path("targets") / rec.aoi / f"{rec.stem}.tif"
     path = out / rel
     if reuse and _complete(path, 1):
@@ -134,49 +149,49 @@ def _target_month(rec, cfg: ChipConfig, out: Path, aoi_side: str | None, reuse: 
             packed, transform, crs = ds.read(1), ds.transform, ds.crs
         targets, ignore = unpack_targets(packed)
     else:
-        img, targets, ignore = _month_targets(rec, cfg)
+        img, targets, ignore = _month_targets(rec, cut)
         packed, transform, crs = pack_targets(targets, ignore), img.transform, img.crs
         profile = dict(driver="GTiff", width=packed.shape[1], height=packed.shape[0], count=1, dtype="uint8", crs=crs,
                        transform=transform, compress="deflate", tiled=True, blockxsize=256, blockysize=256)
         write_raster(path, packed[None], profile, descriptions=("footprint|boundary|contact|ignore bits",))
     h, w = packed.shape
     rows = []
-    for side, (r0, r1, c0, c1) in split_regions(h, w, aoi_side, cfg.val_frac):
+    for side, (r0, r1, c0, c1) in split_regions(h, w, aoi_side, cut.val_frac):
         valid_frac = float(1 - ignore[r0:r1, c0:c1].mean())
-        if valid_frac < cfg.min_valid_frac:
+        if valid_frac < cut.min_valid_frac:
             continue
         rows.append({
             "target": str(rel), "image": str(Path(rec.image).resolve()), "aoi": rec.aoi, "month": rec.month_key,
-            "stem": rec.stem, "height": h, "width": w, "upscale": cfg.upscale, "r0": r0, "r1": r1, "c0": c0, "c1": c1,
+            "stem": rec.stem, "height": h, "width": w, "upscale": cut.upscale, "r0": r0, "r1": r1, "c0": c0, "c1": c1,
             "crs": crs.to_string(), "transform": json.dumps(list(transform)[:6]), "valid_frac": valid_frac,
             "building_frac": float(targets[0][r0:r1, c0:c1].mean()), "split": side,
         })
     return rows
 
 
-def _chip_month(rec, cfg: ChipConfig, out: Path, aoi_side: str | None, reuse: bool) -> list[dict]:
-    img, targets, ignore = _month_targets(rec, cfg)
+def _chip_month(rec, cut: Cutting, out: Path, aoi_side: str | None, reuse: bool) -> list[dict]:
+    img, targets, ignore = _month_targets(rec, cut)
     stack = np.concatenate([img.rgb, targets, ignore[None]])
     h, w = img.shape
     rows = []
-    for win in iter_windows(h, w, cfg.chip_size, cfg.chip_size - cfg.overlap):
-        side = aoi_side if aoi_side is not None else spatial_split(win, w, cfg.val_frac)
+    for win in iter_windows(h, w, cut.chip_size, cut.chip_size - cut.overlap):
+        side = aoi_side if aoi_side is not None else spatial_split(win, w, cut.val_frac)
         if side is None:
             continue
         r0, c0 = int(win.row_off), int(win.col_off)
         sl = (slice(r0, r0 + int(win.height)), slice(c0, c0 + int(win.width)))
         valid_frac = float(1 - ignore[sl].mean())
-        if valid_frac < cfg.min_valid_frac:
+        if valid_frac < cut.min_valid_frac:
             continue
         path = out / "chips" / rec.aoi / f"{rec.stem}_r{r0:05d}_c{c0:05d}.tif"
         transform = rasterio.windows.transform(win, img.transform)
-        if not (reuse and _complete(path, len(BANDS))):
+        if not (reuse and _complete(path, len(CHIP_BANDS))):
             _write_chip(path, stack[(slice(None), *sl)], transform, img.crs)
         rows.append({
             "path": str(path.relative_to(out)), "aoi": rec.aoi, "month": rec.month_key, "stem": rec.stem,
-            "row_off": r0, "col_off": c0, "height": int(win.height), "width": int(win.width), "upscale": cfg.upscale,
-            "src_row_off": r0 / cfg.upscale, "src_col_off": c0 / cfg.upscale,
-            "src_height": win.height / cfg.upscale, "src_width": win.width / cfg.upscale,
+            "row_off": r0, "col_off": c0, "height": int(win.height), "width": int(win.width), "upscale": cut.upscale,
+            "src_row_off": r0 / cut.upscale, "src_col_off": c0 / cut.upscale,
+            "src_height": win.height / cut.upscale, "src_width": win.width / cut.upscale,
             "crs": img.crs.to_string(), "transform": json.dumps(list(transform)[:6]),
             "valid_frac": valid_frac, "building_frac": float(targets[0][sl].mean()), "split": side,
         })
@@ -197,4 +212,4 @@ def _complete(path: Path, bands: int) -> bool:
 def _write_chip(path: Path, array: np.ndarray, transform, crs) -> None:
     profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0], dtype="uint8",
                    crs=crs, transform=transform, compress="deflate", interleave="pixel")
-    write_raster(path, array, profile, descriptions=BANDS)
+    write_raster(path, array, profile, descriptions=CHIP_BANDS)

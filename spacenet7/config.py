@@ -18,7 +18,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from spacenet7.data.bands import InputSpec
-from spacenet7.errors import SN7Error
+from spacenet7.errors import SN7Error, check, choice
+from spacenet7.track import TrackConfig  # the schema of vectorize's track node
 
 # Closed choices. Hydra matches an override by member name, so names are the lower-case values and
 # a bad value is refused when the config is composed ("expected one of [aoi, spatial]").
@@ -55,32 +56,11 @@ class TTAViews(StrEnum):
     flips = "flips"  # identity + 2 mirrors (3x)
 
 
-class TrackMethod(StrEnum):
-    """Month-to-month matching of the tracker."""
-
-    hungarian = "hungarian"  # optimal
-    greedy = "greedy"  # highest IoU first
-
-
 class Holdout(StrEnum):
     """What the pipeline holds out and scores."""
 
     aoi = "aoi"  # the last n_test_aois AOIs (sorted)
     band = "band"  # the right band_frac of every AOI
-
-
-def check(ok: bool, stage: str, message: str) -> None:
-    """Knob validation at compose time: raise one line naming the stage and the key."""
-    if not ok:
-        raise SN7Error(f"{stage}: {message}")
-
-
-def choice(value: Any, enum: type[StrEnum], stage: str, key: str) -> Any:
-    """``value`` as a member of ``enum`` (dataclasses built directly from Python get strings)."""
-    try:
-        return enum(value)
-    except ValueError:
-        raise SN7Error(f"{stage}: {key}={value!r} must be one of {[m.value for m in enum]}") from None
 
 
 CONF_DIR = Path(os.environ.get("SPACENET7_CONFIG_DIR", Path(__file__).resolve().parent.parent / "conf"))
@@ -252,26 +232,6 @@ class PredictConfig:
             InputSpec(**{**InputSpec().to_dict(), **self.input})  # validates the values
         check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "predict",
               f"device={self.device!r} must be auto, cpu or cuda[:N]")
-
-
-@dataclass
-class TrackConfig:
-    method: TrackMethod = TrackMethod.hungarian
-    min_iou: float = 0.2
-    max_gap: int = 6  # months a track may go unseen and still be matched
-    fill_gaps: bool = True
-    fill_masked: bool = False  # also fill months where the footprint is mostly masked (SN7 labels omit buildings under clouds)
-    absent_prob: float = 0.15  # mean footprint probability below which a valid area counts as clearly empty
-    min_persist: int = 2  # months a new building must be seen to count
-    birth_prob: float = 0.0  # a new track starts in the first month its mean footprint probability reaches this (0 = off)
-    max_new_overlap: float = 0.5  # drop a new track whose first footprint lies this much (fraction of its area) on earlier ones
-    never_demolished: bool = False
-
-    def __post_init__(self) -> None:
-        self.method = choice(self.method, TrackMethod, "vectorize", "track.method")
-        check(0 <= self.min_iou <= 1, "vectorize", f"track.min_iou={self.min_iou} must be within [0, 1]")
-        check(self.max_gap >= 0, "vectorize", f"track.max_gap={self.max_gap} must be >= 0")
-        check(self.min_persist >= 1, "vectorize", f"track.min_persist={self.min_persist} must be >= 1")
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 
 class SN7Error(Exception):
@@ -16,3 +18,17 @@ class SN7DataError(SN7Error):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+def check(ok: bool, stage: str, message: str) -> None:
+    """Knob validation at compose time: raise one line naming the stage and the key."""
+    if not ok:
+        raise SN7Error(f"{stage}: {message}")
+
+
+def choice(value: Any, enum: type[StrEnum], stage: str, key: str) -> Any:
+    """``value`` as a member of ``enum`` (dataclasses built directly from Python get strings)."""
+    try:
+        return enum(value)
+    except ValueError:
+        raise SN7Error(f"{stage}: {key}={value!r} must be one of {[m.value for m in enum]}") from None

@@ -21,7 +21,7 @@ import torch
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from spacenet7.config import Grid, PredictConfig
+from spacenet7.config import Grid, PredictConfig, TTAViews
 from spacenet7.data.bands import InputSpec, check_fits
 from spacenet7.data.fusion import fuse, same_grid
 from spacenet7.data.sn7 import MonthRecord, read_image, records_from_files, scan
@@ -71,7 +71,9 @@ def _predict_all(model: LoadedModel, records: dict[str, list[MonthRecord]], cfg:
             raw, kept = [], []
             for rec in tqdm(recs, desc=f"predict {aoi}", disable=not cfg.progress):
                 try:
-                    raw.append(predict_mosaic(model, rec, raw_dir / f"{rec.stem}.tif", cfg))
+                    raw.append(predict_mosaic(model, rec, raw_dir / f"{rec.stem}.tif", tile=cfg.tile, overlap=cfg.overlap,
+                                              batch_size=cfg.batch_size, tta=cfg.tta_views if cfg.tta else None,
+                                              block=cfg.block, grid=cfg.grid))
                     kept.append(rec)
                 except NoValidPixels as exc:
                     log.warning("predict: skipping %s", exc)
@@ -89,27 +91,42 @@ def _predict_all(model: LoadedModel, records: dict[str, list[MonthRecord]], cfg:
     return written
 
 
-def predict_mosaic(model: LoadedModel, rec: MonthRecord, out: Path, cfg: PredictConfig) -> Path:
-    """Predict one mosaic block by block into a tiled uint8 GeoTIFF at ``out``."""
+def predict_mosaic(model: LoadedModel, rec: MonthRecord, out: Path, *, tile: int, overlap: int, batch_size: int = 8,
+                   tta: TTAViews | None = None, block: int = 1024, grid: Grid = Grid.source) -> Path:
+    """Predict one mosaic block by block into a tiled uint8 GeoTIFF at ``out``.
+
+    Args:
+        model: the loaded network.
+        rec: the month to predict.
+        out: the probability raster to write.
+        tile: network input side (model grid pixels); ``overlap``: between neighbouring tiles.
+        batch_size: tiles per forward pass.
+        tta: the test-time views to average, or ``None`` for one view.
+        block: output block side in source pixels (bounds memory).
+        grid: write on the source grid or the model's upscaled grid.
+
+    Raises:
+        NoValidPixels: the month has no usable pixel.
+    """
     with open_raster(rec.image) as ds:
         check_fits(ds, model.spec, rec.image)
         h, w, transform, crs = ds.height, ds.width, ds.transform, ds.crs
     f = model.upscale
     fi = int(round(f))
-    if cfg.grid is Grid.source and f != fi:
+    if grid is Grid.source and f != fi:
         raise SN7Error(f"predict: grid=source needs an integer upscale (checkpoint has {f})")
-    out_f = 1 if cfg.grid is Grid.source else fi
+    out_f = 1 if grid is Grid.source else fi
     profile = probability.profile(crs, transform * rasterio.Affine.scale(1 / out_f), w * out_f, h * out_f)
-    halo = int(np.ceil(cfg.tile / (2 * f)))
+    halo = int(np.ceil(tile / (2 * f)))
     out.parent.mkdir(parents=True, exist_ok=True)
     any_valid = False
     with rasterio.open(out, "w", **profile) as dst:
-        for blk in iter_windows(h, w, cfg.block, cfg.block):
+        for blk in iter_windows(h, w, block, block):
             r0, c0 = max(0, int(blk.row_off) - halo), max(0, int(blk.col_off) - halo)
             r1 = min(h, int(blk.row_off + blk.height) + halo)
             c1 = min(w, int(blk.col_off + blk.width) + halo)
             img = read_image(rec, window=Window(c0, r0, c1 - c0, r1 - r0), upscale=f, spec=model.spec)
-            prob = sliding_window(model, img.rgb, cfg.tile, cfg.overlap, cfg.batch_size, cfg.tta_views if cfg.tta else None)
+            prob = sliding_window(model, img.rgb, tile, overlap, batch_size, tta)
             valid = img.valid
             if out_f != fi:  # back to the source grid: mean of probabilities, all sub-pixels valid
                 hh, ww = valid.shape[0] // fi, valid.shape[1] // fi
@@ -121,7 +138,7 @@ def predict_mosaic(model: LoadedModel, rec: MonthRecord, out: Path, cfg: Predict
             enc = probability.encode(prob[(slice(None), *sl)], valid[sl])
             any_valid |= bool(valid[sl].any())
             dst.write(enc, window=Window(int(blk.col_off) * k, int(blk.row_off) * k, int(blk.width) * k, int(blk.height) * k))
-        probability.describe(dst, f, cfg.grid)
+        probability.describe(dst, f, grid)
     if not any_valid:
         out.unlink()
         raise NoValidPixels(rec.image, "no valid pixel in this month (alpha 0 / UDM everywhere)")

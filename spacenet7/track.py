@@ -20,13 +20,42 @@ start new tracks. Afterwards:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 import pandas as pd
 import shapely
 
-from spacenet7.config import TrackConfig
+from spacenet7.errors import check, choice
 from spacenet7.metrics.matching import match
+
+class TrackMethod(StrEnum):
+    """Month-to-month matching of the tracker."""
+
+    hungarian = "hungarian"  # optimal
+    greedy = "greedy"  # highest IoU first
+
+
+@dataclass
+class TrackConfig:
+    method: TrackMethod = TrackMethod.hungarian
+    min_iou: float = 0.2
+    max_gap: int = 6  # months a track may go unseen and still be matched
+    fill_gaps: bool = True
+    fill_masked: bool = False  # also fill months where the footprint is mostly masked (SN7 labels omit buildings under clouds)
+    absent_prob: float = 0.15  # mean footprint probability below which a valid area counts as clearly empty
+    min_persist: int = 2  # months a new building must be seen to count
+    birth_prob: float = 0.0  # a new track starts in the first month its mean footprint probability reaches this (0 = off)
+    max_new_overlap: float = 0.5  # drop a new track whose first footprint lies this much (fraction of its area) on earlier ones
+    never_demolished: bool = False
+
+    def __post_init__(self) -> None:
+        self.method = choice(self.method, TrackMethod, "vectorize", "track.method")
+        check(0 <= self.min_iou <= 1, "vectorize", f"track.min_iou={self.min_iou} must be within [0, 1]")
+        check(self.max_gap >= 0, "vectorize", f"track.max_gap={self.max_gap} must be >= 0")
+        check(self.min_persist >= 1, "vectorize", f"track.min_persist={self.min_persist} must be >= 1")
+
 
 AbsentFn = Callable[[int, object], bool]
 ConfidenceFn = Callable[[int, object], float]

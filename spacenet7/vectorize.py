@@ -19,14 +19,14 @@ import shapely
 from affine import Affine
 from rasterio import features
 
-from spacenet7.config import TrackConfig, VectorizeConfig
+from spacenet7.config import VectorizeConfig
 from spacenet7.data.sn7 import parse_stem
 from spacenet7.errors import SN7DataError
 from spacenet7.io.atomic import atomic_path, clear_partials, ensure_writable_dir
 from spacenet7.io.vector import pixel_to_map
 from spacenet7.polygonize import instances, polygons
 from spacenet7.io.probability import read_prediction
-from spacenet7.track import track
+from spacenet7.track import TrackConfig, track
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,8 @@ import rasterio
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from spacenet7.data.targets import CHANNELS, CHIP_IGNORE, CHIP_RGB, CHIP_TARGETS
+
 IGNORE = -1.0
 
 
@@ -42,15 +44,15 @@ class ChipDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         arr = self._read(i)
-        image = np.moveaxis(arr[:3], 0, -1)
-        masks = np.moveaxis(arr[3:], 0, -1)
+        image = np.moveaxis(arr[CHIP_RGB], 0, -1)
+        masks = np.moveaxis(arr[CHIP_TARGETS.start :], 0, -1)  # targets then ignore: augmented together
         if self.augment is not None:
             res = self.augment(image=image, mask=masks)
             image, masks = res["image"], res["mask"]
         image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0))).float() / 255.0
         masks = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(masks), -1, 0)))
-        ignore = masks[3] > 0
-        target = masks[:3].float()
+        ignore = masks[CHIP_IGNORE - CHIP_TARGETS.start] > 0
+        target = masks[: len(CHANNELS)].float()
         target[:, ignore] = IGNORE
         return {"image": image, "target": target, "ignore": ignore}
 

@@ -6,6 +6,11 @@ import numpy as np
 from scipy import ndimage
 
 CHANNELS = ("footprint", "boundary", "contact")
+# The 7-band chip (chip layout=chips): written by ``chip``, read by ``data.dataset``.
+CHIP_BANDS = ("red", "green", "blue", *CHANNELS, "ignore")
+CHIP_RGB = slice(0, 3)
+CHIP_TARGETS = slice(3, 3 + len(CHANNELS))
+CHIP_IGNORE = CHIP_BANDS.index("ignore")
 _BIG = np.iinfo(np.int32).max
 
 
