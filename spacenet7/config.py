@@ -21,6 +21,7 @@ from spacenet7.data.bands import InputSpec
 from spacenet7.errors import SN7Error, check, choice
 from spacenet7.track import TrackConfig  # the schema of vectorize's track node
 
+
 # Closed choices. Hydra matches an override by member name, so names are the lower-case values and
 # a bad value is refused when the config is composed ("expected one of [aoi, spatial]").
 class Split(StrEnum):
@@ -38,6 +39,8 @@ class Layout(StrEnum):
 
 
 class IndexFormat(StrEnum):
+    """File format of the chip index."""
+
     parquet = "parquet"
     csv = "csv"
 
@@ -68,6 +71,8 @@ CONF_DIR = Path(os.environ.get("SPACENET7_CONFIG_DIR", Path(__file__).resolve().
 
 @dataclass
 class SynthConfig:
+    """``spacenet7 synth``: synthetic AOIs in the SN7 layout (``conf/synth.yaml``)."""
+
     out_dir: str = "data/synthetic"
     n_aois: int = 4
     n_months: int = 12
@@ -88,6 +93,8 @@ class SynthConfig:
 
 @dataclass
 class ChipConfig:
+    """``spacenet7 chip``: training targets and the chip index (``conf/chip.yaml``)."""
+
     data_root: str = "data/synthetic"
     split_dir: str = "train"
     out_dir: str = "runs/demo/chips"
@@ -122,6 +129,8 @@ class ChipConfig:
 
 @dataclass
 class TrainerConfig:
+    """Lightning ``Trainer`` arguments (``conf/trainer/``)."""
+
     accelerator: str = "cpu"
     devices: Any = 1
     strategy: str = "auto"
@@ -137,6 +146,8 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
+    """Training loggers: CSV always, wandb offline unless told otherwise."""
+
     wandb: bool = True
     wandb_mode: str = "offline"  # "online" with a key: logger.wandb_mode=online
     project: str = "spacenet7"
@@ -161,6 +172,8 @@ class WindowsConfig:
 
 @dataclass
 class TrainConfig:
+    """``spacenet7 train`` (``conf/train.yaml`` and its groups)."""
+
     chip_dir: str = "runs/demo/chips"
     run_dir: str = "runs/demo/train"
     model: Any = None
@@ -180,6 +193,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = library default
     cache_chips: bool = False  # hold every chip in memory (small data sets only)
     empty_chips: float = 1.0  # fraction of the training chips without buildings to keep (drawn with ``seed``)
+    crop: Optional[int] = None  # 7-band chips: train on a random crop x crop window of each chip (None = whole chips)
     windows: WindowsConfig = field(default_factory=WindowsConfig)
     init_from: Optional[str] = None  # a checkpoint of the same architecture to start from (weights only)
 
@@ -187,11 +201,14 @@ class TrainConfig:
         check(self.batch_size > 0, "train", f"batch_size={self.batch_size} must be > 0")
         check(self.max_epochs > 0, "train", f"max_epochs={self.max_epochs} must be > 0")
         check(self.num_workers >= 0, "train", f"num_workers={self.num_workers} must be >= 0")
+        check(self.crop is None or self.crop > 0, "train", f"crop={self.crop} must be > 0 or null")
         check(0 <= self.empty_chips <= 1, "train", f"empty_chips={self.empty_chips} must be within [0, 1]")
 
 
 @dataclass
 class PredictConfig:
+    """``spacenet7 predict``: probability rasters for every mosaic (``conf/predict.yaml``)."""
+
     checkpoint: str = "runs/demo/train/checkpoints/best.ckpt"
     data_root: str = "data/synthetic"
     split_dir: str = "train"
@@ -236,6 +253,8 @@ class PredictConfig:
 
 @dataclass
 class VectorizeConfig:
+    """``spacenet7 vectorize``: watershed polygons and tracking (``conf/vectorize.yaml``)."""
+
     pred_dir: str = "runs/demo/predictions"
     out_dir: str = "runs/demo/vectors"
     aois: Optional[List[str]] = None
@@ -255,6 +274,8 @@ class VectorizeConfig:
 
 @dataclass
 class ExportConfig:
+    """``spacenet7 export``: GIS files and the SN7 submission (``conf/export.yaml``)."""
+
     vec_dir: str = "runs/demo/vectors"
     out_dir: str = "runs/demo/footprints"
     submission: str = "runs/demo/submission.csv"
@@ -265,6 +286,8 @@ class ExportConfig:
 
 @dataclass
 class EvaluateConfig:
+    """``spacenet7 evaluate``: SCOT, building F1 and pixel IoU (``conf/evaluate.yaml``)."""
+
     truth: Optional[str] = None
     proposal: Optional[str] = None
     out: str = "runs/demo/metrics.json"
@@ -287,6 +310,8 @@ class EvaluateConfig:
 
 @dataclass
 class PipelineConfig:
+    """``spacenet7 pipeline``: every stage wired through files under ``run_dir`` (``conf/pipeline.yaml``)."""
+
     run_dir: str = "runs/demo"
     data_root: str = "data/synthetic"
     n_test_aois: int = 1  # holdout=aoi: the last AOIs (sorted) are held out, never chipped or trained on

@@ -25,7 +25,7 @@ def ground_truth_table(data_root: str | Path, split_dir: str = "train", aois: li
     Months without buildings get one empty row, so they still count as months.
     """
     rows = []
-    for aoi, records in scan(data_root, split_dir, aois).items():
+    for records in scan(data_root, split_dir, aois).values():
         for rec in records:
             gdf = read_labels_pix(rec)
             rows += month_rows(rec.stem, gdf["Id"], [g.wkt for g in gdf.geometry])

@@ -89,7 +89,7 @@ def buildings_layer(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
 
 def _write_gpkg(path: Path, per_month, gdf: gpd.GeoDataFrame) -> Path:
     with atomic_path(path) as tmp:
-        for stem, month, g in per_month:
+        for _, month, g in per_month:
             write_vector(_month_layer(g, gdf.crs), tmp, layer=month.replace("-", "_"), driver="GPKG", append_layer=True)
         write_vector(buildings_layer(gdf), tmp, layer="buildings", driver="GPKG", append_layer=True)
     return path

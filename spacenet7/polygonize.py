@@ -20,6 +20,9 @@ def instances(prob: np.ndarray, valid: np.ndarray | None = None, *, threshold: f
     Args:
         prob: (3, H, W) probabilities (footprint, boundary, contact) or (H, W) footprint only.
         valid: pixels to consider (all when ``None``).
+        threshold: footprint probability above which a pixel belongs to a building.
+        seed_threshold: core score above which a pixel seeds a building.
+        min_seed_px: smaller seeds are dropped (noise).
 
     Returns:
         (H, W) int32 labels, 0 = background.

@@ -99,7 +99,8 @@ def predict_mosaic(model: LoadedModel, rec: MonthRecord, out: Path, *, tile: int
         model: the loaded network.
         rec: the month to predict.
         out: the probability raster to write.
-        tile: network input side (model grid pixels); ``overlap``: between neighbouring tiles.
+        tile: network input side (model grid pixels).
+        overlap: pixels shared by neighbouring tiles.
         batch_size: tiles per forward pass.
         tta: the test-time views to average, or ``None`` for one view.
         block: output block side in source pixels (bounds memory).

@@ -30,6 +30,7 @@ import shapely
 from spacenet7.errors import check, choice
 from spacenet7.metrics.matching import match
 
+
 class TrackMethod(StrEnum):
     """Month-to-month matching of the tracker."""
 
@@ -39,6 +40,8 @@ class TrackMethod(StrEnum):
 
 @dataclass
 class TrackConfig:
+    """Tracking parameters (``vectorize``'s ``track`` node; see the module docstring)."""
+
     method: TrackMethod = TrackMethod.hungarian
     min_iou: float = 0.2
     max_gap: int = 6  # months a track may go unseen and still be matched
@@ -93,6 +96,8 @@ def track(months: list[np.ndarray], cfg: TrackConfig, absent: AbsentFn | None = 
         cfg: tracking options.
         absent: ``absent(t, geom)`` is True when month ``t`` clearly shows no building at
             ``geom``; used by gap filling (``None``: always fill).
+        confidence: ``confidence(t, geom)``, the footprint probability of ``geom`` in month
+            ``t``; used by birth confirmation (``birth_prob``).
 
     Returns:
         One row per (building, month): ``t``, ``id``, ``geometry``, ``filled`` (not observed,

@@ -87,7 +87,7 @@ def _datamodule(cfg: TrainConfig, index: pd.DataFrame, meta: dict, augment):
     check_files(cfg.chip_dir, index, layout)
     if layout is Layout.chips:
         index = drop_empty_chips(index, cfg.empty_chips, cfg.seed)
-        return ChipDataModule(cfg.chip_dir, index, cfg.batch_size, cfg.num_workers, augment, cfg.seed, cfg.cache_chips)
+        return ChipDataModule(cfg.chip_dir, index, cfg.batch_size, cfg.num_workers, augment, cfg.seed, cfg.cache_chips, cfg.crop)
     geometric = _geometric_transforms(augment)
     if geometric:
         raise SN7Error(f"train: the augment config moves pixels ({', '.join(geometric)}), but with chip layout=rasters the "

@@ -23,9 +23,9 @@ from spacenet7.config import VectorizeConfig
 from spacenet7.data.sn7 import parse_stem
 from spacenet7.errors import SN7DataError
 from spacenet7.io.atomic import atomic_path, clear_partials, ensure_writable_dir
+from spacenet7.io.probability import read_prediction
 from spacenet7.io.vector import pixel_to_map
 from spacenet7.polygonize import instances, polygons
-from spacenet7.io.probability import read_prediction
 from spacenet7.track import TrackConfig, track
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class MonthPrediction:
+    """What tracking needs from one month's probability raster."""
+
     stem: str
     month: str
     footprint: np.ndarray  # probability on the prediction grid
@@ -70,7 +72,7 @@ def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
         labels = instances(prob, valid, threshold=cfg.threshold, seed_threshold=cfg.seed_threshold, min_seed_px=cfg.min_seed_px)
         pix = polygons(labels, simplify=cfg.simplify_px * up)
         if up != 1:
-            pix = shapely.transform(pix, lambda xy: xy / up) if len(pix) else pix
+            pix = shapely.transform(pix, lambda xy, up=up: xy / up) if len(pix) else pix
         if cfg.min_area_px > 0 and len(pix):
             pix = pix[shapely.area(pix) >= cfg.min_area_px]
         months.append(pix)

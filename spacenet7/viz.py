@@ -20,8 +20,8 @@ from matplotlib.collections import PolyCollection
 
 from spacenet7.data.sn7 import MonthRecord, read_image, read_labels, scan
 from spacenet7.errors import SN7Error
-from spacenet7.metrics.matching import match
 from spacenet7.io.probability import read_prediction
+from spacenet7.metrics.matching import match
 from spacenet7.vectorize import load_vectors
 
 
@@ -122,6 +122,7 @@ def timeline(run: Run, aoi: str) -> pd.DataFrame:
 
 
 def plot_timeline(df: pd.DataFrame) -> plt.Figure:
+    """Buildings and new buildings per month, truth against prediction (from :func:`timeline`)."""
     fig, ax = plt.subplots(1, 2, figsize=(13, 3.8))
     df.plot(x="month", y=["truth", "predicted"], ax=ax[0], marker="o", title="buildings per month")
     df.plot(x="month", y=["truth_new", "predicted_new"], ax=ax[1], kind="bar", title="new buildings per month")
@@ -140,6 +141,7 @@ def scot_breakdown(run: Run) -> pd.DataFrame:
 
 
 def plot_scores(run: Run) -> plt.Figure:
+    """Per-month F1 at both IoU thresholds, and precision against recall."""
     df = month_scores(run)
     fig, ax = plt.subplots(1, 2, figsize=(13, 3.8))
     for aoi, g in df.groupby("aoi"):

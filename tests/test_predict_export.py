@@ -12,12 +12,12 @@ import rasterio
 import torch
 
 from spacenet7 import chip, export, predict, train, vectorize
-from spacenet7.data.bands import InputSpec
-from spacenet7.models import inference
 from spacenet7.config import ChipConfig, ExportConfig, PredictConfig, VectorizeConfig, compose
+from spacenet7.data.bands import InputSpec
 from spacenet7.data.sn7 import scan
 from spacenet7.errors import SN7DataError
 from spacenet7.metrics.table import read_table
+from spacenet7.models import inference
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from spacenet7.data.sn7 import (instance_raster, parse_stem, read_image, read_labels, read_labels_pix,
-                                rasterize_footprints, scan)
+from spacenet7.data.sn7 import instance_raster, parse_stem, rasterize_footprints, read_image, read_labels, read_labels_pix, scan
 from spacenet7.errors import SN7DataError, SN7Error
 from tests.conftest import REAL_AOI
 

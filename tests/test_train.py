@@ -227,3 +227,27 @@ def test_init_from_never_runs_code_in_a_checkpoint(chip_dir, tmp_path):
     with pytest.raises(SN7Error, match="not a loadable checkpoint"):
         train.run(cfg)
     assert not marker.exists()
+
+
+def test_crop_draws_random_windows_of_each_training_chip_and_leaves_validation_whole(chip_dir):
+    from spacenet7.chip import load_index
+    from spacenet7.data.dataset import ChipDataModule
+
+    index, _ = load_index(chip_dir)
+    dm = ChipDataModule(chip_dir, index, batch_size=2, crop=96)
+    train_ds = dm.train_dataloader().dataset
+    whole = dm.val_dataloader().dataset[0]
+    assert whole["image"].shape[-2:] == (128, 128)
+    torch.manual_seed(0)
+    items = [train_ds[0] for _ in range(12)]
+    assert all(it["image"].shape == (3, 96, 96) and it["target"].shape == (3, 96, 96) for it in items)
+    full = train_ds._read(0)  # the same chip, uncropped: every crop is one of its windows
+    img = torch.from_numpy(full[:3]).float() / 255
+    offsets = set()
+    for it in items:
+        hits = [(r, c) for r in range(33) for c in range(33) if torch.equal(img[:, r : r + 96, c : c + 96], it["image"])]
+        assert hits, "a crop that is not a window of its chip"
+        offsets.add(hits[0])
+    assert len(offsets) > 3  # random positions, not one fixed window
+    small = ChipDataModule(chip_dir, index, batch_size=2, crop=256).train_dataloader().dataset[0]
+    assert small["image"].shape[-2:] == (128, 128)  # chips no larger than the crop are used whole

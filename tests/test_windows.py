@@ -9,7 +9,7 @@ import torch
 from spacenet7 import chip
 from spacenet7.config import compose
 from spacenet7.data.targets import CHANNELS
-from spacenet7.data.windows import (GridWindows, MosaicReader, RandomWindows, pack_targets, unpack_targets)
+from spacenet7.data.windows import GridWindows, MosaicReader, RandomWindows, pack_targets, unpack_targets
 from spacenet7.errors import SN7Error
 
 
@@ -102,7 +102,7 @@ def test_validation_grid_is_fixed_and_covers_the_band(both_layouts):
     row = index[index["split"] == "val"].iloc[0]
     covered = np.zeros((int(row["height"]), int(row["width"])), bool)
     row_i = int(index.index[index["split"] == "val"][0])
-    for i, (r_idx, r, c, h, w) in enumerate(a.items):
+    for r_idx, r, c, h, w in a.items:
         if r_idx == row_i:
             covered[r : r + h, c : c + w] = True
     assert covered[:, int(row["c0"]) : int(row["c1"])].all()

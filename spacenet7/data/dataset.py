@@ -22,12 +22,16 @@ class ChipDataset(Dataset):
 
     Ignored pixels (alpha 0 or UDM) carry ``-1`` in every target channel. Augmentations (an
     albumentations pipeline) see the image and all masks together, so geometry stays aligned.
+    With ``crop``, each item is a random ``crop`` x ``crop`` window of its chip (chips no larger
+    are used whole): fewer pixels per step, so more steps in the same time on a CPU.
     """
 
-    def __init__(self, chip_dir: str | Path, index: pd.DataFrame, augment: Any = None, cache: bool = False) -> None:
+    def __init__(self, chip_dir: str | Path, index: pd.DataFrame, augment: Any = None, cache: bool = False,
+                 crop: int | None = None) -> None:
         self.chip_dir = Path(chip_dir)
         self.paths = index["path"].tolist()
         self.augment = augment
+        self.crop = crop
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
 
     def _read(self, i: int) -> np.ndarray:
@@ -44,6 +48,10 @@ class ChipDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         arr = self._read(i)
+        if self.crop and max(arr.shape[1:]) > self.crop:  # a random crop x crop window (torch's seeded RNG)
+            r = int(torch.randint(0, max(1, arr.shape[1] - self.crop + 1), (1,)))
+            c = int(torch.randint(0, max(1, arr.shape[2] - self.crop + 1), (1,)))
+            arr = arr[:, r : r + self.crop, c : c + self.crop]
         image = np.moveaxis(arr[CHIP_RGB], 0, -1)
         masks = np.moveaxis(arr[CHIP_TARGETS.start :], 0, -1)  # targets then ignore: augmented together
         if self.augment is not None:
@@ -61,8 +69,9 @@ class ChipDataModule(L.LightningDataModule):
     """Train/val loaders from the chip index (``split`` column)."""
 
     def __init__(self, chip_dir: str | Path, index: pd.DataFrame, batch_size: int, num_workers: int = 0,
-                 augment: Any = None, seed: int = 0, cache: bool = False) -> None:
+                 augment: Any = None, seed: int = 0, cache: bool = False, crop: int | None = None) -> None:
         super().__init__()
+        self.crop = crop
         self.chip_dir, self.index = Path(chip_dir), index
         self.batch_size, self.num_workers, self.augment, self.seed = batch_size, num_workers, augment, seed
         self.cache = cache
@@ -71,7 +80,7 @@ class ChipDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self._datasets:
             self._datasets[split] = ChipDataset(self.chip_dir, self.index[self.index["split"] == split],
-                                                self.augment if train else None, self.cache)
+                                                self.augment if train else None, self.cache, self.crop if train else None)
         ds = self._datasets[split]
         gen = torch.Generator().manual_seed(self.seed)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
@@ -79,7 +88,9 @@ class ChipDataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled training chips (augmented)."""
         return self._loader("train", True)
 
     def val_dataloader(self) -> DataLoader:
+        """Validation chips in index order."""
         return self._loader("val", False)

@@ -76,6 +76,7 @@ class Building:
     lot_rgb: np.ndarray | None = None
 
     def exists(self, t: int) -> bool:
+        """Whether the building stands in month ``t``."""
         return self.t_built <= t < self.t_demolish
 
     def lot_visible(self, t: int) -> bool:

@@ -32,6 +32,7 @@ from spacenet7.io.vector import read_vector
 
 log = logging.getLogger(__name__)
 STEM_RE = re.compile(r"^global_monthly_(\d{4})_(\d{2})_mosaic_(.+)$")
+IDENTITY = Affine.identity()  # pixel coordinates
 TIF_RE = re.compile(r"\.tiff?$", re.IGNORECASE)  # .tif, .TIF, .tiff
 LABEL_SUFFIX = "_Buildings.geojson"
 UDM_SUFFIX = "_UDM.tif"
@@ -87,23 +88,28 @@ class MonthRecord:
 
     @property
     def stem(self) -> str:
+        """The SN7 image stem ``global_monthly_YYYY_MM_mosaic_<AOI>``."""
         return make_stem(self.aoi, self.year, self.month)
 
     @property
     def month_key(self) -> str:
+        """``YYYY-MM``."""
         return f"{self.year:04d}-{self.month:02d}"
 
     @property
     def image(self) -> Path:
+        """The mosaic file."""
         return self.path or self.aoi_dir / "images" / f"{self.stem}.tif"
 
     @property
     def image_masked(self) -> Path | None:
+        """The ``images_masked`` copy (alpha 0 = unusable), if present."""
         p = self.aoi_dir / "images_masked" / self.image.name
         return p if p.exists() else None
 
     @property
     def udm(self) -> Path | None:
+        """The month's UDM, if present."""
         p = self.aoi_dir / "UDM_masks" / f"{self.stem}{UDM_SUFFIX}"
         return p if p.exists() else None
 
@@ -113,14 +119,17 @@ class MonthRecord:
 
     @property
     def labels(self) -> Path | None:
+        """``labels/`` footprints (EPSG:4326), if present."""
         return self._label("labels")
 
     @property
     def labels_match(self) -> Path | None:
+        """``labels_match/`` footprints with track ids, if present."""
         return self._label("labels_match")
 
     @property
     def labels_match_pix(self) -> Path | None:
+        """``labels_match_pix/`` footprints in pixel coordinates, if present."""
         return self._label("labels_match_pix")
 
 
@@ -256,6 +265,7 @@ class Image:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(H, W)."""
         return self.valid.shape
 
 
@@ -354,7 +364,7 @@ def read_labels_pix(record: MonthRecord) -> gpd.GeoDataFrame:
     return _footprints(_read_label_file(record, "labels_match_pix").set_crs(None, allow_override=True), record.labels_match_pix)
 
 
-def rasterize_footprints(geoms, shape: tuple[int, int], transform: Affine = Affine.identity(),
+def rasterize_footprints(geoms, shape: tuple[int, int], transform: Affine = IDENTITY,
                          values: np.ndarray | None = None, dtype: str = "uint8") -> np.ndarray:
     """Burn polygons into a (H, W) raster; pixel centres inside a polygon are set.
 

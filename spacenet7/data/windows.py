@@ -67,6 +67,7 @@ class Region:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(height, width)."""
         return self.r1 - self.r0, self.c1 - self.c0
 
 
@@ -102,6 +103,7 @@ class MosaicReader:
         return self._handles[pid]
 
     def close(self) -> None:
+        """Close this process's file handles."""
         for src, tgt in self._handles.values():
             src.close()
             tgt.close()
@@ -305,7 +307,9 @@ class WindowDataModule(L.LightningDataModule):
                           generator=torch.Generator().manual_seed(self.seed), persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
+        """Random windows, reshuffled every epoch."""
         return self._loader(self.train_set, True)
 
     def val_dataloader(self) -> DataLoader:
+        """The fixed validation grid."""
         return self._loader(self.val_set, False)

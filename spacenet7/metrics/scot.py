@@ -19,7 +19,7 @@ from spacenet7.metrics.matching import match_above, pairwise_iou
 
 
 def f_score(tp: float, fp: float, fn: float) -> float:
-    """tp / (tp + (fp + fn) / 2), 0 when there is nothing at all."""
+    """Tp / (tp + (fp + fn) / 2), 0 when there is nothing at all."""
     d = tp + (fp + fn) / 2
     return float(tp / d) if d > 0 else 0.0
 
@@ -32,6 +32,8 @@ def combine(change: float, tracking: float, beta: float = 2.0) -> float:
 
 @dataclass
 class MonthScore:
+    """One month of one AOI: matches at both IoU thresholds and the tracking/change counts."""
+
     aoi: str
     month: str
     n_truth: int
@@ -48,6 +50,8 @@ class MonthScore:
 
 @dataclass
 class AOIScore:
+    """One AOI's SCOT with its tracking and change terms and their counts."""
+
     aoi: str
     scot: float
     tracking: float
@@ -133,6 +137,8 @@ def score_aoi(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshol
 
 @dataclass
 class ScotResult:
+    """Scores of a whole submission: SCOT (mean over AOIs), pooled building F1, per AOI and month."""
+
     scot: float
     tracking: float
     change: float
@@ -187,7 +193,9 @@ def scot(truth: pd.DataFrame, proposal: pd.DataFrame, *, threshold: float = 0.25
     tp25 = sum(m.tp for a in per_aoi for m in a.months)
     nt = sum(m.n_truth for a in per_aoi for m in a.months)
     npr = sum(m.n_proposal for a in per_aoi for m in a.months)
-    mean = (lambda xs: float(np.mean(xs)) if xs else 0.0)
+    def mean(xs: list[float]) -> float:
+        return float(np.mean(xs)) if xs else 0.0
+
     p50, r50, f50 = _prf(tp50, nt, npr)
     p25, r25, f25 = _prf(tp25, nt, npr)
     return ScotResult(mean([a.scot for a in per_aoi]), mean([a.tracking for a in per_aoi]),

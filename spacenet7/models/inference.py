@@ -34,6 +34,7 @@ def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: st
         checkpoint: a ``.ckpt`` written by ``spacenet7 train``.
         model_cfg: the architecture you expect; ``None`` uses the one stored in the checkpoint.
         device: ``auto``, ``cpu`` or ``cuda``.
+        amp: bf16/fp16 autocast where the hardware runs it natively.
 
     Raises:
         SN7Error: missing file, not a spacenet7 checkpoint, or weights of another architecture.

@@ -31,6 +31,7 @@ class MultiTargetLoss(nn.Module):
         self.channel_weights = list(channel_weights)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Weighted sum over channels; pixels with target -1 are ignored."""
         if logits.shape[1] != len(self.channel_weights):
             raise ValueError(f"model has {logits.shape[1]} output channels, loss expects {len(self.channel_weights)}")
         ignore = target == IGNORE

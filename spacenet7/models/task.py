@@ -72,9 +72,11 @@ class SegmentationTask(L.LightningModule):
         self.val_f1 = BinaryF1Score(ignore_index=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a (B, 3, H, W) batch."""
         return self.net(x.contiguous(memory_format=torch.channels_last))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """Loss of one batch; a non-finite loss stops training with a clear error."""
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["target"])
         if not torch.isfinite(loss):
@@ -84,6 +86,7 @@ class SegmentationTask(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Loss, IoU and F1 of the footprint channel."""
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["target"])
         prob = logits[:, 0].sigmoid()
@@ -96,6 +99,7 @@ class SegmentationTask(L.LightningModule):
         self.log("val/f1", self.val_f1, prog_bar=True, batch_size=n)
 
     def configure_optimizers(self):
+        """The optimizer and, if configured, its per-epoch scheduler."""
         opt = instantiate(self.hparams.optimizer)(params=self.parameters())
         if not self.hparams.scheduler:
             return opt
