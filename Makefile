@@ -11,7 +11,7 @@ export WANDB_SILENT := true
 export MPLBACKEND := Agg
 RUN_DIR ?= runs/demo
 
-.PHONY: install demo real test test-slow lint typecheck notebook bench clean
+.PHONY: install demo real test test-slow lint notebook bench clean
 
 # Re-install only when the package metadata changed.
 $(STAMP): setup.cfg pyproject.toml
@@ -35,11 +35,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # ruff's lint rules (pyproject.toml: pyflakes, pycodestyle, isort, bugbear, pyupgrade, Google docstrings)
+# and mypy on the package
 lint: $(STAMP)
 	$(BIN)/ruff check spacenet7 tests bench
-
-# mypy on the package (pyproject.toml); not yet clean, so not part of `lint`
-typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test-slow: $(STAMP)

@@ -45,7 +45,7 @@ def run(cfg: ExportConfig) -> dict[str, list[Path]]:
     vec = sorted(p for p in Path(cfg.vec_dir).glob("*.parquet") if not p.name.startswith("."))
     if not vec:
         raise SN7DataError(Path(cfg.vec_dir), "no vectorize outputs (<AOI>.parquet); run `spacenet7 vectorize` first")
-    out = {"geojson": [], "gpkg": [], "submission": []}
+    out: dict[str, list[Path]] = {"geojson": [], "gpkg": [], "submission": []}
     rows = []
     for path in vec:
         gdf, meta = load_vectors(path)
@@ -57,8 +57,7 @@ def run(cfg: ExportConfig) -> dict[str, list[Path]]:
         if cfg.geojson:
             for stem, _, g in per_month:
                 p = Path(cfg.out_dir) / aoi / f"{stem}.geojson"
-                opts = {"RFC7946": "YES"} if rfc else {}
-                write_vector(_month_layer(g, target.crs), p, **opts)
+                write_vector(_month_layer(g, target.crs), p, layer_options={"RFC7946": "YES"} if rfc else None)
                 out["geojson"].append(p)
         if cfg.gpkg:
             out["gpkg"].append(_write_gpkg(Path(cfg.out_dir) / f"{aoi}.gpkg", per_month, target))

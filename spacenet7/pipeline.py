@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import cast
 
 from spacenet7.config import Holdout, PipelineConfig, compose, compose_checked
 from spacenet7.data.sn7 import check_not_too_deep, image_grid, scan
@@ -108,7 +109,7 @@ def pretrain_config(cfg: PipelineConfig) -> PipelineConfig:
         merged = OmegaConf.merge(OmegaConf.structured(base), dict(cfg.pretrain or {}))
     except Exception as exc:  # omegaconf's validation errors: unknown key, wrong type
         raise SN7Error(f"pipeline: bad pretrain settings ({str(exc).splitlines()[0]})") from None
-    pre = OmegaConf.to_object(merged)
+    pre = cast(PipelineConfig, OmegaConf.to_object(merged))
     if pre.pretrain:
         raise SN7Error("pipeline: pretrain cannot itself have a pretrain section")
     return pre
@@ -122,9 +123,9 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
     if unknown:
         raise SN7Error(f"pipeline: unknown stage(s) {unknown}; stages are {ORDER}")
     stages = [s for s in ORDER if s in cfg.stages]
-    for stage, ovr in stage_overrides(cfg, ["_"], ["_"], [0, 1, 0, 1]).items():  # typos and bad values: before any work
+    for stage, args in stage_overrides(cfg, ["_"], ["_"], [0, 1, 0, 1]).items():  # typos and bad values: before any work
         if stage in stages:
-            compose_checked(stage, ovr)
+            compose_checked(stage, args)
     ensure_writable_dir(cfg.run_dir)
     root = Path(cfg.data_root)
     outputs: dict[str, object] = {}

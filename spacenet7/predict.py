@@ -128,11 +128,11 @@ def predict_mosaic(model: LoadedModel, rec: MonthRecord, out: Path, *, tile: int
             c1 = min(w, int(blk.col_off + blk.width) + halo)
             img = read_image(rec, window=Window(c0, r0, c1 - c0, r1 - r0), upscale=f, spec=model.spec)
             prob = sliding_window(model, img.rgb, tile, overlap, batch_size, tta)
-            valid = img.valid
+            valid: np.ndarray = img.valid
             if out_f != fi:  # back to the source grid: mean of probabilities, all sub-pixels valid
                 hh, ww = valid.shape[0] // fi, valid.shape[1] // fi
                 prob = prob[:, : hh * fi, : ww * fi].reshape(len(CHANNELS), hh, fi, ww, fi).mean((2, 4))
-                valid = valid[: hh * fi, : ww * fi].reshape(hh, fi, ww, fi).all((1, 3))
+                valid = np.asarray(valid[: hh * fi, : ww * fi].reshape(hh, fi, ww, fi).all((1, 3)))
             k = out_f
             sl = (slice((int(blk.row_off) - r0) * k, (int(blk.row_off) - r0 + int(blk.height)) * k),
                   slice((int(blk.col_off) - c0) * k, (int(blk.col_off) - c0 + int(blk.width)) * k))

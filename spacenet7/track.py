@@ -80,8 +80,8 @@ def assign_ids(months: list[np.ndarray], cfg: TrackConfig) -> list[np.ndarray]:
             last_geom.append(geoms[k])
             last_t.append(t)
             ids[k] = len(last_geom)
-        for k, tid in enumerate(ids):
-            last_geom[tid - 1] = geoms[k]
+        for j, tid in enumerate(ids):
+            last_geom[tid - 1] = geoms[j]
             last_t[tid - 1] = t
         out.append(ids)
     return out

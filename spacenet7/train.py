@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 import yaml
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from spacenet7.chip import load_index
 from spacenet7.config import Layout, TrainConfig
@@ -142,10 +142,10 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
     # validated or not (check_val_every_n_epoch > 1)
     last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, save_on_train_epoch_end=True,
                               enable_version_counter=False)
-    callbacks = [best_cb, last_cb]
+    callbacks: list[Callback] = [best_cb, last_cb]
     if cfg.early_stopping_patience > 0:
         callbacks.append(EarlyStopping(monitor=cfg.monitor, mode="max", patience=cfg.early_stopping_patience))
-    loggers = []
+    loggers: list[Logger] = []
     if cfg.logger.csv:
         loggers.append(CSVLogger(run_dir, name="csv"))
     if cfg.logger.wandb:
@@ -167,7 +167,7 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
     trainer.strategy.barrier()
     epochs, steps = trainer.current_epoch, trainer.global_step
     scores = trainer.validate(task, dm, ckpt_path=str(best), verbose=False)[0]  # every rank (DDP), rank 0 writes
-    metrics = {k.replace("/", "_"): float(v) for k, v in scores.items()}
+    metrics: dict[str, float | int | str] = {k.replace("/", "_"): float(v) for k, v in scores.items()}
     metrics.update(best_checkpoint=str(best), epochs=epochs, global_step=steps)
     if trainer.is_global_zero:
         with atomic_path(run_dir / "metrics.json") as tmp:

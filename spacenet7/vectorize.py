@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -61,7 +62,9 @@ def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
     if not files:
         raise SN7DataError(aoi_dir, "no prediction rasters")
     months, preds = [], []
-    crs, src_transform, shape = None, None, None
+    crs: Any = None
+    src_transform: Any = None
+    shape: Any = None
     for f in files:
         prob, valid, transform, crs_f, up = read_prediction(f)
         if crs is not None and (crs_f != crs or transform * Affine.scale(up) != src_transform or valid.shape != shape):

@@ -109,7 +109,9 @@ def plot_month(run: Run, aoi: str, month: str | int) -> plt.Figure:
 
 def timeline(run: Run, aoi: str) -> pd.DataFrame:
     """Buildings and new buildings per month, truth against prediction."""
-    rows, seen_t, seen_p = [], set(), set()
+    rows: list[dict] = []
+    seen_t: set[int] = set()
+    seen_p: set[int] = set()
     pred = run.vectors[aoi]
     for rec in run.records[aoi]:
         t_ids = set(read_labels(rec)["Id"])

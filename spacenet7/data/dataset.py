@@ -57,12 +57,12 @@ class ChipDataset(Dataset):
         if self.augment is not None:
             res = self.augment(image=image, mask=masks)
             image, masks = res["image"], res["mask"]
-        image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0))).float() / 255.0
-        masks = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(masks), -1, 0)))
-        ignore = masks[CHIP_IGNORE - CHIP_TARGETS.start] > 0
-        target = masks[: len(CHANNELS)].float()
+        x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0))).float() / 255.0
+        m = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(masks), -1, 0)))
+        ignore = m[CHIP_IGNORE - CHIP_TARGETS.start] > 0
+        target = m[: len(CHANNELS)].float()
         target[:, ignore] = IGNORE
-        return {"image": image, "target": target, "ignore": ignore}
+        return {"image": x, "target": target, "ignore": ignore}
 
 
 class ChipDataModule(L.LightningDataModule):

@@ -97,7 +97,7 @@ class Scene:
     landcover: np.ndarray  # (H, W) int class index into LANDCOVER
     roads: list[tuple[Polygon, np.ndarray]]
     buildings: list[Building]
-    instance: np.ndarray = field(repr=False, default=None)  # (H, W) int32, index+1 of building
+    instance: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0), np.int32))  # (H, W) int32, index+1 of building
 
 
 def make_scene(rng: np.random.Generator, size: int, n_months: int, style: Style = STYLES["demo"]) -> Scene:
@@ -175,7 +175,7 @@ def _neighbourhood(rng, size, n_months, buildings, roads, road_union, kind=None,
     developing = drawn_dev if developing is None else developing
     start = int(rng.integers(1, max(2, n_months - 2))) if developing else 0
     if kind == "industrial":
-        depth_rng, width_rng, gap_rng, p_touch, street = (18, 40), (25, 60), (4, 10), 0.0, 8
+        depth_rng, width_rng, gap_rng, p_touch, street = (18, 40), (25, 60), (4.0, 10.0), 0.0, 8
     elif kind == "dense":
         depth_rng, width_rng, gap_rng, p_touch, street = (5, 10), (3, 9), (1, 2.5), 0.55, 4
     else:
@@ -295,7 +295,8 @@ def render_month(scene: Scene, t: int, rng: np.random.Generator, cloudy: bool, s
         shade = np.roll(opacity, (int(s * 0.03), int(s * 0.03)), (0, 1))
         img = img * (1 - 0.45 * shade) * (1 - opacity) + opacity * 235
         cloud = ndimage.binary_dilation(opacity > 0.05, iterations=2)
-    shift = (0.0, 0.0) if t == 0 else tuple(float(x) for x in rng.uniform(-0.45, 0.45, 2))
+    dy, dx = (0.0, 0.0) if t == 0 else (float(v) for v in rng.uniform(-0.45, 0.45, 2))
+    shift = (dy, dx)
     if shift != (0.0, 0.0):
         img = ndimage.shift(img, (0, *shift), order=1, mode="nearest")
     img = img + rng.normal(0, 2.0, img.shape)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,7 +218,7 @@ def file_month(path: Path) -> tuple[int, int] | None:
     return None
 
 
-def records_from_files(paths: list[str | Path], aoi: str | None = None) -> dict[str, list[MonthRecord]]:
+def records_from_files(paths: Sequence[str | Path], aoi: str | None = None) -> dict[str, list[MonthRecord]]:
     """Month records for GeoTIFFs given by path: SN7 files or a user's own time series.
 
     The AOI is ``aoi`` when given, else the one in the SN7 name. The month comes from the SN7
@@ -228,19 +229,18 @@ def records_from_files(paths: list[str | Path], aoi: str | None = None) -> dict[
         SN7DataError: a missing file, no AOI name for a non-SN7 file, some files dated and others
             not, or two files for one month.
     """
-    paths = [Path(p) for p in paths]
-    for p in paths:
+    files = [Path(p) for p in paths]
+    for p in files:
         if not p.is_file():
             raise SN7DataError(p, "file not found")
-    months = [file_month(p) for p in paths]
-    if any(m is None for m in months) and not all(m is None for m in months):
-        first = paths[months.index(None)]
+    found = [file_month(p) for p in files]
+    if any(m is None for m in found) and not all(m is None for m in found):
+        first = files[found.index(None)]
         raise SN7DataError(first, "no date in its name or TIFF tags, but other files have one; name every month "
                                   "(e.g. area_2019-03.tif) or none (the list order is then the month order)")
-    if all(m is None for m in months):
-        months = [(1 + i // 12, 1 + i % 12) for i in range(len(paths))]
+    months = [m or (0, 0) for m in found] if found[0] is not None else [(1 + i // 12, 1 + i % 12) for i in range(len(files))]
     out: dict[str, list[MonthRecord]] = {}
-    for p, (year, month) in zip(paths, months):
+    for p, (year, month) in zip(files, months):
         name = aoi
         if name is None:
             try:
@@ -318,8 +318,8 @@ def image_grid(record: MonthRecord) -> tuple[Affine, rasterio.crs.CRS, tuple[int
         return ds.transform, ds.crs, (ds.height, ds.width)
 
 
-def _read_label_file(record: MonthRecord, folder: str) -> gpd.GeoDataFrame:
-    """One label file of ``folder`` with an ``Id`` column (an empty file has no properties at all)."""
+def _read_label_file(record: MonthRecord, folder: str) -> tuple[gpd.GeoDataFrame, Path]:
+    """One label file of ``folder`` with an ``Id`` column (an empty file has no properties at all), and its path."""
     path = record._label(folder)
     if path is None:
         raise SN7DataError(record.aoi_dir / folder / f"{record.stem}{LABEL_SUFFIX}", "label file not found")
@@ -328,7 +328,7 @@ def _read_label_file(record: MonthRecord, folder: str) -> gpd.GeoDataFrame:
         gdf["Id"] = np.zeros(0, np.int64)
     if "Id" not in gdf.columns:
         raise SN7DataError(path, "missing property 'Id'")
-    return gdf
+    return gdf, path
 
 
 def _footprints(gdf: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:
@@ -346,14 +346,14 @@ def read_labels(record: MonthRecord, crs=None) -> gpd.GeoDataFrame:
 
     Columns: ``Id`` (track id) and ``geometry``. Empty geometries are dropped.
     """
-    gdf = _read_label_file(record, "labels_match")
+    gdf, path = _read_label_file(record, "labels_match")
     if crs is None:
         _, crs, _ = image_grid(record)
     if gdf.crs is None:
-        raise SN7DataError(record.labels_match, "label file declares no CRS")
+        raise SN7DataError(path, "label file declares no CRS")
     if len(gdf) and gdf.crs != crs:
         gdf = gdf.to_crs(crs)
-    return _footprints(gdf.set_crs(crs, allow_override=True), record.labels_match)
+    return _footprints(gdf.set_crs(crs, allow_override=True), path)
 
 
 def read_labels_pix(record: MonthRecord) -> gpd.GeoDataFrame:
@@ -361,7 +361,8 @@ def read_labels_pix(record: MonthRecord) -> gpd.GeoDataFrame:
 
     SN7 files declare CRS84 although the coordinates are pixels; the declaration is dropped.
     """
-    return _footprints(_read_label_file(record, "labels_match_pix").set_crs(None, allow_override=True), record.labels_match_pix)
+    gdf, path = _read_label_file(record, "labels_match_pix")
+    return _footprints(gdf.set_crs(None, allow_override=True), path)
 
 
 def rasterize_footprints(geoms, shape: tuple[int, int], transform: Affine = IDENTITY,

@@ -301,7 +301,7 @@ class WindowDataModule(L.LightningDataModule):
         self.val_set = GridWindows(root, index, size, in_memory, spec)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
-    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+    def _loader(self, ds: RandomWindows | GridWindows, train: bool) -> DataLoader:
         return DataLoader(ds, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
                           drop_last=train and len(ds) > self.batch_size,
                           generator=torch.Generator().manual_seed(self.seed), persistent_workers=self.num_workers > 0)

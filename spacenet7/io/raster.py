@@ -116,9 +116,8 @@ def read_resampled(ds, indexes: list[int] | int, window: Window, factor: float, 
     """Read ``window`` resampled ``factor`` times finer (factor 1 reads it as is)."""
     if factor == 1:
         return read_checked(ds, indexes, window=window, boundless=False)
-    shape = (int(round(window.height * factor)), int(round(window.width * factor)))
-    if isinstance(indexes, list):
-        shape = (len(indexes), *shape)
+    hw = (int(round(window.height * factor)), int(round(window.width * factor)))
+    shape: tuple[int, ...] = (len(indexes), *hw) if isinstance(indexes, list) else hw
     return read_checked(ds, indexes, window=window, out_shape=shape, resampling=resampling)
 
 

@@ -121,5 +121,5 @@ def _greedy(ia: np.ndarray, ib: np.ndarray, iou: np.ndarray) -> Matches:
             used_a.add(x)
             used_b.add(y)
             keep.append(k)
-    keep = np.asarray(keep, np.int64)
-    return Matches(ia[keep], ib[keep], iou[keep])
+    kept = np.asarray(keep, np.int64)
+    return Matches(ia[kept], ib[kept], iou[kept])

@@ -36,14 +36,17 @@ def reference_scot(truth: pd.DataFrame, proposal: pd.DataFrame, min_truth_area: 
         p_aoi = proposal[(proposal.aoi == aoi) & ~proposal.geometry.apply(lambda g: g.is_empty)]
         months = sorted(set(t_aoi.month) | set(p_aoi.month))
         tp = fp = fn = mism = ctp = cfp = cfn = 0
-        g_past, p_past, g_seen, p_seen = {}, {}, set(), set()
+        g_past: dict[int, int] = {}
+        p_past: dict[int, int] = {}
+        g_seen: set[int] = set()
+        p_seen: set[int] = set()
         for i, month in enumerate(months):
             t = t_aoi[t_aoi.month == month]
             p = p_aoi[p_aoi.month == month]
             pairs = _match(list(t.geometry), list(p.geometry))
             gids, pids = list(t.id), list(p.id)
             matched = [(gids[a], pids[b]) for a, b in pairs]
-            bad = sum(1 for g, q in matched if (g in g_past and g_past[g] != q) or (q in p_past and p_past[q] != g))
+            bad = sum(1 for g, q in matched if bool (g in g_past and g_past[g] != q) or (q in p_past and p_past[q] != g))
             for g, q in matched:
                 g_past[g], p_past[q] = q, g
             tp += len(matched) - bad

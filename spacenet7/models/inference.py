@@ -51,7 +51,7 @@ def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: st
                                  f"(checkpoint was trained as {hp['model'].get('arch')}/{hp['model'].get('encoder_name')}): {first}") from None
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     meta = hp.get("chip_meta") or {}
-    net = net.eval().to(dev, memory_format=torch.channels_last)
+    net = net.eval().to(dev).to(memory_format=torch.channels_last)
     return LoadedModel(net, float(meta.get("upscale", 1.0)), InputSpec.from_dict(meta.get("input")), dev, autocast_dtype(dev, amp))
 
 def window_weights(tile: int) -> np.ndarray:
@@ -98,7 +98,7 @@ def predict_batch(model: LoadedModel, batch: torch.Tensor, tta: str | None) -> t
     """Sigmoid probabilities of a (B, 3, h, w) batch, averaged over the ``TTA_VIEWS[tta]`` views (None: one)."""
     views = TTA_VIEWS[tta] if tta else ((0, False),)
     batch = batch.to(model.device)
-    out = 0
+    out = torch.zeros(())
     for k, mirror in views:
         xb = batch.flip(3) if mirror else batch
         xb = torch.rot90(xb, k, (2, 3)) if k else xb
