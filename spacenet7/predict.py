@@ -109,8 +109,7 @@ def predict_mosaic(model: LoadedModel, rec: MonthRecord, out: Path, *, tile: int
     Raises:
         NoValidPixels: the month has no usable pixel.
     """
-    with open_raster(rec.image) as ds:
-        check_fits(ds, model.spec, rec.image)
+    with open_raster(rec.image) as ds:  # read_image checks the file against model.spec
         h, w, transform, crs = ds.height, ds.width, ds.transform, ds.crs
     f = model.upscale
     fi = int(round(f))

@@ -44,16 +44,15 @@ def fuse(raw: list[Path], finals: list[Path], weight: float, block: int, scratch
             tmp = scratch / f"{final.stem}.fused.tif"
             tmps.append(rasterio.open(tmp, "w", **cog_profile(ref.profile, predictor=1)))
         for win in iter_windows(h, w, block, block):
+            blocks = [src.read(window=win) for src in views]  # read (and warp) each month once per block
             total = np.zeros((len(CHANNELS), int(win.height), int(win.width)), np.float32)
             count = np.zeros((int(win.height), int(win.width)), np.float32)
-            for src in views:
-                a = src.read(window=win)
+            for a in blocks:
                 ok = a[0] != NODATA
                 total += np.where(ok, a, 0)
                 count += ok
             mean = total / np.maximum(count, 1)
-            for src, dst in zip(views, tmps):
-                a = src.read(window=win)
+            for a, dst in zip(blocks, tmps):
                 ok = a[0] != NODATA
                 fused = np.round((1 - weight) * a + weight * mean)
                 dst.write(np.where(ok, fused, NODATA).astype(np.uint8), window=win)

@@ -238,7 +238,8 @@ def records_from_files(paths: Sequence[str | Path], aoi: str | None = None) -> d
         first = files[found.index(None)]
         raise SN7DataError(first, "no date in its name or TIFF tags, but other files have one; name every month "
                                   "(e.g. area_2019-03.tif) or none (the list order is then the month order)")
-    months = [m or (0, 0) for m in found] if found[0] is not None else [(1 + i // 12, 1 + i % 12) for i in range(len(files))]
+    dated = [m for m in found if m is not None]  # every file's month, or none at all (checked above)
+    months = dated or [(1 + i // 12, 1 + i % 12) for i in range(len(files))]
     out: dict[str, list[MonthRecord]] = {}
     for p, (year, month) in zip(files, months):
         name = aoi
