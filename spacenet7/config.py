@@ -196,6 +196,9 @@ class TrainConfig:
     crop: Optional[int] = None  # 7-band chips: train on a random crop x crop window of each chip (None = whole chips)
     windows: WindowsConfig = field(default_factory=WindowsConfig)
     init_from: Optional[str] = None  # a checkpoint of the same architecture to start from (weights only)
+    # exponential moving average of the weights (Lightning's EMAWeightAveraging), e.g. 0.998: validation
+    # and the checkpoints use the average; None = off
+    ema_decay: Optional[float] = None
 
     def __post_init__(self) -> None:
         check(self.batch_size > 0, "train", f"batch_size={self.batch_size} must be > 0")
@@ -203,6 +206,7 @@ class TrainConfig:
         check(self.num_workers >= 0, "train", f"num_workers={self.num_workers} must be >= 0")
         check(self.crop is None or self.crop > 0, "train", f"crop={self.crop} must be > 0 or null")
         check(0 <= self.empty_chips <= 1, "train", f"empty_chips={self.empty_chips} must be within [0, 1]")
+        check(self.ema_decay is None or 0 < self.ema_decay < 1, "train", f"ema_decay={self.ema_decay} must be within (0, 1) or null")
 
 
 @dataclass

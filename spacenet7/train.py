@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 import yaml
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from spacenet7.chip import load_index
@@ -143,6 +143,8 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
     last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, save_on_train_epoch_end=True,
                               enable_version_counter=False)
     callbacks: list[Callback] = [best_cb, last_cb]
+    if cfg.ema_decay is not None:  # validation, best.ckpt and last.ckpt see the averaged weights
+        callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay))
     if cfg.early_stopping_patience > 0:
         callbacks.append(EarlyStopping(monitor=cfg.monitor, mode="max", patience=cfg.early_stopping_patience))
     loggers: list[Logger] = []

@@ -251,3 +251,24 @@ def test_crop_draws_random_windows_of_each_training_chip_and_leaves_validation_w
     assert len(offsets) > 3  # random positions, not one fixed window
     small = ChipDataModule(chip_dir, index, batch_size=2, crop=256).train_dataloader().dataset[0]
     assert small["image"].shape[-2:] == (128, 128)  # chips no larger than the crop are used whole
+
+
+def test_ema_checkpoints_hold_the_average_of_the_step_weights(chip_dir, tmp_path):
+    """ema_decay: the checkpoint's weights are decay-weighted averages of the weights after each
+    step (not the last step's), and ``current_model_state`` keeps the raw ones for resume."""
+    extra = ("trainer.limit_train_batches=3", "trainer.limit_val_batches=1")
+    plain = torch.load(train.run(_cfg(chip_dir, tmp_path / "plain", *extra))["last"], map_location="cpu", weights_only=True)
+    ema = torch.load(train.run(_cfg(chip_dir, tmp_path / "ema", *extra, "ema_decay=0.5"))["last"],
+                     map_location="cpu", weights_only=True)
+    raw = ema["current_model_state"]
+    key = next(k for k, v in raw.items() if k.startswith("net.") and v.is_floating_point() and v.ndim == 4)
+    # same seed, so the raw weights are those of the run without EMA; the averaged ones differ
+    assert torch.equal(raw[key], plain["state_dict"][key])
+    assert not torch.allclose(ema["state_dict"][key], raw[key])
+    # the average lies between the start and the last step: closer to the last step than the start is
+    torch.manual_seed(0)  # train.run seeds 0 before it builds the network: the same initial weights
+    start = SegmentationTask(**{k: ema["hyper_parameters"][k] for k in ("model", "loss", "optimizer")})
+    first = start.state_dict()[key]
+    assert (ema["state_dict"][key] - raw[key]).norm() < (first - raw[key]).norm()
+    with pytest.raises(SN7Error, match="ema_decay=1.5 must be within"):
+        _cfg(chip_dir, tmp_path / "bad", "ema_decay=1.5")
