@@ -12,3 +12,7 @@ STAGES: dict[str, str] = {
     "evaluate": "score a submission with SCOT (tracking + change) and per-month F1",
     "pipeline": "run synth (if needed), chip, train, predict, vectorize, export, evaluate",
 }
+"""Every CLI stage, in the order ``pipeline`` runs them: the one definition of the stage order."""
+
+PIPELINE_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s != "pipeline")
+"""The stages ``pipeline`` runs (and the nodes of its config tree), in order."""
