@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -104,12 +106,12 @@ class ChipConfig:
     layout: Layout = Layout.chips  # 7-band chips, or target rasters that training draws windows from
     chip_size: int = 256
     overlap: int = 32
-    upscale: float = 1.0
+    upscale: float = 1.0  # input upscaling (SN7 winners used 3-4x); labels are re-rasterized on the finer grid
     min_valid_frac: float = 0.5
     month_stride: int = 1
     boundary_width: int = 1
     contact_width: int = 1
-    split: Split = Split.aoi
+    split: Split = Split.aoi  # aoi | spatial (for one-AOI data such as the real sample)
     val_frac: float = 0.25
     seed: int = 0
     index_format: IndexFormat = IndexFormat.parquet
@@ -215,7 +217,7 @@ class PredictConfig:
     data_root: str = "data/synthetic"
     split_dir: str = "train"
     aois: Optional[List[str]] = None
-    images: Optional[List[str]] = None  # explicit mosaics instead of a data root
+    images: Optional[List[str]] = None  # GeoTIFFs of one area instead of a data root (month from the name, TIFF date tag or list order)
     out_dir: str = "runs/demo/predictions"
     tile: int = 256
     overlap: int = 64
@@ -223,11 +225,11 @@ class PredictConfig:
     gdal_cache_mb: int = 256  # GDAL block cache (its default is 5% of RAM)
     batch_size: int = 8
     tta: bool = True  # average the probabilities over test-time views (rotations and mirrors)
-    tta_views: TTAViews = TTAViews.d4
+    tta_views: TTAViews = TTAViews.d4  # d4: the 8 rotations/mirrors | flips: identity + 2 mirrors
     amp: bool = True  # bf16/fp16 autocast where the hardware runs it natively
-    fusion: bool = True
+    fusion: bool = True  # blend each month with the AOI's all-month mean
     fusion_weight: float = 0.35
-    grid: Grid = Grid.source
+    grid: Grid = Grid.source  # source | upscaled
     device: str = "auto"
     model: Any = None  # expected architecture; None = the one stored in the checkpoint
     progress: bool = True
@@ -260,6 +262,7 @@ class VectorizeConfig:
     pred_dir: str = "runs/demo/predictions"
     out_dir: str = "runs/demo/vectors"
     aois: Optional[List[str]] = None
+    # the tuned thresholds (their one home): chosen with TTA on the demo's validation AOI, never the held-out one
     threshold: float = 0.4
     seed_threshold: float = 0.55
     min_seed_px: int = 2
@@ -437,15 +440,23 @@ def compose_node(stage: str, overrides: list[str] | None = None) -> DictConfig:
     Works inside a running Hydra app (the pipeline) and outside one (tests, notebooks).
     """
     from hydra import compose as hydra_compose
+
+    with _hydra_initialized():
+        return hydra_compose(config_name=stage, overrides=list(overrides or []))
+
+
+@contextmanager
+def _hydra_initialized() -> Iterator[None]:
+    """Hydra's global state for ``conf/``: the running app's, or one set up for the duration."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     register()
-    overrides = list(overrides or [])
     if GlobalHydra.instance().is_initialized():
-        return hydra_compose(config_name=stage, overrides=overrides)
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return hydra_compose(config_name=stage, overrides=overrides)
+        yield
+    else:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            yield
 
 
 def to_config(stage: str, cfg: DictConfig) -> Any:
@@ -454,13 +465,15 @@ def to_config(stage: str, cfg: DictConfig) -> Any:
     if stage == "pipeline":
         from spacenet7.pipeline import resolve
 
-        return resolve(cfg)
+        with _hydra_initialized():
+            return resolve(cfg)
     return OmegaConf.to_object(cfg)
 
 
 def compose(stage: str, overrides: list[str] | None = None) -> Any:
     """Compose ``conf/<stage>.yaml`` with overrides and return its typed dataclass."""
-    return to_config(stage, compose_node(stage, overrides))
+    with _hydra_initialized():
+        return to_config(stage, compose_node(stage, overrides))
 
 
 def compose_checked(stage: str, overrides: list[str] | None = None) -> Any:

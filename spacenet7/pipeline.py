@@ -89,14 +89,18 @@ def _keys(d: dict[str, Any], prefix: str = "") -> list[str]:
     return [k for key, v in d.items() for k in (_keys(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"])]
 
 
-def _stage_node(stage: str, given: dict[str, Any], wired: dict[str, Any], groups: TrainGroups | None) -> Any:
+def _stage_node(stage: str, given: dict[str, Any], wired: dict[str, Any], groups: TrainGroups | None,
+                cache: dict[tuple[str, ...], DictConfig]) -> Any:
     """One stage's config: its own composed config, the pipeline's settings, then the hand-offs."""
     clash = sorted(set(_keys(given)) & set(wired))
     if clash:
         raise SN7Error(f"pipeline: {', '.join(f'{stage}.{k}' for k in clash)} is wired by the pipeline "
                        f"(from run_dir and data_root); set those instead")
     choices = [] if groups is None else [f"{g}={getattr(groups, g)}" for g in TRAIN_GROUPS if getattr(groups, g) is not None]
-    base = compose_node(stage, choices)  # group choices are option names, checked against conf/<group>/
+    key = (stage, *choices)
+    if key not in cache:  # group choices are option names, checked against conf/<group>/
+        cache[key] = compose_node(stage, choices)
+    base = cache[key].copy()
     for key, value in given.items():  # an empty map (predict's input) takes new keys, as with a leading + on the stage's command line
         if isinstance(value, dict) and isinstance(base.get(key), DictConfig) and not base[key]:
             with open_dict(base):
@@ -114,7 +118,7 @@ def _pretrain_tree(spec: DictConfig) -> DictConfig:
                                          "stages": ["synth", "chip", "train"]})
 
 
-def resolve(spec: DictConfig) -> PipelineConfig:
+def resolve(spec: DictConfig, cache: dict[tuple[str, ...], DictConfig] | None = None) -> PipelineConfig:
     """The composed pipeline tree (schema ``_pipeline_schema``) as a :class:`PipelineConfig`: every
     stage node composed from its own config, the pipeline's settings and the hand-offs merged in,
     and checked (the stages' own checks included). The AOIs are set later, once the data is scanned.
@@ -122,19 +126,20 @@ def resolve(spec: DictConfig) -> PipelineConfig:
     Raises:
         SN7Error: a hand-off path set by hand, a bad value (the stages' checks).
     """
+    cache = {} if cache is None else cache  # each stage's own config, composed once per group choice
     run = {f.name: spec[f.name] for f in dataclasses.fields(PipelineConfig)
            if f.name not in (*PIPELINE_STAGES, "groups", "pretrain")}
     run["stages"] = list(run["stages"])
     groups = StageGroups(train=TrainGroups(**OmegaConf.to_container(spec.groups.train)))  # type: ignore[arg-type]
     pretrain = None
     if spec.pretrain is not None:
-        pretrain = resolve(_pretrain_tree(spec))
+        pretrain = resolve(_pretrain_tree(spec), cache)
         if pretrain.pretrain is not None:
             raise SN7Error("pipeline: pretrain cannot itself have a pretrain section")
     holdout = Holdout(spec.holdout)
     wired = handoffs(spec.run_dir, spec.data_root, holdout, spec.band_frac,
                      pretrain_dir=None if pretrain is None else pretrain.run_dir)
-    nodes = {stage: _stage_node(stage, set_values(spec[stage]), wired[stage], groups.train if stage == "train" else None)
+    nodes = {stage: _stage_node(stage, set_values(spec[stage]), wired[stage], groups.train if stage == "train" else None, cache)
              for stage in PIPELINE_STAGES}
     return PipelineConfig(**run, groups=groups, pretrain=pretrain, **nodes)
 
