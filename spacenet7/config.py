@@ -389,9 +389,24 @@ def node_schema(cls: type, exclude: tuple[str, ...] = ()) -> type:
         if is_dataclass(tp):
             sub = node_schema(cast(type, tp))
             specs.append((f.name, sub, field(default_factory=sub)))
+        elif tp is Any:  # a swap point (model, loss, ...): an open map, so that keys need no + (see _open_swap_points)
+            specs.append((f.name, tp, field(default_factory=dict)))
         else:
             specs.append((f.name, tp, field(default=MISSING)))
     return make_dataclass(cls.__name__, specs)
+
+
+def _open_swap_points(node: DictConfig, cls: type) -> None:
+    """Let the ``Any`` maps of a :func:`node_schema` tree (``train.model``, ...) take new keys
+    without a ``+``: their keys are checked later, against the stage's composed config."""
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        if f.name not in node:
+            continue
+        if hints[f.name] is Any:
+            OmegaConf.set_struct(node[f.name], False)
+        elif is_dataclass(hints[f.name]):
+            _open_swap_points(node[f.name], cast(type, hints[f.name]))
 
 
 def _pipeline_schema() -> type:
@@ -412,13 +427,24 @@ def _pipeline_schema() -> type:
     return make_dataclass("PipelineConfig", specs)
 
 
+def _pipeline_schema_node() -> DictConfig:
+    node = OmegaConf.structured(_pipeline_schema())
+    hints = get_type_hints(PipelineConfig)
+    for stage in PIPELINE_STAGES:
+        _open_swap_points(node[stage], hints[stage])
+    return node
+
+
+_PIPELINE_SCHEMA = _pipeline_schema_node()
+
+
 SCHEMAS: dict[str, type] = {
     "synth": SynthConfig, "chip": ChipConfig, "train": TrainConfig, "predict": PredictConfig,
-    "vectorize": VectorizeConfig, "export": ExportConfig, "evaluate": EvaluateConfig, "pipeline": _pipeline_schema(),
+    "vectorize": VectorizeConfig, "export": ExportConfig, "evaluate": EvaluateConfig, "pipeline": PipelineConfig,
 }
-"""The composition schema of each stage (``_<stage>_schema``). The pipeline's is generated from
-:class:`PipelineConfig`; composing it gives the typed :class:`PipelineConfig` via
-:func:`spacenet7.pipeline.resolve`."""
+"""Each stage's typed config; registered as its composition schema ``_<stage>_schema``, except the
+pipeline's, which is generated from :class:`PipelineConfig` (:func:`_pipeline_schema`) and resolved
+into one by :func:`spacenet7.pipeline.resolve`."""
 
 
 def register() -> None:
@@ -428,7 +454,7 @@ def register() -> None:
     override, checked against the options there are. Idempotent."""
     cs = ConfigStore.instance()
     for name, schema in SCHEMAS.items():
-        cs.store(name=f"_{name}_schema", node=schema)
+        cs.store(name=f"_{name}_schema", node=_PIPELINE_SCHEMA if schema is PipelineConfig else schema)
     for group in TRAIN_GROUPS:
         for option in sorted((CONF_DIR / group).glob("*.yaml")):
             cs.store(group=f"train/{group}", name=option.stem, node={group: option.stem}, package="groups.train")

@@ -80,6 +80,8 @@ def set_values(node: DictConfig) -> dict[str, Any]:
             sub = set_values(value)
             if sub:
                 out[str(key)] = sub
+        elif isinstance(value, DictConfig) and not value:
+            continue  # an unset swap point (train.model, ...): an empty open map
         else:
             out[str(key)] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else node[key]
     return out
