@@ -20,7 +20,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from spacenet7 import PIPELINE_STAGES
-
 from spacenet7.data.bands import InputSpec
 from spacenet7.errors import SN7Error, check, choice
 from spacenet7.track import TrackConfig  # the schema of vectorize's track node
@@ -421,7 +420,7 @@ def _pipeline_schema() -> type:
             node = node_schema(hints[f.name])
             specs.append((f.name, node, field(default_factory=node)))
         elif f.name == "pretrain":
-            specs.append((f.name, Optional[pretrain], field(default=None)))  # type: ignore[valid-type]
+            specs.append((f.name, Optional[pretrain], field(default=None)))
         else:
             specs.append((f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory)))
     return make_dataclass("PipelineConfig", specs)

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -99,10 +99,10 @@ def _stage_node(stage: str, given: dict[str, Any], wired: dict[str, Any], groups
         raise SN7Error(f"pipeline: {', '.join(f'{stage}.{k}' for k in clash)} is wired by the pipeline "
                        f"(from run_dir and data_root); set those instead")
     choices = [] if groups is None else [f"{g}={getattr(groups, g)}" for g in TRAIN_GROUPS if getattr(groups, g) is not None]
-    key = (stage, *choices)
-    if key not in cache:  # group choices are option names, checked against conf/<group>/
-        cache[key] = compose_node(stage, choices)
-    base = cache[key].copy()
+    cached = (stage, *choices)
+    if cached not in cache:  # group choices are option names, checked against conf/<group>/
+        cache[cached] = compose_node(stage, choices)
+    base = cache[cached].copy()
     for key, value in given.items():  # an empty map (predict's input) takes new keys, as with a leading + on the stage's command line
         if isinstance(value, dict) and isinstance(base.get(key), DictConfig) and not base[key]:
             with open_dict(base):
@@ -116,8 +116,8 @@ def _pretrain_tree(spec: DictConfig) -> DictConfig:
     ``<run_dir>/pretrain``, running synth -> chip -> train, with ``spec.pretrain`` merged in."""
     run_dir = Path(spec.run_dir) / "pretrain"
     base = compose_node("pipeline")
-    return OmegaConf.merge(base, set_values(spec.pretrain), {"run_dir": str(run_dir), "data_root": str(run_dir / "data"),
-                                         "stages": ["synth", "chip", "train"]})
+    wired = {"run_dir": str(run_dir), "data_root": str(run_dir / "data"), "stages": ["synth", "chip", "train"]}
+    return cast(DictConfig, OmegaConf.merge(base, set_values(spec.pretrain), wired))
 
 
 def resolve(spec: DictConfig, cache: dict[tuple[str, ...], DictConfig] | None = None) -> PipelineConfig:
