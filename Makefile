@@ -34,10 +34,11 @@ real: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# ruff's lint rules (pyproject.toml: pyflakes, pycodestyle, isort, bugbear, pyupgrade, Google docstrings)
-# and mypy on the package
+# ruff's lint rules (pyproject.toml: pyflakes, pycodestyle, isort, bugbear, pyupgrade, Google docstrings),
+# ruff's formatting (`ruff format spacenet7 tests bench` applies it) and mypy on the package
 lint: $(STAMP)
 	$(BIN)/ruff check spacenet7 tests bench
+	$(BIN)/ruff format --check spacenet7 tests bench
 	$(BIN)/mypy
 
 test-slow: $(STAMP)

@@ -84,12 +84,12 @@ def main() -> None:
     ckpt = args.checkpoint
     if ckpt is None:
         cfg = compose("pipeline", [f"run_dir={run}", f"data_root={data}", "stages=[synth,chip,train]", "n_test_aois=1",
-                                   f"+overrides.synth.style={args.style}"])
+                                   f"synth.style={args.style}"])
         pipeline.run(cfg)
         ckpt = run / "train" / "checkpoints" / "best.ckpt"
     elif not data.is_dir():
         pipeline.run(compose("pipeline", [f"run_dir={run}", f"data_root={data}", "stages=[synth]",
-                                          f"+overrides.synth.style={args.style}"]))
+                                          f"synth.style={args.style}"]))
     real, synthetic = image_stats(REAL), image_stats(data)
     print(f"\n{'statistic':<26} {'real sample':>12} {'synthetic':>12} {'synthetic/real':>15}")
     for k in real:

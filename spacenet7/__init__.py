@@ -1,5 +1,7 @@
 """spacenet7: monthly Planet mosaics -> tracked building footprints (SpaceNet 7 style)."""
 
+import itertools
+
 __version__ = "0.1.0"
 
 STAGES: dict[str, str] = {
@@ -12,3 +14,9 @@ STAGES: dict[str, str] = {
     "evaluate": "score a submission with SCOT (tracking + change) and per-month F1",
     "pipeline": "run synth (if needed), chip, train, predict, vectorize, export, evaluate",
 }
+"""Every CLI stage: first the ones ``pipeline`` runs, in its order (the one definition of the stage
+order), then ``pipeline``, then any stage it does not run (add those after ``pipeline``)."""
+
+PIPELINE_STAGES: tuple[str, ...] = tuple(itertools.takewhile(lambda s: s != "pipeline", STAGES))
+"""The stages ``pipeline`` runs (and the nodes of its config tree), in order: the keys of
+:data:`STAGES` before ``pipeline``."""

@@ -18,6 +18,7 @@ def _help() -> str:
     lines += [f"  {name:<{width}}  {text}" for name, text in STAGES.items()]
     lines += ["", "examples:", "  spacenet7 synth out_dir=data/synthetic n_aois=3 n_months=12 size=1024 seed=0",
               "  spacenet7 train -m model.encoder_name=resnet18,efficientnet-b0 experiment=demo_cpu",
+              "  spacenet7 pipeline train.max_epochs=3 predict.tile=512 train/model=unet",
               "  spacenet7 evaluate truth=TRUTH.csv proposal=PROPOSAL.csv out=metrics.json"]
     return "\n".join(lines)
 
@@ -40,9 +41,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
     import hydra
-    from omegaconf import OmegaConf
 
-    from spacenet7.config import CONF_DIR, register
+    from spacenet7.config import CONF_DIR, register, to_config
 
     register()
     precheck(stage, argv)
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         for noisy in ("pyogrio", "rasterio", "fiona", "matplotlib", "PIL"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         try:
-            run_stage(stage, OmegaConf.to_object(cfg))
+            run_stage(stage, to_config(stage, cfg))
         except SN7Error as exc:
             fail(stage, str(exc))
         except OSError as exc:  # the OS's reason, with the file it concerns, as one line

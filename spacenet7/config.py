@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, cast, get_type_hints
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
+from spacenet7 import PIPELINE_STAGES
 from spacenet7.data.bands import InputSpec
 from spacenet7.errors import SN7Error, check, choice
 from spacenet7.track import TrackConfig  # the schema of vectorize's track node
@@ -102,12 +105,12 @@ class ChipConfig:
     layout: Layout = Layout.chips  # 7-band chips, or target rasters that training draws windows from
     chip_size: int = 256
     overlap: int = 32
-    upscale: float = 1.0
+    upscale: float = 1.0  # input upscaling (SN7 winners used 3-4x); labels are re-rasterized on the finer grid
     min_valid_frac: float = 0.5
     month_stride: int = 1
     boundary_width: int = 1
     contact_width: int = 1
-    split: Split = Split.aoi
+    split: Split = Split.aoi  # aoi | spatial (for one-AOI data such as the real sample)
     val_frac: float = 0.25
     seed: int = 0
     index_format: IndexFormat = IndexFormat.parquet
@@ -217,7 +220,7 @@ class PredictConfig:
     data_root: str = "data/synthetic"
     split_dir: str = "train"
     aois: Optional[List[str]] = None
-    images: Optional[List[str]] = None  # explicit mosaics instead of a data root
+    images: Optional[List[str]] = None  # GeoTIFFs of one area instead of a data root (month from the name, TIFF date tag or list order)
     out_dir: str = "runs/demo/predictions"
     tile: int = 256
     overlap: int = 64
@@ -225,11 +228,11 @@ class PredictConfig:
     gdal_cache_mb: int = 256  # GDAL block cache (its default is 5% of RAM)
     batch_size: int = 8
     tta: bool = True  # average the probabilities over test-time views (rotations and mirrors)
-    tta_views: TTAViews = TTAViews.d4
+    tta_views: TTAViews = TTAViews.d4  # d4: the 8 rotations/mirrors | flips: identity + 2 mirrors
     amp: bool = True  # bf16/fp16 autocast where the hardware runs it natively
-    fusion: bool = True
+    fusion: bool = True  # blend each month with the AOI's all-month mean
     fusion_weight: float = 0.35
-    grid: Grid = Grid.source
+    grid: Grid = Grid.source  # source | upscaled
     device: str = "auto"
     model: Any = None  # expected architecture; None = the one stored in the checkpoint
     progress: bool = True
@@ -262,6 +265,7 @@ class VectorizeConfig:
     pred_dir: str = "runs/demo/predictions"
     out_dir: str = "runs/demo/vectors"
     aois: Optional[List[str]] = None
+    # the tuned thresholds (their one home): chosen with TTA on the demo's validation AOI, never the held-out one
     threshold: float = 0.4
     seed_threshold: float = 0.55
     min_seed_px: int = 2
@@ -312,58 +316,193 @@ class EvaluateConfig:
               f"region={self.region} must be [row0, row1, col0, col1] in source pixels")
 
 
+TRAIN_GROUPS: tuple[str, ...] = ("model", "loss", "optimizer", "augment", "trainer", "experiment")
+"""The config groups of ``conf/train.yaml`` that the pipeline lets one choose (``train/<group>=<option>``)."""
+
+
+@dataclass
+class TrainGroups:
+    """The training groups the pipeline composes ``train`` with; ``None`` = ``conf/train.yaml``'s own choice."""
+
+    model: Optional[str] = None
+    loss: Optional[str] = None
+    optimizer: Optional[str] = None
+    augment: Optional[str] = None
+    trainer: Optional[str] = None
+    experiment: Optional[str] = None
+
+
+@dataclass
+class StageGroups:
+    """Group choices per stage (``groups.train.model``; set them with ``train/model=unet``)."""
+
+    train: TrainGroups = field(default_factory=TrainGroups)
+
+
 @dataclass
 class PipelineConfig:
-    """``spacenet7 pipeline``: every stage wired through files under ``run_dir`` (``conf/pipeline.yaml``)."""
+    """``spacenet7 pipeline``: one config tree, a node per stage (``conf/pipeline.yaml``).
+
+    Each stage node is that stage's own composed config (``conf/<stage>.yaml`` and, for ``train``,
+    the groups in ``groups.train``) with the pipeline's settings for it merged in, and the hand-off
+    paths (:func:`spacenet7.pipeline.handoffs`) set from ``run_dir`` and ``data_root``.
+    """
 
     run_dir: str = "runs/demo"
     data_root: str = "data/synthetic"
     n_test_aois: int = 1  # holdout=aoi: the last AOIs (sorted) are held out, never chipped or trained on
-    holdout: Holdout = Holdout.aoi
+    holdout: Holdout = Holdout.aoi  # aoi | band (the right band_frac of every AOI is held out: one-AOI data)
     band_frac: float = 0.25  # holdout=band: width fraction of the held-out band (the training run's validation band)
-    stages: List[str] = field(default_factory=lambda: ["synth", "chip", "train", "predict", "vectorize", "export", "evaluate"])
-    # per-stage settings, e.g. overrides.train.max_epochs=3 or overrides.train.experiment=demo_cpu
-    overrides: Dict[str, Any] = field(default_factory=dict)
-    # synthetic pretraining: a nested pipeline (synth -> chip -> train) of the default config with these
-    # settings merged in, run under <run_dir>/pretrain; train then starts from its best checkpoint
-    pretrain: Optional[Dict[str, Any]] = None
+    stages: List[str] = field(default_factory=lambda: list(PIPELINE_STAGES))
+    groups: StageGroups = field(default_factory=StageGroups)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    chip: ChipConfig = field(default_factory=ChipConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    vectorize: VectorizeConfig = field(default_factory=VectorizeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    # synthetic pretraining: a nested pipeline (synth -> chip -> train) of the default config with the
+    # recipe's pretrain settings merged in, run under <run_dir>/pretrain; train then starts from its best checkpoint
+    pretrain: Optional[PipelineConfig] = None
 
     def __post_init__(self) -> None:
         self.holdout = choice(self.holdout, Holdout, "pipeline", "holdout")
         check(0 < self.band_frac < 1, "pipeline", f"band_frac={self.band_frac} must be between 0 and 1")
         check(self.n_test_aois >= 1, "pipeline", f"n_test_aois={self.n_test_aois} must be >= 1")
+        unknown = [s for s in self.stages if s not in PIPELINE_STAGES]
+        check(not unknown, "pipeline", f"unknown stage(s) {unknown}; stages are {list(PIPELINE_STAGES)}")
+
+
+def node_schema(cls: type, exclude: tuple[str, ...] = ()) -> type:
+    """The schema of a stage node in the pipeline's config tree: ``cls``'s keys and types, every
+    value unset (``???``), nested dataclasses likewise.
+
+    Hydra validates a pipeline setting against it when the pipeline's config is composed (a typo
+    or a wrong type fails there, and no key needs a ``+``), and the keys that stay unset are left
+    to the stage's own composed config (:func:`spacenet7.pipeline.resolve`). The class keeps
+    ``cls``'s name, so an error reads "Key 'tiel' not in 'PredictConfig'".
+    """
+    hints = get_type_hints(cls)
+    specs: list[Any] = []
+    for f in fields(cls):
+        if f.name in exclude:
+            continue
+        tp = hints[f.name]
+        if is_dataclass(tp):
+            sub = node_schema(cast(type, tp))
+            specs.append((f.name, sub, field(default_factory=sub)))
+        elif tp is Any:  # a swap point (model, loss, ...): an open map, so that keys need no + (see _open_swap_points)
+            specs.append((f.name, tp, field(default_factory=dict)))
+        else:
+            specs.append((f.name, tp, field(default=MISSING)))
+    return make_dataclass(cls.__name__, specs)
+
+
+def _open_swap_points(node: DictConfig, cls: type) -> None:
+    """Let the ``Any`` maps of a :func:`node_schema` tree (``train.model``, ...) take new keys
+    without a ``+``: their keys are checked later, against the stage's composed config."""
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        if f.name not in node:
+            continue
+        if hints[f.name] is Any:
+            OmegaConf.set_struct(node[f.name], False)
+        elif is_dataclass(hints[f.name]):
+            _open_swap_points(node[f.name], cast(type, hints[f.name]))
+
+
+def _pipeline_schema() -> type:
+    """What ``conf/pipeline.yaml``, a recipe and the command line may set: the run's own keys with
+    their defaults, group choices, a :func:`node_schema` per stage, and ``pretrain`` (the same
+    stage nodes and group choices, all unset)."""
+    hints = get_type_hints(PipelineConfig)
+    pretrain = node_schema(PipelineConfig, exclude=("run_dir", "data_root", "stages", "pretrain"))
+    specs: list[Any] = []
+    for f in fields(PipelineConfig):
+        if f.name in PIPELINE_STAGES:
+            node = node_schema(hints[f.name])
+            specs.append((f.name, node, field(default_factory=node)))
+        elif f.name == "pretrain":
+            specs.append((f.name, Optional[pretrain], field(default=None)))
+        else:
+            specs.append((f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory)))
+    return make_dataclass("PipelineConfig", specs)
+
+
+def _pipeline_schema_node() -> DictConfig:
+    node = OmegaConf.structured(_pipeline_schema())
+    hints = get_type_hints(PipelineConfig)
+    for stage in PIPELINE_STAGES:
+        _open_swap_points(node[stage], hints[stage])
+    return node
+
+
+_PIPELINE_SCHEMA = _pipeline_schema_node()
 
 
 SCHEMAS: dict[str, type] = {
     "synth": SynthConfig, "chip": ChipConfig, "train": TrainConfig, "predict": PredictConfig,
     "vectorize": VectorizeConfig, "export": ExportConfig, "evaluate": EvaluateConfig, "pipeline": PipelineConfig,
 }
+"""Each stage's typed config; registered as its composition schema ``_<stage>_schema``, except the
+pipeline's, which is generated from :class:`PipelineConfig` (:func:`_pipeline_schema`) and resolved
+into one by :func:`spacenet7.pipeline.resolve`."""
 
 
 def register() -> None:
-    """Register every stage schema as ``_<stage>_schema`` (idempotent)."""
+    """Register every stage schema as ``_<stage>_schema``, and the pipeline's training-group
+    choices as groups ``train/<group>`` (one option per ``conf/<group>/*.yaml``, setting
+    ``groups.train.<group>``), so that ``spacenet7 pipeline train/model=unet`` is a Hydra group
+    override, checked against the options there are. Idempotent."""
     cs = ConfigStore.instance()
     for name, schema in SCHEMAS.items():
-        cs.store(name=f"_{name}_schema", node=schema)
+        cs.store(name=f"_{name}_schema", node=_PIPELINE_SCHEMA if schema is PipelineConfig else schema)
+    for group in TRAIN_GROUPS:
+        for option in sorted((CONF_DIR / group).glob("*.yaml")):
+            cs.store(group=f"train/{group}", name=option.stem, node={group: option.stem}, package="groups.train")
 
 
-def compose(stage: str, overrides: list[str] | None = None) -> Any:
-    """Compose ``conf/<stage>.yaml`` with overrides and return its typed dataclass.
+def compose_node(stage: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``conf/<stage>.yaml`` with Hydra overrides: the config tree, before conversion.
 
     Works inside a running Hydra app (the pipeline) and outside one (tests, notebooks).
     """
     from hydra import compose as hydra_compose
+
+    with _hydra_initialized():
+        return hydra_compose(config_name=stage, overrides=list(overrides or []))
+
+
+@contextmanager
+def _hydra_initialized() -> Iterator[None]:
+    """Hydra's global state for ``conf/``: the running app's, or one set up for the duration."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     register()
-    overrides = list(overrides or [])
     if GlobalHydra.instance().is_initialized():
-        cfg = hydra_compose(config_name=stage, overrides=overrides)
+        yield
     else:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-            cfg = hydra_compose(config_name=stage, overrides=overrides)
+            yield
+
+
+def to_config(stage: str, cfg: DictConfig) -> Any:
+    """A composed config tree as its typed dataclass (the pipeline's tree is resolved: every stage
+    node composed and merged, :func:`spacenet7.pipeline.resolve`)."""
+    if stage == "pipeline":
+        from spacenet7.pipeline import resolve
+
+        with _hydra_initialized():
+            return resolve(cfg)
     return OmegaConf.to_object(cfg)
+
+
+def compose(stage: str, overrides: list[str] | None = None) -> Any:
+    """Compose ``conf/<stage>.yaml`` with overrides and return its typed dataclass."""
+    with _hydra_initialized():
+        return to_config(stage, compose_node(stage, overrides))
 
 
 def compose_checked(stage: str, overrides: list[str] | None = None) -> Any:

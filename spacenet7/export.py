@@ -88,8 +88,8 @@ def buildings_layer(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
 
 def _write_gpkg(path: Path, per_month, gdf: gpd.GeoDataFrame) -> Path:
     with atomic_path(path) as tmp:
-        for _, month, g in per_month:
-            write_vector(_month_layer(g, gdf.crs), tmp, layer=month.replace("-", "_"), driver="GPKG", append_layer=True)
+        for _, month_key, g in per_month:
+            write_vector(_month_layer(g, gdf.crs), tmp, layer=month_key.replace("-", "_"), driver="GPKG", append_layer=True)
         write_vector(buildings_layer(gdf), tmp, layer="buildings", driver="GPKG", append_layer=True)
     return path
 

@@ -1,8 +1,11 @@
 """Stage ``pipeline``: synth (if the data is missing) -> chip -> train -> predict -> vectorize -> export -> evaluate.
 
-Each stage is composed from its own ``conf/<stage>.yaml`` with the hand-off paths of this run
-plus ``overrides.<stage>`` from the pipeline config, exactly as if typed on the command line,
-and the stages hand off through files under ``run_dir``. What is held out and scored:
+One config tree (:class:`~spacenet7.config.PipelineConfig`): each stage's node is composed from
+that stage's own ``conf/<stage>.yaml`` (and, for ``train``, the group choices in ``groups.train``),
+then the pipeline's settings for it are merged in, then the hand-off paths (:func:`handoffs`,
+the one place they are derived from ``run_dir`` and ``data_root``). :func:`resolve` does this
+when the config is composed, so a typo, a wrong type or a bad value fails before any stage runs.
+The stages hand off through files under ``run_dir``. What is held out and scored:
 
 - ``holdout=aoi``: the last ``n_test_aois`` AOIs (sorted), never chipped or trained on;
 - ``holdout=band``: the right ``band_frac`` of every AOI (the training run's validation band;
@@ -12,44 +15,143 @@ and the stages hand off through files under ``run_dir``. What is held out and sc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
-from spacenet7.config import Holdout, PipelineConfig, compose, compose_checked
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from spacenet7 import PIPELINE_STAGES
+from spacenet7.config import TRAIN_GROUPS, Holdout, PipelineConfig, StageGroups, TrainGroups, compose_node
 from spacenet7.data.sn7 import check_not_too_deep, image_grid, scan
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path, ensure_writable_dir
 
 log = logging.getLogger(__name__)
-ORDER = ["synth", "chip", "train", "predict", "vectorize", "export", "evaluate"]
 
 
-def _list(xs: list[str]) -> str:
-    return "[" + ",".join(xs) + "]"
+def handoffs(run_dir: str | Path, data_root: str | Path, holdout: Holdout, band_frac: float,
+             pretrain_dir: str | Path | None = None, train_aois: list[str] | None = None,
+             test_aois: list[str] | None = None, region: list[int] | None = None) -> dict[str, dict[str, Any]]:
+    """The settings that wire the stages to each other's files, per stage: the one place they are derived.
 
-
-def stage_overrides(cfg: PipelineConfig, train_aois: list[str], test_aois: list[str],
-                    region: list[int] | None = None) -> dict[str, list[str]]:
-    """The Hydra overrides that wire every stage to this run's files (``region``: the held-out band)."""
-    run, root = Path(cfg.run_dir), cfg.data_root
-    ckpt = run / "train" / "checkpoints" / ("last.ckpt" if cfg.holdout is Holdout.band else "best.ckpt")
-    base = {
-        "synth": [f"out_dir={root}"],
-        "chip": [f"data_root={root}", f"out_dir={run / 'chips'}", f"aois={_list(train_aois)}"],
-        "train": [f"chip_dir={run / 'chips'}", f"run_dir={run / 'train'}"],
-        "predict": [f"checkpoint={ckpt}", f"data_root={root}", f"aois={_list(test_aois)}", f"out_dir={run / 'predictions'}"],
-        "vectorize": [f"pred_dir={run / 'predictions'}", f"out_dir={run / 'vectors'}", f"aois={_list(test_aois)}"],
-        "export": [f"vec_dir={run / 'vectors'}", f"out_dir={run / 'footprints'}", f"submission={run / 'submission.csv'}"],
-        "evaluate": [f"data_root={root}", f"aois={_list(test_aois)}", f"submission={run / 'submission.csv'}",
-                     f"out={run / 'metrics.json'}"],
+    Args:
+        run_dir: the run's folder; every stage writes under it.
+        data_root: the data set (SN7 layout).
+        holdout: what is held out (``band``: chips split spatially, the last checkpoint predicts,
+            evaluate scores only ``region``).
+        band_frac: ``holdout=band``: the held-out band's width fraction.
+        pretrain_dir: the synthetic-pretraining run, whose best checkpoint ``train`` starts from.
+        train_aois: the AOIs chipped and trained on (``None`` until the data has been scanned).
+        test_aois: the held-out AOIs, predicted and scored.
+        region: ``holdout=band``: the held-out band ``[row0, row1, col0, col1]``.
+    """
+    run, root = Path(run_dir), str(data_root)
+    ckpt = run / "train" / "checkpoints" / ("last.ckpt" if holdout is Holdout.band else "best.ckpt")
+    out: dict[str, dict[str, Any]] = {
+        "synth": {"out_dir": root},
+        "chip": {"data_root": root, "out_dir": str(run / "chips"), "aois": train_aois},
+        "train": {"chip_dir": str(run / "chips"), "run_dir": str(run / "train")},
+        "predict": {"checkpoint": str(ckpt), "data_root": root, "aois": test_aois, "out_dir": str(run / "predictions")},
+        "vectorize": {"pred_dir": str(run / "predictions"), "out_dir": str(run / "vectors"), "aois": test_aois},
+        "export": {"vec_dir": str(run / "vectors"), "out_dir": str(run / "footprints"), "submission": str(run / "submission.csv")},
+        "evaluate": {"data_root": root, "aois": test_aois, "submission": str(run / "submission.csv"),
+                     "out": str(run / "metrics.json")},
     }
-    if cfg.holdout is Holdout.band:
-        base["chip"] += ["split=spatial", f"val_frac={cfg.band_frac}"]
-        base["evaluate"] += [f"region={_list([str(v) for v in region or []])}"]
-    return {k: v + flatten_overrides(cfg.overrides.get(k) or {}) for k, v in base.items()}
+    if pretrain_dir is not None:
+        out["train"]["init_from"] = str(Path(pretrain_dir) / "train" / "checkpoints" / "best.ckpt")
+    if holdout is Holdout.band:
+        out["chip"] |= {"split": "spatial", "val_frac": band_frac}
+        out["evaluate"]["region"] = None if region is None else [float(v) for v in region]
+    return out
+
+
+def set_values(node: DictConfig) -> dict[str, Any]:
+    """The keys of a stage node that the pipeline's config sets (the rest stay ``???``), as plain values."""
+    out: dict[str, Any] = {}
+    for key in node:
+        if OmegaConf.is_missing(node, key):
+            continue
+        value = node._get_node(key)
+        if isinstance(value, DictConfig) and OmegaConf.get_type(value) not in (dict, None):  # a nested schema node
+            sub = set_values(value)
+            if sub:
+                out[str(key)] = sub
+        elif isinstance(value, DictConfig) and not value:
+            continue  # an unset swap point (train.model, ...): an empty open map
+        else:
+            out[str(key)] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else node[key]
+    return out
+
+
+def _keys(d: dict[str, Any], prefix: str = "") -> list[str]:
+    return [k for key, v in d.items() for k in (_keys(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"])]
+
+
+def _stage_node(stage: str, given: dict[str, Any], wired: dict[str, Any], groups: TrainGroups | None,
+                cache: dict[tuple[str, ...], DictConfig]) -> Any:
+    """One stage's config: its own composed config, the pipeline's settings, then the hand-offs."""
+    clash = sorted(set(_keys(given)) & set(wired))
+    if clash:
+        raise SN7Error(f"pipeline: {', '.join(f'{stage}.{k}' for k in clash)} is wired by the pipeline "
+                       f"(from run_dir and data_root); set those instead")
+    choices = [] if groups is None else [f"{g}={getattr(groups, g)}" for g in TRAIN_GROUPS if getattr(groups, g) is not None]
+    cached = (stage, *choices)
+    if cached not in cache:  # group choices are option names, checked against conf/<group>/
+        cache[cached] = compose_node(stage, choices)
+    base = cache[cached].copy()
+    for key, value in given.items():  # an empty map (predict's input) takes new keys, as with a leading + on the stage's command line
+        if isinstance(value, dict) and isinstance(base.get(key), DictConfig) and not base[key]:
+            with open_dict(base):
+                base[key] = value
+    merged = OmegaConf.merge(base, given, wired)
+    return OmegaConf.to_object(merged)
+
+
+def _pretrain_tree(spec: DictConfig) -> DictConfig:
+    """The nested pretraining pipeline's tree: the default ``conf/pipeline.yaml`` (no recipe) under
+    ``<run_dir>/pretrain``, running synth -> chip -> train, with ``spec.pretrain`` merged in."""
+    run_dir = Path(spec.run_dir) / "pretrain"
+    base = compose_node("pipeline")
+    wired = {"run_dir": str(run_dir), "data_root": str(run_dir / "data"), "stages": ["synth", "chip", "train"]}
+    return cast(DictConfig, OmegaConf.merge(base, set_values(spec.pretrain), wired))
+
+
+def resolve(spec: DictConfig, cache: dict[tuple[str, ...], DictConfig] | None = None) -> PipelineConfig:
+    """The composed pipeline tree (schema ``_pipeline_schema``) as a :class:`PipelineConfig`: every
+    stage node composed from its own config, the pipeline's settings and the hand-offs merged in,
+    and checked (the stages' own checks included). The AOIs are set later, once the data is scanned.
+
+    Raises:
+        SN7Error: a hand-off path set by hand, a bad value (the stages' checks).
+    """
+    cache = {} if cache is None else cache  # each stage's own config, composed once per group choice
+    run = {f.name: spec[f.name] for f in dataclasses.fields(PipelineConfig)
+           if f.name not in (*PIPELINE_STAGES, "groups", "pretrain")}
+    run["stages"] = list(run["stages"])
+    groups = StageGroups(train=TrainGroups(**OmegaConf.to_container(spec.groups.train)))  # type: ignore[arg-type]
+    pretrain = None
+    if spec.pretrain is not None:
+        pretrain = resolve(_pretrain_tree(spec), cache)
+        if pretrain.pretrain is not None:
+            raise SN7Error("pipeline: pretrain cannot itself have a pretrain section")
+    holdout = Holdout(spec.holdout)
+    wired = handoffs(spec.run_dir, spec.data_root, holdout, spec.band_frac,
+                     pretrain_dir=None if pretrain is None else pretrain.run_dir)
+    nodes = {stage: _stage_node(stage, set_values(spec[stage]), wired[stage], groups.train if stage == "train" else None, cache)
+             for stage in PIPELINE_STAGES}
+    return PipelineConfig(**run, groups=groups, pretrain=pretrain, **nodes)
+
+
+def wire(cfg: PipelineConfig, train_aois: list[str], test_aois: list[str], region: list[int] | None = None) -> PipelineConfig:
+    """``cfg`` with the hand-offs that depend on the data: the AOIs of each stage, the held-out band."""
+    wired = handoffs(cfg.run_dir, cfg.data_root, cfg.holdout, cfg.band_frac,
+                     pretrain_dir=None if cfg.pretrain is None else cfg.pretrain.run_dir,
+                     train_aois=train_aois, test_aois=test_aois, region=region)
+    return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **wired[s]) for s in PIPELINE_STAGES})
 
 
 def band_region(root: Path, aois: list[str], frac: float) -> list[int]:
@@ -66,66 +168,21 @@ def band_region(root: Path, aois: list[str], frac: float) -> list[int]:
     return [0, h, int(round(w * (1 - frac))), w]
 
 
-def flatten_overrides(settings: dict, prefix: str = "") -> list[str]:
-    """``{"logger": {"wandb": False}, "experiment": "demo_cpu"}`` -> ``["logger.wandb=false", "experiment=demo_cpu"]``."""
-    out = []
-    for key, value in settings.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out += flatten_overrides(value, f"{name}.")
-        else:
-            out.append(f"{name}={_value(value)}")
-    return out
-
-
-def _value(v) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_value(x) for x in v) + "]"
-    return str(v)
-
-
-def write_manifest(run_dir: Path, data_root: Path, train_aois: list[str], test_aois: list[str],
-                   overrides: dict[str, list[str]]) -> Path:
-    """``<run_dir>/pipeline.json``: where the data is, which AOIs were held out, how each stage was called."""
-    path = run_dir / "pipeline.json"
-    doc = {"data_root": str(Path(data_root).resolve()), "train_aois": train_aois, "test_aois": test_aois,
-           "stages": {k: f"spacenet7 {k} " + " ".join(v) for k, v in overrides.items()}}
+def write_manifest(cfg: PipelineConfig, train_aois: list[str], test_aois: list[str]) -> Path:
+    """``<run_dir>/pipeline.json``: where the data is, which AOIs were held out, and the resolved config tree."""
+    path = Path(cfg.run_dir) / "pipeline.json"
+    doc = {"data_root": str(Path(cfg.data_root).resolve()), "train_aois": train_aois, "test_aois": test_aois,
+           "config": dataclasses.asdict(cfg)}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(doc, indent=2))
     return path
-
-
-def pretrain_config(cfg: PipelineConfig) -> PipelineConfig:
-    """The nested synthetic-pretraining pipeline: the default pipeline config, ``cfg.pretrain`` merged in."""
-    from omegaconf import OmegaConf
-
-    run_dir = Path(cfg.run_dir) / "pretrain"
-    base = compose("pipeline", [f"run_dir={run_dir}", f"data_root={run_dir / 'data'}", "stages=[synth,chip,train]"])
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(base), dict(cfg.pretrain or {}))
-    except Exception as exc:  # omegaconf's validation errors: unknown key, wrong type
-        raise SN7Error(f"pipeline: bad pretrain settings ({str(exc).splitlines()[0]})") from None
-    pre = cast(PipelineConfig, OmegaConf.to_object(merged))
-    if pre.pretrain:
-        raise SN7Error("pipeline: pretrain cannot itself have a pretrain section")
-    return pre
 
 
 def run(cfg: PipelineConfig) -> dict[str, object]:
     """Run the stages in order; returns each stage's outputs."""
     from spacenet7.cli import run_stage
 
-    unknown = [s for s in cfg.stages if s not in ORDER]
-    if unknown:
-        raise SN7Error(f"pipeline: unknown stage(s) {unknown}; stages are {ORDER}")
-    stages = [s for s in ORDER if s in cfg.stages]
-    for stage, args in stage_overrides(cfg, ["_"], ["_"], [0, 1, 0, 1]).items():  # typos and bad values: before any work
-        if stage in stages:
-            compose_checked(stage, args)
+    stages = [s for s in PIPELINE_STAGES if s in cfg.stages]
     ensure_writable_dir(cfg.run_dir)
     root = Path(cfg.data_root)
     outputs: dict[str, object] = {}
@@ -135,7 +192,7 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
         if not (root / "train").is_dir():
             check_not_too_deep(root)
             t0 = time.perf_counter()
-            outputs["synth"] = run_stage("synth", compose_checked("synth", stage_overrides(cfg, [], [])["synth"]))
+            outputs["synth"] = run_stage("synth", cfg.synth)
             timings["synth"] = time.perf_counter() - t0
         else:
             log.info("pipeline: data found at %s, skipping synth", root)
@@ -150,21 +207,17 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
             raise SN7Error(f"pipeline: n_test_aois={cfg.n_test_aois} must leave at least one training AOI ({len(aois)} AOIs)")
         train_aois, test_aois = aois[: -cfg.n_test_aois], aois[-cfg.n_test_aois :]
         log.info("pipeline: training AOIs %s; held-out AOIs %s", train_aois, test_aois)
-    ovr = stage_overrides(cfg, train_aois, test_aois, region)
-    configs = {stage: compose_checked(stage, ovr[stage]) for stage in stages}
+    cfg = wire(cfg, train_aois, test_aois, region)
     if cfg.pretrain is not None and "train" in stages:
-        pre = pretrain_config(cfg)
-        print(f"\n=== synthetic pretraining under {pre.run_dir}", flush=True)
+        print(f"\n=== synthetic pretraining under {cfg.pretrain.run_dir}", flush=True)
         t0 = time.perf_counter()
-        outputs["pretrain"] = run(pre)
+        outputs["pretrain"] = run(cfg.pretrain)
         timings["pretrain"] = time.perf_counter() - t0
-        ovr["train"].append(f"init_from={Path(pre.run_dir) / 'train' / 'checkpoints' / 'best.ckpt'}")
-        configs["train"] = compose_checked("train", ovr["train"])
-    write_manifest(Path(cfg.run_dir), root, train_aois, test_aois, ovr)
+    write_manifest(cfg, train_aois, test_aois)
     for stage in stages:
-        print(f"\n=== spacenet7 {stage} {' '.join(ovr[stage])}", flush=True)
+        print(f"\n=== spacenet7 {stage}", flush=True)
         t0 = time.perf_counter()
-        outputs[stage] = run_stage(stage, configs[stage])
+        outputs[stage] = run_stage(stage, getattr(cfg, stage))
         timings[stage] = time.perf_counter() - t0
     run_dir = Path(cfg.run_dir)
     print("\n=== timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f" (total {sum(timings.values()):.0f}s)")

@@ -22,13 +22,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import shapely
 
 from spacenet7.errors import check, choice
-from spacenet7.metrics.matching import match
+
+if TYPE_CHECKING:  # imported where used: config.py imports TrackConfig, and the CLI's start stays fast
+    import pandas as pd
 
 
 class TrackMethod(StrEnum):
@@ -66,6 +67,8 @@ ConfidenceFn = Callable[[int, object], float]
 
 def assign_ids(months: list[np.ndarray], cfg: TrackConfig) -> list[np.ndarray]:
     """Persistent ids for every footprint of every month (ids start at 1)."""
+    from spacenet7.metrics.matching import match
+
     last_geom: list[object] = []
     last_t: list[int] = []
     out = []
@@ -103,6 +106,8 @@ def track(months: list[np.ndarray], cfg: TrackConfig, absent: AbsentFn | None = 
         One row per (building, month): ``t``, ``id``, ``geometry``, ``filled`` (not observed,
         inferred), ``first_seen``, ``last_seen``, ``n_months`` (months as month indices).
     """
+    import pandas as pd
+
     ids = assign_ids(months, cfg)
     n = len(months)
     rows = pd.DataFrame({
@@ -137,6 +142,9 @@ def track(months: list[np.ndarray], cfg: TrackConfig, absent: AbsentFn | None = 
 
 def _resegmentations(rows: pd.DataFrame, max_overlap: float) -> pd.Index:
     """Ids of tracks born after month 0 whose first footprint mostly covers earlier footprints."""
+    import pandas as pd
+    import shapely
+
     firsts = rows.sort_values("t").groupby("id", sort=False).head(1)
     born_late = firsts[firsts["t"] > 0]
     if born_late.empty:

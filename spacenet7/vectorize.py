@@ -37,7 +37,7 @@ class MonthPrediction:
     """What tracking needs from one month's probability raster."""
 
     stem: str
-    month: str
+    month_key: str  # YYYY-MM
     footprint: np.ndarray  # probability on the prediction grid
     valid: np.ndarray
     upscale: float  # prediction grid pixels per source pixel
@@ -83,7 +83,7 @@ def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
         preds.append(MonthPrediction(f.stem, info.month_key, prob[0], valid, up))
     rows = track_months(months, preds, cfg.track)
     stems = [p.stem for p in preds]
-    keys = [p.month for p in preds]
+    keys = [p.month_key for p in preds]
     gdf = gpd.GeoDataFrame({
         "id": rows["id"].to_numpy(np.int64),
         "stem": [stems[t] for t in rows["t"]],

@@ -36,12 +36,12 @@ class Run:
     records: dict[str, list[MonthRecord]] = field(repr=False)
     vectors: dict[str, gpd.GeoDataFrame] = field(repr=False)
 
-    def month_index(self, aoi: str, month: str | int) -> int:
-        """Index of ``month`` (``YYYY-MM`` or an int index) in the AOI's month list."""
-        if isinstance(month, int):
-            return month
+    def month_index(self, aoi: str, which: str | int) -> int:
+        """Index in the AOI's month list of ``which``: a month key (``YYYY-MM``) or already an index."""
+        if isinstance(which, int):
+            return which
         keys = [r.month_key for r in self.records[aoi]]
-        return keys.index(month)
+        return keys.index(which)
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -70,9 +70,9 @@ def month_colors(n: int):
     return plt.get_cmap("viridis", max(n, 2))
 
 
-def plot_month(run: Run, aoi: str, month: str | int) -> plt.Figure:
+def plot_month(run: Run, aoi: str, which: str | int) -> plt.Figure:
     """RGB mosaic, ground truth, predicted footprint probability, and predicted footprints coloured by first month."""
-    t = run.month_index(aoi, month)
+    t = run.month_index(aoi, which)
     rec = run.records[aoi][t]
     img = read_image(rec)
     rgb = np.moveaxis(img.rgb, 0, -1)
@@ -80,8 +80,8 @@ def plot_month(run: Run, aoi: str, month: str | int) -> plt.Figure:
     prob, valid, _, _, _ = read_prediction(run.run_dir / "predictions" / aoi / f"{rec.stem}.tif")
     pred = run.vectors[aoi]
     pred = pred[pred["stem"] == rec.stem]
-    months = [r.month_key for r in run.records[aoi]]
-    cmap = month_colors(len(months))
+    month_keys = [r.month_key for r in run.records[aoi]]
+    cmap = month_colors(len(month_keys))
     fig, ax = plt.subplots(1, 4, figsize=(20, 5.4))
     ax[0].imshow(rgb)
     ax[0].set_title(f"{rec.month_key} mosaic")
@@ -93,13 +93,13 @@ def plot_month(run: Run, aoi: str, month: str | int) -> plt.Figure:
     fig.colorbar(im, ax=ax[2], fraction=0.046)
     ax[2].set_title("footprint probability (nodata blank)")
     ax[3].imshow(rgb)
-    first = pred["first_seen"].map({k: i for i, k in enumerate(months)}).to_numpy()
+    first = pred["first_seen"].map({k: i for i, k in enumerate(month_keys)}).to_numpy()
     _outline(ax[3], pred.geometry, img.transform, facecolors=[cmap(i) for i in first], edgecolors="white",
              linewidths=0.3, alpha=0.75)
     ax[3].set_title(f"predicted ({len(pred)}), colour = first month")
-    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(months) - 1))
-    cb = fig.colorbar(sm, ax=ax[3], fraction=0.046, ticks=range(0, len(months), max(1, len(months) // 6)))
-    cb.ax.set_yticklabels(months[:: max(1, len(months) // 6)])
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(month_keys) - 1))
+    cb = fig.colorbar(sm, ax=ax[3], fraction=0.046, ticks=range(0, len(month_keys), max(1, len(month_keys) // 6)))
+    cb.ax.set_yticklabels(month_keys[:: max(1, len(month_keys) // 6)])
     for a in ax:
         a.set_axis_off()
     fig.suptitle(aoi)
@@ -160,16 +160,16 @@ def plot_scores(run: Run) -> plt.Figure:
 
 
 def worst_month(run: Run) -> tuple[str, str]:
-    """The (AOI, month) with the lowest F1 at IoU >= 0.5 among months with buildings."""
+    """The (AOI, month key) with the lowest F1 at IoU >= 0.5 among months with buildings."""
     df = month_scores(run)
     df = df[df["n_truth"] + df["n_proposal"] > 0]
     row = df.sort_values("f1_50").iloc[0]
     return row["aoi"], row["month"]
 
 
-def errors(run: Run, aoi: str, month: str | int, iou: float = 0.5) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, gpd.GeoDataFrame]:
+def errors(run: Run, aoi: str, which: str | int, iou: float = 0.5) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """True positives, false positives and false negatives of a month (map coordinates)."""
-    rec = run.records[aoi][run.month_index(aoi, month)]
+    rec = run.records[aoi][run.month_index(aoi, which)]
     truth = read_labels(rec)
     pred = run.vectors[aoi]
     pred = pred[pred["stem"] == rec.stem].reset_index(drop=True)
@@ -179,11 +179,11 @@ def errors(run: Run, aoi: str, month: str | int, iou: float = 0.5) -> tuple[gpd.
     return pred.loc[m.b], fp, fn
 
 
-def plot_errors(run: Run, aoi: str, month: str | int) -> plt.Figure:
+def plot_errors(run: Run, aoi: str, which: str | int) -> plt.Figure:
     """The month's image with matches (green), false positives (red) and false negatives (orange)."""
-    rec = run.records[aoi][run.month_index(aoi, month)]
+    rec = run.records[aoi][run.month_index(aoi, which)]
     img = read_image(rec)
-    tp, fp, fn = errors(run, aoi, month)
+    tp, fp, fn = errors(run, aoi, which)
     fig, ax = plt.subplots(figsize=(8, 8))
     ax.imshow(np.moveaxis(img.rgb, 0, -1))
     _outline(ax, tp.geometry, img.transform, facecolors="none", edgecolors="lime", linewidths=0.6)

@@ -53,10 +53,9 @@ def tiny_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny_pipeline")
     cfg = compose("pipeline", [
         f"run_dir={d / 'run'}", f"data_root={d / 'data'}",
-        "overrides.synth.n_aois=3", "overrides.synth.n_months=4", "overrides.synth.size=128",
-        "overrides.chip.chip_size=128", "overrides.train.max_epochs=1", "overrides.train.logger.wandb=false",
-        "+overrides.train.trainer.enable_progress_bar=false", "overrides.predict.progress=false",
-        "+overrides.predict.tile=128", "+overrides.predict.overlap=32", "overrides.vectorize.threshold=0.3"])
+        "synth.n_aois=3", "synth.n_months=4", "synth.size=128", "chip.chip_size=128", "train.max_epochs=1",
+        "train.logger.wandb=false", "train.trainer.enable_progress_bar=false", "predict.progress=false",
+        "predict.tile=128", "predict.overlap=32", "vectorize.threshold=0.3"])
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         pipeline.run(cfg)

@@ -1,5 +1,6 @@
 """The exploration notebook runs top to bottom on a pipeline run, and is stored without outputs."""
 
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -7,6 +8,7 @@ import nbformat
 import pytest
 
 from spacenet7 import viz
+from spacenet7.errors import SN7Error
 
 NB = Path(__file__).resolve().parents[1] / "notebooks" / "explore_predictions.ipynb"
 
@@ -45,13 +47,29 @@ def test_viz_helpers(tiny_run):
     tp, fp, fn = viz.errors(run, a, month)
     row = scores[(scores.aoi == a) & (scores.month == month)].iloc[0]
     assert len(tp) == row["tp50"] and len(fp) == row["n_proposal"] - row["tp50"] and len(fn) == row["n_truth"] - row["tp50"]
-    for fig in (viz.plot_month(run, aoi, -1), viz.plot_timeline(tl), viz.plot_scores(run), viz.plot_errors(run, a, month)):
-        assert fig.axes
-        plt.close(fig)
+    last = run.records[aoi][-1].month_key
+    fig = viz.plot_month(run, aoi, -1)  # mosaic, truth, probability, prediction (+ 2 colour bars)
+    titles = [ax.get_title() for ax in fig.axes[:4]]
+    assert titles[0] == f"{last} mosaic" and titles[1].startswith("ground truth (")
+    n_pred = int((run.vectors[aoi]["stem"] == run.records[aoi][-1].stem).sum())
+    assert titles[3].startswith(f"predicted ({n_pred})") and fig._suptitle.get_text() == aoi
+    plt.close(fig)
+    fig = viz.plot_timeline(tl)
+    assert [ax.get_title() for ax in fig.axes] == ["buildings per month", "new buildings per month"]
+    assert list(fig.axes[0].lines[0].get_ydata()) == list(tl["truth"])  # truth, as counted
+    plt.close(fig)
+    fig = viz.plot_scores(run)
+    assert [ax.get_title() for ax in fig.axes] == ["per-month F1", "SCOT breakdown per AOI"]
+    f1_line = fig.axes[0].lines[0]
+    assert f1_line.get_label() == f"{a} F1@0.5" and list(f1_line.get_ydata()) == list(scores.loc[scores.aoi == a, "f1_50"])
+    plt.close(fig)
+    fig = viz.plot_errors(run, a, month)
+    assert fig.axes[0].get_title().endswith(f"{len(tp)} TP (green), {len(fp)} FP (red), {len(fn)} FN (orange)")
+    plt.close(fig)
     m, static = viz.web_map(run.vectors[aoi], tiles=False)
     assert static is not None and "first_seen" in m.get_root().render()
 
 
 def test_load_run_needs_a_pipeline_run(tmp_path):
-    with pytest.raises(Exception, match="not a pipeline run"):
+    with pytest.raises(SN7Error, match=rf"^{re.escape(str(tmp_path / 'pipeline.json'))}: not a pipeline run"):
         viz.load_run(tmp_path)

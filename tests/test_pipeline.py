@@ -3,9 +3,10 @@
 import json
 
 import numpy as np
+import pytest
 import rasterio
 
-from spacenet7 import evaluate, export, vectorize
+from spacenet7 import PIPELINE_STAGES, evaluate, export, vectorize
 from spacenet7.config import EvaluateConfig, ExportConfig, VectorizeConfig
 from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan
 from spacenet7.data.targets import make_targets
@@ -13,20 +14,45 @@ from spacenet7.io import probability
 from spacenet7.metrics.table import read_table
 
 
-def test_pipeline_runs_every_stage_and_holds_out_an_aoi(tiny_run):
+def test_pipeline_runs_every_stage_and_holds_out_an_aoi(tiny_run, tmp_path):
     run, out = tiny_run
-    aois = sorted(scan(run.parent / "data"))
-    test_aoi = aois[-1]
+    data = run.parent / "data"
+    aois = sorted(scan(data))
+    train_aois, test_aoi = aois[:-1], aois[-1]
+    # every stage wrote its files where the next one read them
     chips = __import__("pandas").read_parquet(run / "chips" / "index.parquet")
-    assert test_aoi not in set(chips["aoi"]), "the held-out AOI was trained on"
+    assert set(chips["aoi"]) == set(train_aois), "the held-out AOI was trained on, or a training AOI was not"
+    assert (run / "train" / "checkpoints" / "best.ckpt").exists()
+    months = [r.stem for r in scan(data)[test_aoi]]
     assert sorted(p.name for p in (run / "predictions").iterdir()) == [test_aoi]
+    assert sorted(p.stem for p in (run / "predictions" / test_aoi).glob("*.tif")) == sorted(months)
+    assert (run / "vectors" / f"{test_aoi}.parquet").exists()
+    assert sorted(p.stem for p in (run / "footprints" / test_aoi).glob("*.geojson")) == sorted(months)
+    assert (run / "footprints" / f"{test_aoi}.gpkg").exists()
+    # metrics.json is what evaluate says about the submission, and SCOT is the mean over AOIs of the per-AOI scores
     m = json.loads((run / "metrics.json").read_text())
     assert list(m["per_aoi"]) == [test_aoi]
-    assert 0 <= m["scot"] <= 1 and {"tracking", "change", "f1"} <= set(m)
-    assert (run / "footprints" / f"{test_aoi}.gpkg").exists()
-    assert "overall  SCOT" in out and "GIS files" in out
+    again = evaluate.run(EvaluateConfig(data_root=str(data), aois=[test_aoi], submission=str(run / "submission.csv"),
+                                        out=str(tmp_path / "m.json")))
+    assert json.loads(again["metrics"].read_text()) == m
+    assert m["scot"] == np.mean([a["scot"] for a in m["per_aoi"].values()])
+    tp, nt, npr = (sum(r[k] for r in m["per_month"]) for k in ("tp50", "n_truth", "n_proposal"))
+    assert nt > 0 and m["recall"] == pytest.approx(tp / nt) and m["precision"] == pytest.approx(tp / npr if npr else 0.0)
+    assert {r["month"] for r in m["per_month"]} == {f"{s.split('_')[2]}-{s.split('_')[3]}" for s in months}
+    sub = read_table(run / "submission.csv")
+    assert set(sub["aoi"]) == {test_aoi} and sub["month"].nunique() == len(months)
+    assert "overall  SCOT" in out and "GIS files" in out and f"held-out:      {test_aoi}" in out
+    # pipeline.json: the held-out split and the resolved config tree, as run (no command strings)
     manifest = json.loads((run / "pipeline.json").read_text())
-    assert manifest["test_aois"] == [test_aoi] and "spacenet7 train" in manifest["stages"]["train"]
+    assert manifest["train_aois"] == train_aois and manifest["test_aois"] == [test_aoi]
+    assert manifest["data_root"] == str(data.resolve())
+    cfg = manifest["config"]
+    assert set(PIPELINE_STAGES) <= set(cfg) and "stages" in cfg and not isinstance(cfg["train"], str)
+    assert cfg["train"]["max_epochs"] == 1 and cfg["predict"]["tile"] == 128 and cfg["vectorize"]["threshold"] == 0.3
+    assert cfg["groups"]["train"]["experiment"] == "demo_cpu" and cfg["train"]["batch_size"] == 8
+    assert cfg["chip"]["aois"] == train_aois and cfg["predict"]["aois"] == cfg["evaluate"]["aois"] == [test_aoi]
+    assert cfg["predict"]["checkpoint"] == str(run / "train" / "checkpoints" / "best.ckpt")
+    assert cfg["evaluate"]["out"] == str(run / "metrics.json")
 
 
 def _oracle_predictions(root, aoi, out):
@@ -73,13 +99,13 @@ def test_pipeline_band_holdout_trains_left_of_the_band_and_scores_only_it(synth_
 
     cfg = compose("pipeline", [
         "recipe=real_sample", f"run_dir={tmp_path / 'run'}", f"data_root={synth_root}",
-        "+pretrain.overrides.synth.size=128", "pretrain.overrides.synth.n_aois=3", "pretrain.overrides.synth.n_months=2",
-        "pretrain.overrides.train.max_epochs=1", "+pretrain.overrides.train.logger.wandb=false",
-        "+pretrain.overrides.train.trainer.enable_progress_bar=false", "+pretrain.overrides.chip.chip_size=128",
-        "overrides.train.max_epochs=1", "overrides.train.logger.wandb=false", "overrides.chip.progress=false",
-        "+overrides.train.windows.size=64", "+overrides.train.windows.per_mosaic=2",
-        "+overrides.train.trainer.enable_progress_bar=false", "overrides.predict.progress=false", "overrides.predict.tta=false",
-        "+overrides.predict.tile=128", "+overrides.predict.overlap=32"])
+        "pretrain.synth.size=128", "pretrain.synth.n_aois=3", "pretrain.synth.n_months=2",
+        "pretrain.train.max_epochs=1", "pretrain.train.logger.wandb=false",
+        "pretrain.train.trainer.enable_progress_bar=false", "pretrain.chip.chip_size=128",
+        "train.max_epochs=1", "train.logger.wandb=false", "chip.progress=false",
+        "train.windows.size=64", "train.windows.per_mosaic=2",
+        "train.trainer.enable_progress_bar=false", "predict.progress=false", "predict.tta=false",
+        "predict.tile=128", "predict.overlap=32"])
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         pipeline.run(cfg)
@@ -93,10 +119,11 @@ def test_pipeline_band_holdout_trains_left_of_the_band_and_scores_only_it(synth_
     m = json.loads((run / "metrics.json").read_text())
     assert m["region"] == region
     assert {"f1", "precision", "recall", "f1_iou25", "pixel_iou"} <= set(m) and 0 <= m["pixel_iou"] <= 1
-    manifest = json.loads((run / "pipeline.json").read_text())
-    assert "last.ckpt" in manifest["stages"]["predict"]
+    manifest = json.loads((run / "pipeline.json").read_text())["config"]
+    assert manifest["predict"]["checkpoint"] == str(run / "train" / "checkpoints" / "last.ckpt")
     pre_ckpt = run / "pretrain" / "train" / "checkpoints" / "best.ckpt"
-    assert f"init_from={pre_ckpt}" in manifest["stages"]["train"] and pre_ckpt.exists()
+    assert manifest["train"]["init_from"] == str(pre_ckpt) and pre_ckpt.exists()
+    assert manifest["evaluate"]["region"] == region and manifest["pretrain"]["synth"]["size"] == 128
     pre_aois = sorted(scan(run / "pretrain" / "data"))
     assert len(pre_aois) == 3 and json.loads((run / "pretrain" / "pipeline.json").read_text())["test_aois"] == pre_aois[-1:]
     out = buf.getvalue()

@@ -41,6 +41,25 @@ def test_simplify_and_min_area():
     assert all(g.is_valid for g in p)
 
 
+def test_simplify_removes_staircase_vertices_and_keeps_the_shape():
+    """A rasterized rotated rectangle and a disk: pixel-edge staircases become straight runs."""
+    from shapely import affinity
+    from shapely.geometry import Point
+
+    shapes = [affinity.rotate(box(20, 20, 70, 45), 30, origin="centroid"), Point(120, 60).buffer(22)]
+    labels = rasterize_footprints(shapes, (120, 160), values=np.array([1, 2], "int32"), dtype="int32")
+    raw, simple = polygons(labels), polygons(labels, simplify=1.5)
+    assert len(raw) == len(simple) == 2
+    for r, s in zip(raw, simple):
+        n_raw, n_simple = shapely.get_num_coordinates(r), shapely.get_num_coordinates(s)
+        assert s.is_valid and n_simple <= n_raw / 4, (n_raw, n_simple)  # measured 153 -> 5 and 101 -> 17 (IoU 0.966, 0.978)
+        assert r.intersection(s).area / r.union(s).area > 0.95
+    for t in shapes:  # still the building it was
+        best = max(simple, key=lambda q: q.intersection(t).area)
+        assert best.intersection(t).area / best.union(t).area > 0.9
+    assert all(a.equals_exact(b, 0) for a, b in zip(raw, polygons(labels, simplify=0.0)))
+
+
 def test_watershed_splits_two_touching_buildings():
     prob = np.zeros((3, 30, 40), np.float32)
     prob[0, 8:20, 5:35] = 0.95  # one merged blob

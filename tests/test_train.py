@@ -133,7 +133,7 @@ def test_demo_cpu_learns(tmp_path_factory):
     chips = root / "chips"
     chip.run(compose("chip", [f"data_root={root}", f"out_dir={chips}", f"aois=[{','.join(aois)}]", "overlap=0", "progress=false"]))
     cfg = compose("train", ["experiment=demo_cpu", f"chip_dir={chips}", f"run_dir={root / 'run'}", "logger.wandb=false",
-                            "trainer.enable_progress_bar=false"])
+                            "trainer.enable_progress_bar=false", "max_epochs=16"])  # the budget it was measured with
     m = json.loads(train.run(cfg)["metrics"].read_text())
     assert m["val_iou"] >= 0.5, m
 

@@ -8,6 +8,15 @@ Layout::
                         labels/<stem>_Buildings.geojson      (EPSG:4326, Id 0)
                         labels_match/<stem>_Buildings.geojson      (EPSG:3857, Id/area/iou_score)
                         labels_match_pix/<stem>_Buildings.geojson  (pixel coordinates)
+
+Names, with one meaning each across the package:
+
+- ``aoi``: an area's name, the folder name ``L15-0331E-1257N_1327_3160_13``;
+- ``stem``: one month's file name without suffix, ``global_monthly_YYYY_MM_mosaic_<aoi>``;
+- ``year``, ``month``: integers (``month`` 1-12), as in :class:`StemInfo` and :class:`MonthRecord`;
+- ``month_key``: the string ``YYYY-MM`` (sorts in time order). The tables and files (chip index,
+  vectors, submission frames, ``metrics.json``'s ``per_month``) call their month-key column
+  ``month``, as SN7's own tools do; that column never holds the integer.
 """
 
 from __future__ import annotations

@@ -34,15 +34,15 @@ def reference_scot(truth: pd.DataFrame, proposal: pd.DataFrame, min_truth_area: 
     for aoi in sorted(months_all["aoi"].unique()):
         t_aoi = truth[truth.aoi == aoi]
         p_aoi = proposal[(proposal.aoi == aoi) & ~proposal.geometry.apply(lambda g: g.is_empty)]
-        months = sorted(set(t_aoi.month) | set(p_aoi.month))
+        month_keys = sorted(set(t_aoi.month) | set(p_aoi.month))
         tp = fp = fn = mism = ctp = cfp = cfn = 0
         g_past: dict[int, int] = {}
         p_past: dict[int, int] = {}
         g_seen: set[int] = set()
         p_seen: set[int] = set()
-        for i, month in enumerate(months):
-            t = t_aoi[t_aoi.month == month]
-            p = p_aoi[p_aoi.month == month]
+        for i, month_key in enumerate(month_keys):
+            t = t_aoi[t_aoi.month == month_key]
+            p = p_aoi[p_aoi.month == month_key]
             pairs = _match(list(t.geometry), list(p.geometry))
             gids, pids = list(t.id), list(p.id)
             matched = [(gids[a], pids[b]) for a, b in pairs]

@@ -35,7 +35,7 @@ class MonthScore:
     """One month of one AOI: matches at both IoU thresholds and the tracking/change counts."""
 
     aoi: str
-    month: str
+    month_key: str  # YYYY-MM (written as ``month`` in metrics.json, as in the tables)
     n_truth: int
     n_proposal: int
     tp: int  # at IoU > 0.25 (the SCOT match)
@@ -81,9 +81,9 @@ def _prf(tp: int, n_truth: int, n_prop: int) -> tuple[float, float, float]:
 def score_aoi(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshold: float = 0.25,
               beta: float = 2.0) -> AOIScore:
     """Score one AOI. Both frames have ``month``, ``id``, ``geometry`` (pixel coordinates)."""
-    months = sorted(set(truth["month"].unique()) | set(proposal["month"].unique()))
-    t_groups = {m: g for m, g in truth.groupby("month")}
-    p_groups = {m: g for m, g in proposal.groupby("month")}
+    month_keys = sorted(set(truth["month"].unique()) | set(proposal["month"].unique()))
+    t_groups = {k: g for k, g in truth.groupby("month")}
+    p_groups = {k: g for k, g in proposal.groupby("month")}
     empty = truth.iloc[:0]
     tp = fp = fn = mism = ctp = cfp = cfn = n_new = 0
     t_last: dict[int, int] = {}
@@ -91,9 +91,9 @@ def score_aoi(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshol
     t_seen: set[int] = set()
     p_seen: set[int] = set()
     month_scores = []
-    for i, month in enumerate(months):
-        t = t_groups.get(month, empty)
-        p = p_groups.get(month, empty)
+    for i, month_key in enumerate(month_keys):
+        t = t_groups.get(month_key, empty)
+        p = p_groups.get(month_key, empty)
         tg, pg = t["geometry"].values, p["geometry"].values
         tid, pid = t["id"].values.tolist(), p["id"].values.tolist()
         pairs = pairwise_iou(tg, pg)
@@ -127,7 +127,7 @@ def score_aoi(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshol
         t_seen.update(tid)
         p_seen.update(pid)
         m50 = match_above(*pairs, len(tg), len(pg), 0.5, inclusive=True)
-        month_scores.append(MonthScore(aoi, month, len(tid), len(pid), n, *_prf(n, len(tid), len(pid)),
+        month_scores.append(MonthScore(aoi, month_key, len(tid), len(pid), n, *_prf(n, len(tid), len(pid)),
                                        len(m50), *_prf(len(m50), len(tid), len(pid))))
     tracking = f_score(tp, fp, fn)
     change = f_score(ctp, cfp, cfn)
@@ -157,7 +157,7 @@ class ScotResult:
             d = {k: v for k, v in asdict(a).items() if k not in ("aoi", "months")}
             d["no_new_buildings"] = a.no_new_buildings
             per_aoi[a.aoi] = d
-        per_month = [asdict(m) for a in self.per_aoi for m in a.months]
+        per_month = [{("month" if k == "month_key" else k): v for k, v in asdict(m).items()} for a in self.per_aoi for m in a.months]
         return {"scot": self.scot, "tracking": self.tracking, "change": self.change, "f1": self.f1,
                 "precision": self.precision, "recall": self.recall, "f1_iou25": self.f1_25,
                 "precision_iou25": self.precision_25, "recall_iou25": self.recall_25, "n_aois": len(self.per_aoi), "per_aoi": per_aoi, "per_month": per_month}
@@ -184,10 +184,10 @@ def scot(truth: pd.DataFrame, proposal: pd.DataFrame, *, threshold: float = 0.25
         t = truth[truth["aoi"] == aoi]
         p = proposal[proposal["aoi"] == aoi]
         score = score_aoi(t, p, aoi, threshold=threshold, beta=beta)
-        have = {m.month for m in score.months}
-        for month in sorted(set(months_t.loc[months_t["aoi"] == aoi, "month"]) - have):
-            score.months.append(MonthScore(aoi, month, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
-        score.months.sort(key=lambda m: m.month)
+        have = {m.month_key for m in score.months}
+        for month_key in sorted(set(months_t.loc[months_t["aoi"] == aoi, "month"]) - have):
+            score.months.append(MonthScore(aoi, month_key, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+        score.months.sort(key=lambda m: m.month_key)
         per_aoi.append(score)
     tp50 = sum(m.tp50 for a in per_aoi for m in a.months)
     tp25 = sum(m.tp for a in per_aoi for m in a.months)
