@@ -218,7 +218,7 @@ def plots(study: Any, run_dir: Path) -> dict[str, Path]:
 
     out: dict[str, Path] = {}
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    jobs = {"history": ovm.plot_optimization_history}
+    jobs: dict[str, Any] = {"history": ovm.plot_optimization_history}
     if len(complete) >= 2:
         jobs["importance"] = ovm.plot_param_importances
     else:
@@ -227,7 +227,7 @@ def plots(study: Any, run_dir: Path) -> dict[str, Path]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "experimental" warnings of optuna.visualization.matplotlib
             ax = fn(study)
-        fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+        fig: Any = ax.get_figure()
         fig.set_size_inches(8, 5)
         fig.tight_layout()
         path = run_dir / f"{name}.png"

@@ -18,6 +18,7 @@ stride; inputs are padded to a multiple of it). The ONNX and OpenVINO packages a
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -179,7 +180,7 @@ def export_onnx(net: torch.nn.Module, meta: ModelMeta, out: Path, tile: int = 25
     """Write ``net`` (fp32, with its sigmoid) as ONNX with dynamic batch, height and width, ``meta`` in its metadata.
 
     Args:
-        net: the network (left in eval mode).
+        net: the network (a copy is exported; ``net`` is left as it is).
         meta: stored under ``metadata_props[spacenet7]``.
         out: the ``.onnx`` file (written directly; callers make it atomic).
         tile: the side of the example input traced (rounded up to the stride).
@@ -188,11 +189,10 @@ def export_onnx(net: torch.nn.Module, meta: ModelMeta, out: Path, tile: int = 25
     onnx = require("onnx", "onnx")
     side = -(-tile // meta.stride) * meta.stride
     example = torch.rand(1, meta.in_channels, side, side)
-    wrapped = _Probabilities(net.float().eval().to(memory_format=torch.contiguous_format)).eval()
+    wrapped = _Probabilities(copy.deepcopy(net).float().to(memory_format=torch.contiguous_format)).eval()  # net untouched
     dims = {0: "batch", 2: "height", 3: "width"}
     torch.onnx.export(wrapped, (example,), str(out), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
                       dynamic_axes={INPUT_NAME: dims, OUTPUT_NAME: dims}, dynamo=False)
-    net.eval()  # the exporter restores the wrapper's (training) mode on the way out
     model = onnx.load(str(out))
     onnx.helper.set_model_props(model, {META_KEY: meta.to_json()})
     onnx.checker.check_model(model)
