@@ -6,7 +6,8 @@ Every engine runs the same blended sliding window (``spacenet7.models.inference.
 tile 256, overlap 64, batch 8, one view) over the same mosaic, read at the checkpoint's upscale,
 with 2 threads: torch eager fp32; torch bf16 autocast + channels-last (predict's default where the
 CPU runs bf16 natively); ONNX Runtime (fp32); OpenVINO fp32 and, where the CPU has native bf16,
-OpenVINO bf16. Rounds are interleaved and the best of them is kept. Footprints: watershed
+OpenVINO bf16; OpenVINO int8 (``compile int8=true``: static QDQ quantization calibrated on 32
+tiles of ``--calibration``, default the benchmarked mosaic itself), alone and with bf16. Rounds are interleaved and the best of them is kept. Footprints: watershed
 instances at the vectorize defaults (0.4 / 0.55) matched to torch fp32's at IoU >= 0.5 (F1).
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spacenet7.compile import calibration_tiles
 from spacenet7.config import Engine, ModelFormat, VectorizeConfig
 from spacenet7.data.sn7 import read_image, records_from_files
 from spacenet7.io.raster import iter_windows
@@ -50,6 +52,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="runs/demo/train/checkpoints/best.ckpt")
     ap.add_argument("--image", default=None, help="a mosaic (default: the first of data/synthetic)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--calibration", nargs="*", default=None, help="mosaics for int8 calibration (default: --image)")
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     image = Path(args.image) if args.image else sorted(Path("data/synthetic/train").glob("*/images/*.tif"))[0]
@@ -64,6 +67,9 @@ def main() -> None:
         onnx_path, xml = Path(tmp) / "m.onnx", Path(tmp) / "m.xml"
         write_model_files(base.net, meta, ModelFormat.onnx, onnx_path)
         write_model_files(base.net, meta, ModelFormat.openvino, xml)
+        int8_xml = Path(tmp) / "int8.xml"
+        write_model_files(base.net, meta, ModelFormat.openvino, int8_xml,
+                          int8_tiles=calibration_tiles(args.calibration or [str(image)], base, 32, TILE))
         bf16 = cpu_has_fast_bf16()
         engines: dict[str, LoadedModel] = {
             "torch eager fp32": base,
@@ -73,6 +79,9 @@ def main() -> None:
         }
         if bf16:
             engines["openvino bf16"] = load_model_file(xml, Engine.openvino, threads=THREADS, amp=True)
+        engines["openvino int8"] = load_model_file(int8_xml, Engine.openvino, threads=THREADS, amp=False)
+        if bf16:
+            engines["openvino int8 + bf16"] = load_model_file(int8_xml, Engine.openvino, threads=THREADS, amp=True)
         best = {k: float("inf") for k in engines}
         probs: dict[str, np.ndarray] = {}
         for m in engines.values():  # warm-up (graph compilation, allocations) on one tile

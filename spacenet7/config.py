@@ -283,11 +283,15 @@ class CompileConfig:
     opset: int = 17
     tile: int = 256  # side of the example input traced (batch, height and width stay dynamic)
     verify: bool = True  # run the export once in its runtime and compare with torch on a random tile
+    int8: bool = False  # static int8 quantization (OpenVINO runs it with int8 kernels), calibrated on `calibration`
+    calibration: Optional[List[str]] = None  # int8: mosaics to draw calibration tiles from
+    calibration_tiles: int = 32
 
     def __post_init__(self) -> None:
         self.format = choice(self.format, ModelFormat, "compile", "format")
         check(self.opset >= 17, "compile", f"opset={self.opset} must be >= 17")
         check(self.tile > 0, "compile", f"tile={self.tile} must be > 0")
+        check(not self.int8 or bool(self.calibration), "compile", "int8=true needs calibration=[mosaic.tif,...] (tiles to calibrate on)")
         want = ".onnx" if self.format is ModelFormat.onnx else ".xml"
         check(self.out is None or Path(self.out).suffix == want, "compile", f"out={self.out} must end in {want} for format={self.format}")
 
@@ -359,7 +363,7 @@ class TuneConfig:
     prune_warmup_epochs: int = 0  # median: epochs of every trial that are never pruned
     plots: bool = True  # optimization history and parameter importances as PNGs
     # objective=scot: predict / vectorize settings for the validation AOIs (others: +scot_predict.grid=upscaled)
-    scot_predict: Dict[str, Any] = field(default_factory=lambda: {"tta": False, "threads": 0})
+    scot_predict: Dict[str, Any] = field(default_factory=lambda: {"tta": False})
     scot_vectorize: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -6,7 +6,9 @@ crosses block edges without seams. The outputs follow :mod:`spacenet7.io.probabi
 
 The jobs live in their own modules: checkpoint loading, tiling and test-time views in
 :mod:`spacenet7.models.inference`; temporal fusion (on by default: each month blended with the
-AOI's mean over all valid months, ``p' = (1 - w) p + w mean``) in :mod:`spacenet7.data.fusion`.
+AOI's mean over all valid months, ``p' = (1 - w) p + w mean``) in :mod:`spacenet7.data.fusion`;
+the engine that runs the network on a batch of tiles (torch, ONNX Runtime, OpenVINO) in
+:mod:`spacenet7.models.runtime`.
 """
 
 from __future__ import annotations

@@ -140,7 +140,9 @@ def run(cfg: TuneConfig) -> dict[str, Path]:
         return value
 
     if cfg.n_trials:
-        study.optimize(objective, n_trials=cfg.n_trials, timeout=cfg.timeout, gc_after_trial=True)
+        # a trial whose training fails (a non-finite loss at a high learning rate, an encoder that does not
+        # exist) is recorded as failed and the study goes on
+        study.optimize(objective, n_trials=cfg.n_trials, timeout=cfg.timeout, gc_after_trial=True, catch=(SN7Error,))
     return report(cfg, study, run_dir)
 
 

@@ -15,7 +15,7 @@ from spacenet7.config import ChipConfig, compose
 from spacenet7.errors import SN7Error
 
 FAST = ["+train.batch_size=4", "+train.trainer.limit_train_batches=3", "+train.trainer.limit_val_batches=2",
-        "+train.trainer.enable_progress_bar=false", "train.max_epochs=3"]
+        "+train.trainer.enable_progress_bar=false", "train.max_epochs=2"]
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +31,14 @@ def _cfg(chip_dir, run_dir, *extra):
 
 def test_study_prunes_resumes_and_its_best_trains(chip_dir, tmp_path, capsys):
     run_dir = tmp_path / "tune"
-    out = tune.run(_cfg(chip_dir, run_dir, "n_trials=6", "startup_trials=6"))
+    # trial 0 completes; from trial 1 on, a trial whose validation IoU at an epoch is below the median
+    # of the finished trials' at that epoch is pruned
+    out = tune.run(_cfg(chip_dir, run_dir, "n_trials=4", "startup_trials=4", "prune_startup_trials=1"))
     study = optuna.load_study(study_name="spacenet7", storage=f"sqlite:///{run_dir / 'study.db'}")
     states = tune.counts(study)
-    assert len(study.trials) == 6
+    assert len(study.trials) == 4
     assert states.get("pruned", 0) >= 1, states  # pruning really happened while training
-    assert states.get("complete", 0) >= 2, states
+    assert states.get("complete", 0) >= 2, states  # (parameter importances need two)
     pruned = [t for t in study.trials if t.state.name == "PRUNED"]
     assert all(t.intermediate_values for t in pruned)  # pruned on a reported validation metric
     assert all(not (run_dir / "trials" / f"{t.number:04d}" / "metrics.json").exists() for t in pruned)
@@ -44,12 +46,12 @@ def test_study_prunes_resumes_and_its_best_trains(chip_dir, tmp_path, capsys):
     assert f"best trial {study.best_trial.number}" in printed and "was pruned at epoch" in printed
     for name in ("history", "importance"):
         assert out[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (run_dir / "trials.csv").read_text().count("\n") == 7
+    assert (run_dir / "trials.csv").read_text().count("\n") == 5
 
     # re-running the same command resumes the study and adds trials
-    tune.run(_cfg(chip_dir, run_dir, "n_trials=2", "startup_trials=6"))
+    tune.run(_cfg(chip_dir, run_dir, "n_trials=1", "startup_trials=4", "prune_startup_trials=1"))
     study = optuna.load_study(study_name="spacenet7", storage=f"sqlite:///{run_dir / 'study.db'}")
-    assert len(study.trials) == 8 and [t.number for t in study.trials] == list(range(8))
+    assert len(study.trials) == 5 and [t.number for t in study.trials] == list(range(5))
 
     # best.yaml is a training experiment with the best trial's settings
     best = out["best"]
@@ -88,3 +90,14 @@ def test_two_processes_share_one_sqlite_study(chip_dir, tmp_path):
     study = optuna.load_study(study_name="spacenet7", storage=f"sqlite:///{run_dir / 'study.db'}")
     assert len(study.trials) == 6 and sorted(t.number for t in study.trials) == list(range(6))
     assert len({t.params["lr"] for t in study.trials}) == 6
+
+
+@pytest.mark.slow
+def test_scot_objective_scores_the_validation_aois(chip_dir, tmp_path):
+    run_dir = tmp_path / "scot"
+    tune.run(_cfg(chip_dir, run_dir, "n_trials=1", "objective=scot", "train.max_epochs=1", "plots=false"))
+    study = optuna.load_study(study_name="spacenet7", storage=f"sqlite:///{run_dir / 'study.db'}")
+    scored = json.loads((run_dir / "trials" / "0000" / "scot" / "metrics.json").read_text())
+    assert study.trials[0].value == pytest.approx(scored["scot"])
+    val_aois = set(json.loads((Path(chip_dir) / "chips.json").read_text())["aois"])
+    assert set(scored["per_aoi"]) < val_aois  # the validation AOIs only

@@ -200,6 +200,37 @@ def export_onnx(net: torch.nn.Module, meta: ModelMeta, out: Path, tile: int = 25
     return out
 
 
+def quantize_int8(onnx_in: Path, onnx_out: Path, tiles: list[np.ndarray]) -> Path:
+    """Static int8 quantization (QDQ: per-channel int8 weights, uint8 activations) calibrated on ``tiles``.
+
+    ONNX Runtime's quantizer writes the QDQ graph; OpenVINO runs it (or its IR) with int8 kernels.
+
+    Args:
+        onnx_in: the fp32 export.
+        onnx_out: the quantized ``.onnx``.
+        tiles: calibration inputs, each (1, 3, h, w) float32 in [0, 1].
+    """
+    require("onnxruntime", "onnxruntime")
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Tiles(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(tiles)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            t = next(self.it, None)
+            return None if t is None else {INPUT_NAME: t}
+
+    quantize_static(str(onnx_in), str(onnx_out), Tiles(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    onnx = require("onnx", "onnx")
+    model = onnx.load(str(onnx_out))  # the quantizer drops metadata_props: put them back
+    props = {p.key: p.value for p in onnx.load(str(onnx_in), load_external_data=False).metadata_props}
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(onnx_out))
+    return onnx_out
+
+
 def onnx_to_openvino(onnx_path: Path, meta: ModelMeta, out_xml: Path) -> Path:
     """Convert an ONNX file to an OpenVINO IR (``out_xml`` + its ``.bin``, fp32 weights) with ``meta`` in rt_info."""
     ov = require("openvino", "openvino")
@@ -257,11 +288,16 @@ def make_runtime(engine: Engine, model_file: str | Path, *, threads: int = 0, bf
 
 
 def write_model_files(net: torch.nn.Module, meta: ModelMeta, fmt: ModelFormat, out: Path, tile: int = 256,
-                      opset: int = 17) -> list[Path]:
-    """Export to ``out`` (``.onnx``, or ``.xml`` + ``.bin``) atomically: nothing is left at ``out`` on failure."""
+                      opset: int = 17, int8_tiles: list[np.ndarray] | None = None) -> list[Path]:
+    """Export to ``out`` (``.onnx``, or ``.xml`` + ``.bin``) atomically: nothing is left at ``out`` on failure.
+
+    ``int8_tiles``: quantize to int8, calibrated on these tiles (:func:`quantize_int8`).
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".partial", dir=out.parent) as tmp:
         onnx_path = export_onnx(net, meta, Path(tmp) / "model.onnx", tile, opset)
+        if int8_tiles:
+            onnx_path = quantize_int8(onnx_path, Path(tmp) / "int8.onnx", int8_tiles)
         if fmt is ModelFormat.onnx:
             onnx_path.replace(out)
             return [out]
