@@ -13,6 +13,8 @@ STAGES: dict[str, str] = {
     "export": "write GeoJSON/GPKG footprints and the SN7 submission CSV",
     "evaluate": "score a submission with SCOT (tracking + change) and per-month F1",
     "pipeline": "run synth (if needed), chip, train, predict, vectorize, export, evaluate",
+    "tune": "hyperparameter search over training settings (Optuna TPE, pruning, resumable SQLite study)",
+    "compile": "export a checkpoint to ONNX or OpenVINO for predict engine=onnxruntime|openvino",
 }
 """Every CLI stage: first the ones ``pipeline`` runs, in its order (the one definition of the stage
 order), then ``pipeline``, then any stage it does not run (add those after ``pipeline``)."""

@@ -70,7 +70,8 @@ def precheck(stage: str, argv: list[str]) -> None:
         return
     from spacenet7.config import compose_checked
 
-    overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra.")]
+    # hydra.searchpath stays: it decides which configs exist (train experiment=best of a tune run)
+    overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra.") or a.lstrip("+~").startswith("hydra.searchpath")]
     if stage == "train" and not any(a.split("=", 1)[0] == "run_dir" for a in overrides):
         overrides.append("run_dir=unused")  # its default is Hydra's run folder, known only once Hydra runs
     try:

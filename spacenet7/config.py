@@ -62,6 +62,21 @@ class TTAViews(StrEnum):
     flips = "flips"  # identity + 2 mirrors (3x)
 
 
+class Engine(StrEnum):
+    """Which runtime executes the network in ``predict`` (:mod:`spacenet7.models.runtime`)."""
+
+    torch = "torch"  # the checkpoint, eager PyTorch
+    onnxruntime = "onnxruntime"  # an exported .onnx file
+    openvino = "openvino"  # an exported OpenVINO IR (.xml) or an .onnx file
+
+
+class ModelFormat(StrEnum):
+    """What ``spacenet7 compile`` writes."""
+
+    onnx = "onnx"  # <name>.onnx
+    openvino = "openvino"  # <name>.xml + <name>.bin (OpenVINO IR)
+
+
 class Holdout(StrEnum):
     """What the pipeline holds out and scores."""
 
@@ -241,9 +256,16 @@ class PredictConfig:
     # the imagery's band layout and scaling (InputSpec keys) over the checkpoint's, e.g. for 4-band
     # uint16 BGRN: +input={rgb:[3,2,1],alpha:null,scaling:percentile}; empty = the checkpoint's
     input: Dict[str, Any] = field(default_factory=dict)
+    engine: Engine = Engine.torch  # torch: the checkpoint; onnxruntime / openvino: model_file (spacenet7 compile)
+    model_file: Optional[str] = None  # an exported .onnx or OpenVINO .xml; engine=onnxruntime|openvino only
 
     def __post_init__(self) -> None:
         self.grid = choice(self.grid, Grid, "predict", "grid")
+        self.engine = choice(self.engine, Engine, "predict", "engine")
+        check(self.engine is Engine.torch or bool(self.model_file), "predict",
+              f"engine={self.engine} runs an exported model: set model_file= (spacenet7 compile checkpoint=... format=...)")
+        check(self.engine is not Engine.torch or not self.model_file, "predict",
+              "model_file= needs engine=onnxruntime or engine=openvino (engine=torch runs checkpoint=)")
         self.tta_views = choice(self.tta_views, TTAViews, "predict", "tta_views")
         check(self.tile > 0, "predict", f"tile={self.tile} must be > 0")
         check(0 <= self.overlap < self.tile, "predict", f"overlap={self.overlap} must be >= 0 and smaller than tile={self.tile}")
@@ -256,6 +278,108 @@ class PredictConfig:
             InputSpec(**{**InputSpec().to_dict(), **self.input})  # validates the values
         check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "predict",
               f"device={self.device!r} must be auto, cpu or cuda[:N]")
+
+
+@dataclass
+class CompileConfig:
+    """``spacenet7 compile``: export a checkpoint for a fast runtime (``conf/compile.yaml``)."""
+
+    checkpoint: str = "runs/demo/train/checkpoints/best.ckpt"
+    format: ModelFormat = ModelFormat.onnx
+    out: Optional[str] = None  # None: beside the checkpoint, <stem>.onnx or <stem>.xml (+ .bin)
+    opset: int = 17
+    tile: int = 256  # side of the example input traced (batch, height and width stay dynamic)
+    verify: bool = True  # run the export once in its runtime and compare with torch on a random tile
+    int8: bool = False  # static int8 quantization (OpenVINO runs it with int8 kernels), calibrated on `calibration`
+    calibration: Optional[List[str]] = None  # int8: mosaics to draw calibration tiles from
+    calibration_tiles: int = 32
+
+    def __post_init__(self) -> None:
+        self.format = choice(self.format, ModelFormat, "compile", "format")
+        check(self.opset >= 17, "compile", f"opset={self.opset} must be >= 17")
+        check(self.tile > 0, "compile", f"tile={self.tile} must be > 0")
+        check(not self.int8 or bool(self.calibration), "compile", "int8=true needs calibration=[mosaic.tif,...] (tiles to calibrate on)")
+        want = ".onnx" if self.format is ModelFormat.onnx else ".xml"
+        check(self.out is None or Path(self.out).suffix == want, "compile", f"out={self.out} must end in {want} for format={self.format}")
+
+
+class Objective(StrEnum):
+    """What ``spacenet7 tune`` maximizes."""
+
+    iou = "iou"  # validation footprint IoU of the trial's best checkpoint
+    f1 = "f1"  # validation footprint pixel F1
+    scot = "scot"  # SCOT of the validation AOIs: predict + vectorize + export + evaluate after training
+
+
+class Dist(StrEnum):
+    """A search-space distribution."""
+
+    float = "float"  # uniform in [low, high] (step: a grid)
+    log_float = "log_float"  # log-uniform in [low, high]
+    int = "int"  # integers in [low, high] (step)
+    categorical = "categorical"  # one of choices
+
+
+class Pruner(StrEnum):
+    """How unpromising trials are stopped while they train (on the validation metric of each epoch)."""
+
+    median = "median"  # below the median of earlier trials at the same epoch
+    hyperband = "hyperband"
+    none = "none"
+
+
+@dataclass
+class Param:
+    """One search dimension: a training setting (a Hydra override path) and its distribution."""
+
+    path: str = MISSING  # e.g. optimizer.lr, model.encoder_name, loss.channel_weights, model (a group)
+    dist: Dist = Dist.float
+    low: Optional[float] = None
+    high: Optional[float] = None
+    step: Optional[float] = None
+    choices: Optional[List[Any]] = None
+
+    def __post_init__(self) -> None:
+        self.dist = choice(self.dist, Dist, "tune", "dist")
+        if self.dist is Dist.categorical:
+            check(bool(self.choices), "tune", f"{self.path}: dist=categorical needs choices=[...]")
+        else:
+            check(self.low is not None and self.high is not None and self.low <= self.high, "tune",
+                  f"{self.path}: dist={self.dist} needs low <= high (got {self.low}, {self.high})")
+            check(self.dist is not Dist.log_float or (self.low or 0) > 0, "tune", f"{self.path}: log_float needs low > 0")
+
+
+@dataclass
+class TuneConfig:
+    """``spacenet7 tune``: an Optuna study over training settings (``conf/tune.yaml``, space in ``conf/tune/``)."""
+
+    run_dir: str = "runs/tune"
+    # train settings every trial shares, as pipeline's overrides.train (other keys: +train.batch_size=4)
+    train: Dict[str, Any] = field(default_factory=lambda: {
+        "experiment": "demo_cpu", "chip_dir": "runs/demo/chips", "max_epochs": 8, "logger": {"wandb": False}})
+    space: Dict[str, Param] = field(default_factory=dict)  # name -> Param (conf/tune/<name>.yaml)
+    n_trials: int = 10  # trials this run adds to the study
+    timeout: Optional[float] = None  # seconds; stop starting new trials after it
+    objective: Objective = Objective.iou
+    study_name: str = "spacenet7"
+    storage: Optional[str] = None  # None: sqlite:///<run_dir>/study.db; any SQLAlchemy URL lets processes/machines share it
+    seed: int = 0  # TPE's seed (offset by the trials already in the study); give each process of a shared study its own
+    startup_trials: int = 4  # random trials before TPE models the space
+    pruner: Pruner = Pruner.median
+    prune_startup_trials: int = 2  # median: trials that finish before any is pruned
+    prune_warmup_epochs: int = 0  # median: epochs of every trial that are never pruned
+    plots: bool = True  # optimization history and parameter importances as PNGs
+    # objective=scot: predict / vectorize settings for the validation AOIs (others: +scot_predict.grid=upscaled)
+    scot_predict: Dict[str, Any] = field(default_factory=lambda: {"tta": False})
+    scot_vectorize: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.objective = choice(self.objective, Objective, "tune", "objective")
+        self.pruner = choice(self.pruner, Pruner, "tune", "pruner")
+        check(self.n_trials >= 0, "tune", f"n_trials={self.n_trials} must be >= 0")
+        check(bool(self.space), "tune", "the search space is empty (choose one: tune=<name>, conf/tune/<name>.yaml)")
+        check("run_dir" not in self.train, "tune",
+              "train must not set run_dir (each trial trains in <run_dir>/trials/<number>)")
 
 
 @dataclass
@@ -444,6 +568,7 @@ _PIPELINE_SCHEMA = _pipeline_schema_node()
 SCHEMAS: dict[str, type] = {
     "synth": SynthConfig, "chip": ChipConfig, "train": TrainConfig, "predict": PredictConfig,
     "vectorize": VectorizeConfig, "export": ExportConfig, "evaluate": EvaluateConfig, "pipeline": PipelineConfig,
+    "tune": TuneConfig, "compile": CompileConfig,
 }
 """Each stage's typed config; registered as its composition schema ``_<stage>_schema``, except the
 pipeline's, which is generated from :class:`PipelineConfig` (:func:`_pipeline_schema`) and resolved

@@ -6,7 +6,9 @@ crosses block edges without seams. The outputs follow :mod:`spacenet7.io.probabi
 
 The jobs live in their own modules: checkpoint loading, tiling and test-time views in
 :mod:`spacenet7.models.inference`; temporal fusion (on by default: each month blended with the
-AOI's mean over all valid months, ``p' = (1 - w) p + w mean``) in :mod:`spacenet7.data.fusion`.
+AOI's mean over all valid months, ``p' = (1 - w) p + w mean``) in :mod:`spacenet7.data.fusion`;
+the engine that runs the network on a batch of tiles (torch, ONNX Runtime, OpenVINO) in
+:mod:`spacenet7.models.runtime`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from spacenet7.config import Grid, PredictConfig, TTAViews
+from spacenet7.config import Engine, Grid, PredictConfig, TTAViews
 from spacenet7.data.bands import InputSpec, check_fits
 from spacenet7.data.fusion import fuse, same_grid
 from spacenet7.data.sn7 import MonthRecord, read_image, records_from_files, scan
@@ -30,7 +32,7 @@ from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io import probability
 from spacenet7.io.atomic import clear_partials, ensure_writable_dir
 from spacenet7.io.raster import iter_windows, open_raster, to_cog
-from spacenet7.models.inference import LoadedModel, load_model, sliding_window
+from spacenet7.models.inference import LoadedModel, load_model, load_model_file, sliding_window
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +49,21 @@ def run(cfg: PredictConfig) -> list[Path]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     records = _records(cfg)
-    model = load_model(cfg.checkpoint, cfg.model, cfg.device, cfg.amp)
+    if cfg.engine is Engine.torch:
+        model = load_model(cfg.checkpoint, cfg.model, cfg.device, cfg.amp)
+    else:  # an exported model file: same tiling, views, fusion and outputs (models/runtime.py)
+        model = load_model_file(str(cfg.model_file), cfg.engine, amp=cfg.amp, threads=cfg.threads, device=cfg.device)
     if cfg.input:
         model.spec = InputSpec(**{**model.spec.to_dict(), **cfg.input})
     for rec in (r for recs in records.values() for r in recs):  # every header, before any output
         with open_raster(rec.image) as ds:
-            check_fits(ds, model.spec, rec.image)
+            try:
+                check_fits(ds, model.spec, rec.image)
+            except SN7DataError as exc:
+                if cfg.engine is Engine.torch or cfg.input:
+                    raise
+                raise SN7DataError(exc.path, f"{exc.problem}; the model file {cfg.model_file} was exported for "
+                                             f"input {model.spec.to_dict()}") from None
     ensure_writable_dir(cfg.out_dir)
     clear_partials(cfg.out_dir)
     for scratch in Path(cfg.out_dir).glob("*/.raw"):  # left by a killed run

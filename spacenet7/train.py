@@ -112,8 +112,11 @@ def _geometric_transforms(augment) -> list[str]:
     return found
 
 
-def run(cfg: TrainConfig) -> dict[str, Path]:
-    """Train; returns paths of the best/last checkpoints and ``metrics.json``."""
+def run(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, Path]:
+    """Train; returns paths of the best/last checkpoints and ``metrics.json``.
+
+    ``callbacks``: extra Lightning callbacks for the fit (``spacenet7 tune``'s pruning).
+    """
     for key in ("model", "loss", "optimizer"):
         if not getattr(cfg, key):
             raise SN7Error(f"train: config has no {key} (choose one, e.g. {key}=...)")
@@ -142,7 +145,7 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
     # validated or not (check_val_every_n_epoch > 1)
     last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, save_on_train_epoch_end=True,
                               enable_version_counter=False)
-    callbacks: list[Callback] = [best_cb, last_cb]
+    callbacks = [best_cb, last_cb, *(callbacks or [])]
     if cfg.ema_decay is not None:  # validation, best.ckpt and last.ckpt see the averaged weights
         callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay))
     if cfg.early_stopping_patience > 0:

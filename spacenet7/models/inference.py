@@ -7,24 +7,38 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from spacenet7.data.bands import InputSpec
 from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7DataError
 from spacenet7.io.raster import iter_windows
-from spacenet7.models.precision import autocast_dtype
+from spacenet7.models.precision import autocast_dtype, cpu_has_fast_bf16
+from spacenet7.models.runtime import Engine, Runtime, TorchRuntime, make_runtime, net_stride, read_meta
 from spacenet7.models.task import build_net, read_checkpoint
 
 
 @dataclass
 class LoadedModel:
-    """A network rebuilt from a checkpoint, with what prediction must reproduce from training."""
+    """A trained network (a checkpoint or an exported model file), with what prediction must reproduce from training.
 
-    net: torch.nn.Module
+    ``runtime`` runs a batch of tiles (:mod:`spacenet7.models.runtime`); ``None`` is eager PyTorch
+    on ``net``. ``stride``: tile sides are padded to a multiple of it.
+    """
+
+    net: torch.nn.Module | None
     upscale: float
     spec: InputSpec  # how the training imagery was read: band order, alpha, scaling
     device: torch.device
     amp_dtype: torch.dtype | None = None
+    runtime: Runtime | None = None
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        if self.runtime is None:
+            if self.net is None:
+                raise ValueError("LoadedModel needs a net or a runtime")
+            self.runtime = TorchRuntime(self.net, self.device, self.amp_dtype)
 
 
 def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: str = "auto", amp: bool = False) -> LoadedModel:
@@ -52,7 +66,29 @@ def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: st
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     meta = hp.get("chip_meta") or {}
     net = net.eval().to(dev).to(memory_format=torch.channels_last)
-    return LoadedModel(net, float(meta.get("upscale", 1.0)), InputSpec.from_dict(meta.get("input")), dev, autocast_dtype(dev, amp))
+    return LoadedModel(net, float(meta.get("upscale", 1.0)), InputSpec.from_dict(meta.get("input")), dev, autocast_dtype(dev, amp),
+                       stride=net_stride(net))
+
+
+def load_model_file(model_file: str | Path, engine: Engine, *, amp: bool = False, threads: int = 0,
+                    device: str = "auto") -> LoadedModel:
+    """An exported model file (``spacenet7 compile``) in ONNX Runtime or OpenVINO.
+
+    Args:
+        model_file: an ``.onnx`` file, or an OpenVINO ``.xml`` (engine=openvino).
+        engine: ``onnxruntime`` or ``openvino``.
+        amp: OpenVINO: bf16 where the CPU runs it natively (as torch's autocast); ONNX Runtime: fp32 always.
+        threads: intra-op threads (0: the runtime's default).
+        device: ``auto``/``cpu``; ``cuda`` selects ONNX Runtime's CUDA provider when installed (untested).
+
+    Raises:
+        SN7Error: missing file or metadata, or a runtime package that is not installed.
+    """
+    meta = read_meta(model_file)
+    dev = "cpu" if device == "auto" else device
+    runtime = make_runtime(engine, model_file, threads=threads, bf16=amp and cpu_has_fast_bf16(), device=dev)
+    return LoadedModel(None, float(meta.upscale), InputSpec.from_dict(meta.input), torch.device("cpu"), None,
+                       runtime=runtime, stride=int(meta.stride))
 
 def window_weights(tile: int) -> np.ndarray:
     """A smooth 2-D blending window (squared sine), never exactly zero."""
@@ -98,12 +134,18 @@ def predict_batch(model: LoadedModel, batch: torch.Tensor, tta: str | None) -> t
     """Sigmoid probabilities of a (B, 3, h, w) batch, averaged over the ``TTA_VIEWS[tta]`` views (None: one)."""
     views = TTA_VIEWS[tta] if tta else ((0, False),)
     batch = batch.to(model.device)
+    h, w = batch.shape[-2:]
+    pad_h, pad_w = -h % model.stride, -w % model.stride  # the network's alignment (exported graphs need it)
+    if pad_h or pad_w:
+        batch = F.pad(batch, (0, pad_w, 0, pad_h), mode="reflect")
+    run = model.runtime
+    assert run is not None  # set in LoadedModel.__post_init__
     out = torch.zeros(())
     for k, mirror in views:
         xb = batch.flip(3) if mirror else batch
         xb = torch.rot90(xb, k, (2, 3)) if k else xb
-        with torch.autocast(model.device.type, dtype=model.amp_dtype or torch.float32, enabled=model.amp_dtype is not None):
-            p = model.net(xb.contiguous(memory_format=torch.channels_last)).float().sigmoid()
+        p = run(xb).to(batch.device)
         p = torch.rot90(p, -k, (2, 3)) if k else p
         out = out + (p.flip(3) if mirror else p)
+    out = out[..., :h, :w] if pad_h or pad_w else out
     return (out / len(views)).cpu()

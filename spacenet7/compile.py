@@ -1,0 +1,100 @@
+"""Stage ``compile``: export a trained checkpoint for a fast inference runtime.
+
+``format=onnx`` writes ``<stem>.onnx`` (opset >= 17); ``format=openvino`` converts that graph to
+an OpenVINO IR, ``<stem>.xml`` + ``<stem>.bin``. Both take any batch, height and width (multiples
+of the encoder's stride; ``predict`` pads to it) and carry the metadata ``predict`` needs:
+upscale, input bands and scaling, classes and tile alignment (:mod:`spacenet7.models.runtime`).
+Run them with ``spacenet7 predict engine=onnxruntime|openvino model_file=...``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spacenet7.config import CompileConfig, Engine, ModelFormat
+from spacenet7.data.targets import CHANNELS
+from spacenet7.errors import SN7Error
+from spacenet7.io.atomic import ensure_writable_dir
+from spacenet7.models.inference import LoadedModel, load_model
+from spacenet7.models.runtime import ModelMeta, make_runtime, net_stride, read_meta, require, write_model_files
+
+log = logging.getLogger(__name__)
+VERIFY_TOLERANCE = 1e-3  # fp32 export vs torch fp32, max absolute probability difference on a random tile
+
+
+def default_out(checkpoint: str | Path, fmt: ModelFormat) -> Path:
+    """``<checkpoint folder>/<stem>.onnx`` or ``.xml``."""
+    path = Path(checkpoint)
+    return path.with_suffix(".onnx" if fmt is ModelFormat.onnx else ".xml")
+
+
+def run(cfg: CompileConfig) -> dict[str, Path]:
+    """Export ``cfg.checkpoint``; returns the written model file(s)."""
+    require("onnx", "onnx")
+    if cfg.format is ModelFormat.openvino:
+        require("openvino", "openvino")
+    model = load_model(cfg.checkpoint, device="cpu", amp=False)
+    net = model.net
+    assert net is not None
+    from spacenet7.models.task import read_checkpoint
+
+    _, hp = read_checkpoint(cfg.checkpoint)
+    model_cfg = dict(hp["model"])
+    in_channels = int(model_cfg.get("in_channels", 3))
+    if in_channels != 3 or int(model_cfg.get("classes", len(CHANNELS))) != len(CHANNELS):
+        raise SN7Error(f"compile: {cfg.checkpoint}: the network takes {in_channels} channels and predicts "
+                       f"{model_cfg.get('classes')}; predict feeds 3 (RGB) and reads {len(CHANNELS)}")
+    meta = ModelMeta(upscale=model.upscale, input=model.spec.to_dict(), classes=list(CHANNELS), stride=net_stride(net),
+                     in_channels=in_channels, model=model_cfg, source=str(Path(cfg.checkpoint).resolve()))
+    out = Path(cfg.out) if cfg.out else default_out(cfg.checkpoint, cfg.format)
+    ensure_writable_dir(out.parent)
+    tiles = calibration_tiles(cfg.calibration or [], model, cfg.calibration_tiles, cfg.tile) if cfg.int8 else None
+    files = write_model_files(net, meta, cfg.format, out, cfg.tile, cfg.opset, tiles)
+    read_meta(out)  # the metadata reads back
+    if cfg.verify:
+        diff = verify(net, out, cfg.format, meta.stride)
+        log.info("compile: max |p - p_torch| on a random tile: %.2e", diff)
+        if diff > VERIFY_TOLERANCE and not cfg.int8:  # int8 differs by design; bench/bench_runtimes.py scores its footprints
+            for f in files:
+                f.unlink(missing_ok=True)
+            raise SN7Error(f"compile: the exported model differs from the checkpoint by {diff:.3g} (> {VERIFY_TOLERANCE}) "
+                           "on a random tile; nothing written")
+    print(f"compile: wrote {', '.join(map(str, files))} (stride {meta.stride}, upscale {meta.upscale:g}); run it with\n"
+          f"  spacenet7 predict engine={'onnxruntime' if cfg.format is ModelFormat.onnx else 'openvino'} model_file={out} ...")
+    return {"model_file": out}
+
+
+def calibration_tiles(images: list[str], model: LoadedModel, n: int, tile: int) -> list[np.ndarray]:
+    """Up to ``n`` (1, 3, tile, tile) float tiles in [0, 1] with valid pixels, spread over ``images`` (read as predict reads them)."""
+    from spacenet7.data.sn7 import read_image, records_from_files
+    from spacenet7.io.raster import iter_windows
+
+    found: list[np.ndarray] = []
+    per_image = max(1, -(-n // max(len(images), 1)))
+    for recs in records_from_files(list(images), "calibration").values():
+        for rec in recs:
+            img = read_image(rec, upscale=model.upscale, spec=model.spec)
+            h, w = img.rgb.shape[1:]
+            wins = [wn for wn in iter_windows(h, w, tile, tile) if wn.height == tile and wn.width == tile]
+            step = max(1, len(wins) // per_image)
+            for wn in wins[::step][:per_image]:
+                r, c = int(wn.row_off), int(wn.col_off)
+                if img.valid[r : r + tile, c : c + tile].mean() > 0.5:
+                    found.append((img.rgb[None, :, r : r + tile, c : c + tile] / np.float32(255)).astype(np.float32))
+    if not found:
+        raise SN7Error(f"compile: no calibration tile of {tile}^2 with valid pixels in {images}")
+    return found[:n]
+
+
+@torch.no_grad()
+def verify(net: torch.nn.Module, path: Path, fmt: ModelFormat, stride: int) -> float:
+    """Max absolute difference between the exported file (fp32) and torch fp32 on two random tiles of an odd size."""
+    side = 3 * stride + stride * (64 // stride or 1)  # not the traced size: the axes must be dynamic
+    x = torch.rand(2, 3, side, side + stride, generator=torch.Generator().manual_seed(0))
+    ref = net.float().eval()(x.contiguous(memory_format=torch.channels_last)).sigmoid()
+    runtime = make_runtime(Engine.onnxruntime if fmt is ModelFormat.onnx else Engine.openvino, path)
+    return float(np.abs(runtime(x).numpy() - ref.numpy()).max())

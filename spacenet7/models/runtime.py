@@ -1,0 +1,309 @@
+"""Inference runtimes: one swap point for "a batch of tiles -> probabilities".
+
+Tiling, test-time views and fusion (:mod:`spacenet7.models.inference`, :mod:`spacenet7.predict`)
+are shared by every engine; an engine only turns a (B, 3, h, w) float batch in [0, 1] into
+(B, C, h, w) float32 sigmoid probabilities:
+
+- :class:`TorchRuntime`: the network itself, eager, with bf16 autocast and channels-last where
+  the hardware runs bf16 natively (the default, as before);
+- :class:`OnnxRuntime`: an ONNX file (``spacenet7 compile format=onnx``) in ONNX Runtime;
+- :class:`OpenVinoRuntime`: an OpenVINO IR (``format=openvino``) or an ONNX file in OpenVINO,
+  fp32 or, where the CPU runs it natively, bf16.
+
+Exported model files carry the metadata prediction needs (:class:`ModelMeta`): the training
+upscale, the input bands and scaling, the output classes and the tile alignment (the encoder's
+stride; inputs are padded to a multiple of it). The ONNX and OpenVINO packages are the
+``spacenet7[fast]`` extra; a missing one is a one-line error naming it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from spacenet7.config import Engine, ModelFormat
+from spacenet7.data.bands import InputSpec
+from spacenet7.data.targets import CHANNELS
+from spacenet7.errors import SN7DataError, SN7Error
+
+META_KEY = "spacenet7"  # ONNX metadata_props key / OpenVINO rt_info key holding ModelMeta as JSON
+META_FORMAT = "spacenet7-model/1"
+INPUT_NAME, OUTPUT_NAME = "image", "prob"
+FAST_EXTRA = "pip install 'spacenet7[fast]'"
+
+
+class Runtime(Protocol):
+    """Runs the network on a batch of tiles."""
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) float32 in [0, 1], h and w multiples of the stride -> (B, C, h, w) float32 probabilities."""
+        ...
+
+
+class TorchRuntime:
+    """Eager PyTorch, channels-last, with autocast to ``amp_dtype`` when given (bit-identical to the old path)."""
+
+    def __init__(self, net: torch.nn.Module, device: torch.device, amp_dtype: torch.dtype | None) -> None:
+        self.net, self.device, self.amp_dtype = net, device, amp_dtype
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Probabilities of a batch (on the model's device)."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            return self.net(batch.contiguous(memory_format=torch.channels_last)).float().sigmoid()
+
+
+class OnnxRuntime:
+    """An ONNX file in ONNX Runtime (CPU; ``device=cuda`` picks the CUDA provider when installed: untested)."""
+
+    def __init__(self, path: Path, threads: int = 0, device: str = "cpu") -> None:
+        ort = require("onnxruntime", "onnxruntime")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise SN7Error("predict: device=cuda with engine=onnxruntime needs onnxruntime-gpu (CUDAExecutionProvider)")
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Probabilities of a batch (on the CPU)."""
+        x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0])
+
+
+class OpenVinoRuntime:
+    """An OpenVINO IR or ONNX file compiled for the CPU, in fp32 or bf16 (``INFERENCE_PRECISION_HINT``)."""
+
+    def __init__(self, path: Path, threads: int = 0, bf16: bool = False) -> None:
+        ov = require("openvino", "openvino")
+        core = ov.Core()
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Probabilities of a batch (on the CPU)."""
+        x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+        out = self.request.infer({0: x})
+        return torch.from_numpy(np.array(next(iter(out.values())), dtype=np.float32))
+
+
+def require(module: str, package: str) -> Any:
+    """Import ``module``, or raise one line naming the package and the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise SN7Error(f"the {package} package is not installed: {FAST_EXTRA}") from None
+
+
+@dataclass
+class ModelMeta:
+    """What an exported model file must carry for ``predict`` to reproduce training.
+
+    Attributes:
+        upscale: the training grid's scale over the mosaics'.
+        input: the input bands and scaling (:class:`InputSpec` as a dict).
+        classes: the output channels, in order.
+        stride: tile alignment: input height and width must be multiples of it (predict pads).
+        in_channels: input channels of the network.
+        model: the network config it was built from.
+        source: the checkpoint it was exported from.
+    """
+
+    upscale: float
+    input: dict[str, Any]
+    classes: list[str]
+    stride: int
+    in_channels: int = 3
+    model: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    format: str = META_FORMAT
+
+    def to_json(self) -> str:
+        """The metadata as the JSON string stored in the model file."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str, path: Path) -> ModelMeta:
+        """Parse and check the stored metadata.
+
+        Raises:
+            SN7DataError: not JSON, another format, a missing key or a value prediction cannot use.
+        """
+        try:
+            doc = json.loads(text)
+            if doc.get("format") != META_FORMAT:
+                raise ValueError(f"format {doc.get('format')!r}, expected {META_FORMAT!r}")
+            meta = cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
+            InputSpec.from_dict(meta.input)
+        except (ValueError, TypeError, KeyError, AttributeError, SN7Error) as exc:
+            raise SN7DataError(path, f"bad spacenet7 metadata in the model file ({str(exc).splitlines()[0][:160]})") from None
+        if not (meta.upscale > 0 and int(meta.stride) >= 1 and list(meta.classes) == list(CHANNELS)):
+            raise SN7DataError(path, f"bad spacenet7 metadata in the model file (upscale {meta.upscale}, stride {meta.stride}, "
+                                     f"classes {meta.classes}; this version predicts {list(CHANNELS)})")
+        return meta
+
+
+def net_stride(net: torch.nn.Module) -> int:
+    """The network's input alignment: its encoder's output stride (1 when it has none)."""
+    return int(getattr(getattr(net, "encoder", None), "output_stride", 1) or 1)
+
+
+class _Probabilities(torch.nn.Module):
+    """The network with its sigmoid, as exported."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Sigmoid probabilities of the logits."""
+        return self.net(x).sigmoid()
+
+
+def export_onnx(net: torch.nn.Module, meta: ModelMeta, out: Path, tile: int = 256, opset: int = 17) -> Path:
+    """Write ``net`` (fp32, with its sigmoid) as ONNX with dynamic batch, height and width, ``meta`` in its metadata.
+
+    Args:
+        net: the network (a copy is exported; ``net`` is left as it is).
+        meta: stored under ``metadata_props[spacenet7]``.
+        out: the ``.onnx`` file (written directly; callers make it atomic).
+        tile: the side of the example input traced (rounded up to the stride).
+        opset: ONNX opset (>= 17).
+    """
+    onnx = require("onnx", "onnx")
+    side = -(-tile // meta.stride) * meta.stride
+    example = torch.rand(1, meta.in_channels, side, side)
+    wrapped = _Probabilities(copy.deepcopy(net).float().to(memory_format=torch.contiguous_format)).eval()  # net untouched
+    dims = {0: "batch", 2: "height", 3: "width"}
+    torch.onnx.export(wrapped, (example,), str(out), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
+                      dynamic_axes={INPUT_NAME: dims, OUTPUT_NAME: dims}, dynamo=False)
+    model = onnx.load(str(out))
+    onnx.helper.set_model_props(model, {META_KEY: meta.to_json()})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return out
+
+
+def quantize_int8(onnx_in: Path, onnx_out: Path, tiles: list[np.ndarray]) -> Path:
+    """Static int8 quantization (QDQ: per-channel int8 weights, uint8 activations) calibrated on ``tiles``.
+
+    ONNX Runtime's quantizer writes the QDQ graph; OpenVINO runs it (or its IR) with int8 kernels.
+
+    Args:
+        onnx_in: the fp32 export.
+        onnx_out: the quantized ``.onnx``.
+        tiles: calibration inputs, each (1, 3, h, w) float32 in [0, 1].
+    """
+    require("onnxruntime", "onnxruntime")
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Tiles(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(tiles)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            t = next(self.it, None)
+            return None if t is None else {INPUT_NAME: t}
+
+    quantize_static(str(onnx_in), str(onnx_out), Tiles(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    onnx = require("onnx", "onnx")
+    model = onnx.load(str(onnx_out))  # the quantizer drops metadata_props: put them back
+    props = {p.key: p.value for p in onnx.load(str(onnx_in), load_external_data=False).metadata_props}
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(onnx_out))
+    return onnx_out
+
+
+def onnx_to_openvino(onnx_path: Path, meta: ModelMeta, out_xml: Path) -> Path:
+    """Convert an ONNX file to an OpenVINO IR (``out_xml`` + its ``.bin``, fp32 weights) with ``meta`` in rt_info."""
+    ov = require("openvino", "openvino")
+    model = ov.convert_model(str(onnx_path))
+    model.set_rt_info(meta.to_json(), [META_KEY])
+    ov.save_model(model, str(out_xml), compress_to_fp16=False)
+    return out_xml
+
+
+def read_meta(path: str | Path) -> ModelMeta:
+    """The :class:`ModelMeta` stored in an exported ``.onnx`` or OpenVINO ``.xml`` file.
+
+    Raises:
+        SN7DataError: missing file, unreadable, or without (valid) spacenet7 metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SN7DataError(path, "model file not found")
+    if path.suffix == ".onnx":
+        onnx = require("onnx", "onnx")
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf's DecodeError and friends
+            raise SN7DataError(path, f"not a readable ONNX file ({str(exc).splitlines()[0][:120]})") from None
+        props = {p.key: p.value for p in model.metadata_props}
+        text = props.get(META_KEY)
+    elif path.suffix == ".xml":
+        ov = require("openvino", "openvino")
+        try:
+            model = ov.Core().read_model(str(path))
+        except Exception as exc:
+            raise SN7DataError(path, f"not a readable OpenVINO IR ({str(exc).splitlines()[0][:120]})") from None
+        text = model.get_rt_info([META_KEY]).astype(str) if model.has_rt_info([META_KEY]) else None
+    else:
+        raise SN7DataError(path, "model_file must be an .onnx file or an OpenVINO .xml (spacenet7 compile writes them)")
+    if not text:
+        raise SN7DataError(path, "the model file has no spacenet7 metadata (upscale, input bands); "
+                                 "export it with `spacenet7 compile checkpoint=...`")
+    return ModelMeta.from_json(text, path)
+
+
+def make_runtime(engine: Engine, model_file: str | Path, *, threads: int = 0, bf16: bool = False,
+                 device: str = "cpu") -> Runtime:
+    """The runtime for an exported model file (``engine`` other than torch)."""
+    path = Path(model_file)
+    if engine is Engine.onnxruntime:
+        if path.suffix != ".onnx":
+            raise SN7DataError(path, "engine=onnxruntime runs .onnx files (spacenet7 compile format=onnx)")
+        return OnnxRuntime(path, threads, device)
+    if engine is Engine.openvino:
+        if device.startswith("cuda"):
+            raise SN7Error("predict: engine=openvino runs on the CPU here; use device=cpu (or auto)")
+        return OpenVinoRuntime(path, threads, bf16)
+    raise SN7Error(f"predict: engine={engine} does not run model files")
+
+
+def write_model_files(net: torch.nn.Module, meta: ModelMeta, fmt: ModelFormat, out: Path, tile: int = 256,
+                      opset: int = 17, int8_tiles: list[np.ndarray] | None = None) -> list[Path]:
+    """Export to ``out`` (``.onnx``, or ``.xml`` + ``.bin``) atomically: nothing is left at ``out`` on failure.
+
+    ``int8_tiles``: quantize to int8, calibrated on these tiles (:func:`quantize_int8`).
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".partial", dir=out.parent) as tmp:
+        onnx_path = export_onnx(net, meta, Path(tmp) / "model.onnx", tile, opset)
+        if int8_tiles:
+            onnx_path = quantize_int8(onnx_path, Path(tmp) / "int8.onnx", int8_tiles)
+        if fmt is ModelFormat.onnx:
+            onnx_path.replace(out)
+            return [out]
+        xml = onnx_to_openvino(onnx_path, meta, Path(tmp) / "model.xml")
+        binary = out.with_suffix(".bin")
+        xml.with_suffix(".bin").replace(binary)  # the weights first: an .xml never points at a missing .bin
+        xml.replace(out)
+        return [out, binary]
+

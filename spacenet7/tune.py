@@ -1,0 +1,267 @@
+"""Stage ``tune``: an Optuna study over training settings, with pruning of bad trials while they train.
+
+Each trial samples the search space (``conf/tune/<name>.yaml``: a name per dimension, the train
+override ``path`` it sets and its distribution), composes the training config from
+``conf/train.yaml`` with the shared ``train.*`` settings and the sampled overrides through the
+same code path as ``spacenet7 train`` (:func:`spacenet7.config.compose_checked`), and trains it
+with :func:`spacenet7.train.run` in ``<run_dir>/trials/<number>``. TPE samples; the median (or
+Hyperband) pruner stops a trial whose validation metric, reported every validation epoch by
+optuna-integration's Lightning callback, falls behind earlier trials at the same epoch.
+
+The study lives in SQLite under ``run_dir`` (``study.db``) unless ``storage`` names another
+database: re-running the command resumes it and adds ``n_trials``; several processes or machines
+given one URL share one study. At the end the best trial is printed and written as
+``best.yaml``, a training experiment (``<run_dir>/experiment/best.yaml``), with ``trials.csv``
+and Optuna's optimization-history and parameter-importance plots as PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spacenet7.config import CONF_DIR, Dist, Objective, Param, Pruner, TuneConfig, compose_checked
+from spacenet7.errors import SN7Error
+from spacenet7.io.atomic import atomic_path, ensure_writable_dir
+from spacenet7.pipeline import _value, flatten_overrides
+
+log = logging.getLogger(__name__)
+METRIC = {Objective.iou: "val/iou", Objective.f1: "val/f1", Objective.scot: "val/iou"}  # reported each epoch, for pruning
+GROUPS_REPLACED = ("model", "loss", "optimizer", "augment")  # best.yaml carries them whole (no leftover group keys)
+
+
+def storage_url(cfg: TuneConfig) -> str:
+    """The study's database: ``cfg.storage``, or SQLite in the run folder."""
+    return cfg.storage or f"sqlite:///{(Path(cfg.run_dir) / 'study.db').resolve()}"
+
+
+def suggest(trial: Any, name: str, p: Param) -> Any:
+    """Draw dimension ``name`` of the space from ``trial``."""
+    if p.dist is Dist.categorical:
+        return trial.suggest_categorical(name, list(p.choices or []))
+    assert p.low is not None and p.high is not None  # checked in Param
+    if p.dist is Dist.int:
+        return trial.suggest_int(name, int(p.low), int(p.high), step=int(p.step or 1))
+    if p.dist is Dist.log_float:
+        return trial.suggest_float(name, p.low, p.high, log=True)
+    return trial.suggest_float(name, p.low, p.high, step=p.step)
+
+
+def trial_overrides(cfg: TuneConfig, params: dict[str, Any]) -> list[str]:
+    """The train overrides of one trial: the shared ``train.*`` settings, then the sampled values."""
+    shared = flatten_overrides(cfg.train)
+    if cfg.objective is Objective.f1:
+        shared.append("monitor=val/f1")  # the best checkpoint is the objective's
+    return shared + [f"{cfg.space[name].path}={_value(v)}" for name, v in params.items()]
+
+
+def _midpoint(p: Param) -> Any:
+    if p.dist is Dist.categorical:
+        return (p.choices or [None])[0]
+    v = p.low if p.dist is Dist.log_float else ((p.low or 0) + (p.high or 0)) / 2
+    return int(v or 0) if p.dist is Dist.int else v
+
+
+def _pruner(cfg: TuneConfig) -> Any:
+    import optuna
+
+    if cfg.pruner is Pruner.median:
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_startup_trials, n_warmup_steps=cfg.prune_warmup_epochs)
+    if cfg.pruner is Pruner.hyperband:
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def pruning_callback(trial: Any, monitor: str) -> Any:
+    """optuna-integration's Lightning pruning callback, reporting during ``fit`` only (not train's final ``validate``)."""
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    class FitPruning(PyTorchLightningPruningCallback):
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if trainer.state.fn == "fit":
+                super().on_validation_end(trainer, pl_module)
+
+    return FitPruning(trial, monitor=monitor)
+
+
+def load_study(cfg: TuneConfig) -> Any:
+    """Create or resume the study (TPE sampler, the configured pruner, maximizing)."""
+    import optuna
+
+    url = storage_url(cfg)
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}  # concurrent writers wait, not fail
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    study = optuna.create_study(study_name=cfg.study_name, storage=storage, direction="maximize", load_if_exists=True,
+                                pruner=_pruner(cfg))
+    done = len(study.trials)  # a resumed study draws new random start-up points, not the first run's again
+    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + done, n_startup_trials=cfg.startup_trials)
+    return study
+
+
+def run(cfg: TuneConfig) -> dict[str, Path]:
+    """Run ``n_trials`` more trials of the study; write the best trial and the plots."""
+    import optuna
+
+    from spacenet7 import train
+
+    run_dir = ensure_writable_dir(cfg.run_dir)
+    midpoint = {name: _midpoint(p) for name, p in cfg.space.items()}  # every path and the shared settings, before any work
+    compose_checked("train", [*trial_overrides(cfg, midpoint), f"run_dir={run_dir / 'trials' / 'check'}"])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = load_study(cfg)
+    monitor = METRIC[cfg.objective]
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {name: suggest(trial, name, p) for name, p in cfg.space.items()}
+        overrides = trial_overrides(cfg, params)
+        trial.set_user_attr("overrides", overrides)
+        trial_dir = run_dir / "trials" / f"{trial.number:04d}"
+        tcfg = compose_checked("train", [*overrides, f"run_dir={trial_dir}"])
+        print(f"\n=== tune: trial {trial.number}: " + " ".join(f"{k}={v}" for k, v in params.items()), flush=True)
+        try:
+            out = train.run(tcfg, callbacks=[pruning_callback(trial, monitor)])
+        except optuna.TrialPruned as exc:
+            print(f"=== tune: trial {trial.number}: {str(exc).lower().rstrip('.')}", flush=True)
+            raise
+        finally:
+            if tcfg.logger.wandb:
+                import wandb
+
+                wandb.finish()
+        metrics = json.loads(out["metrics"].read_text())
+        value = float(metrics[monitor.replace("/", "_")])
+        if cfg.objective is Objective.scot:
+            value = validation_scot(cfg, tcfg.chip_dir, out["best"], trial_dir / "scot")
+        print(f"=== tune: trial {trial.number}: {cfg.objective} = {value:.4f}", flush=True)
+        return value
+
+    if cfg.n_trials:
+        # a trial whose training fails (a non-finite loss at a high learning rate, an encoder that does not
+        # exist) is recorded as failed and the study goes on
+        study.optimize(objective, n_trials=cfg.n_trials, timeout=cfg.timeout, gc_after_trial=True, catch=(SN7Error,))
+    return report(cfg, study, run_dir)
+
+
+def counts(study: Any) -> dict[str, int]:
+    """Trials per state (complete, pruned, fail, running, ...)."""
+    out: dict[str, int] = {}
+    for t in study.trials:
+        out[t.state.name.lower()] = out.get(t.state.name.lower(), 0) + 1
+    return out
+
+
+def report(cfg: TuneConfig, study: Any, run_dir: Path) -> dict[str, Path]:
+    """Print the best trial; write ``experiment/best.yaml``, ``trials.csv`` and the plots."""
+    n = counts(study)
+    print(f"\n=== tune: study {study.study_name!r} ({storage_url(cfg)}): {len(study.trials)} trials, "
+          + ", ".join(f"{v} {k}" for k, v in sorted(n.items())))
+    outputs: dict[str, Path] = {}
+    with atomic_path(run_dir / "trials.csv") as tmp:
+        study.trials_dataframe().to_csv(tmp, index=False)
+    outputs["trials"] = run_dir / "trials.csv"
+    if not n.get("complete"):
+        raise SN7Error(f"tune: no trial of study {study.study_name!r} completed; nothing to report "
+                       f"({', '.join(f'{v} {k}' for k, v in n.items()) or 'no trials'})")
+    best = study.best_trial
+    print(f"best trial {best.number}: {cfg.objective} = {best.value:.4f}  " + " ".join(f"{k}={v}" for k, v in best.params.items()))
+    path = run_dir / "experiment" / "best.yaml"
+    write_best(best.user_attrs["overrides"], path, f"spacenet7 tune: study {study.study_name}, trial {best.number}, "
+                                                   f"{cfg.objective} = {best.value:.4f}")
+    outputs["best"] = path
+    print(f"best.yaml:     {path}\ntrain it:      spacenet7 train experiment=best hydra.searchpath=[file://{run_dir.resolve()}] "
+          "run_dir=...  (or copy it to conf/experiment/)")
+    if cfg.plots:
+        outputs.update(plots(study, run_dir))
+    return outputs
+
+
+def write_best(overrides: list[str], path: Path, title: str) -> Path:
+    """The trial's training config as an experiment file (``# @package _global_``).
+
+    Values are the trial's composed config without resolving interpolations (``T_max: ${max_epochs}``
+    stays one), minus ``run_dir`` and ``resume``; the model, loss, optimizer and augment groups are
+    replaced whole, so nothing of the default group's is left over.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from spacenet7.config import register
+
+    register()
+    args = [*overrides, "run_dir=unused"]
+    if GlobalHydra.instance().is_initialized():
+        composed = hydra_compose(config_name="train", overrides=args)
+    else:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            composed = hydra_compose(config_name="train", overrides=args)
+    doc = OmegaConf.to_container(composed, resolve=False)
+    assert isinstance(doc, dict)
+    for key in ("run_dir", "resume"):
+        doc.pop(key, None)
+    body = {"defaults": [{f"override /{g}": None} for g in GROUPS_REPLACED], **doc}
+    text = f"# @package _global_\n# {title}\n# overrides: {' '.join(overrides)}\n" + yaml.safe_dump(body, sort_keys=False)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def plots(study: Any, run_dir: Path) -> dict[str, Path]:
+    """Optuna's optimization history and parameter importances (matplotlib) as PNGs."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    out: dict[str, Path] = {}
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    jobs: dict[str, Any] = {"history": ovm.plot_optimization_history}
+    if len(complete) >= 2:
+        jobs["importance"] = ovm.plot_param_importances
+    else:
+        log.warning("tune: parameter importances need 2 completed trials (have %d); not plotted", len(complete))
+    for name, fn in jobs.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "experimental" warnings of optuna.visualization.matplotlib
+            ax = fn(study)
+        fig: Any = ax.get_figure()
+        fig.set_size_inches(8, 5)
+        fig.tight_layout()
+        path = run_dir / f"{name}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+        out[name] = path
+    return out
+
+
+def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path) -> float:
+    """SCOT of the trial's best checkpoint on the validation AOIs of its chip folder (the band, ``split=spatial``)."""
+    from spacenet7 import evaluate, export, predict, vectorize
+    from spacenet7.chip import load_index
+    from spacenet7.pipeline import band_region
+
+    index, meta = load_index(chip_dir)
+    aois = sorted(index.loc[index["split"] == "val", "aoi"].unique())
+    root = str(meta.get("data_root"))
+    split_dir = (meta.get("settings") or {}).get("split_dir", "train")
+    listed = "[" + ",".join(aois) + "]"
+    region = band_region(Path(root), aois, float(meta["val_frac"])) if meta.get("split") == "spatial" else None
+    predict.run(compose_checked("predict", [f"checkpoint={checkpoint}", f"data_root={root}", f"split_dir={split_dir}",
+                                            f"aois={listed}", f"out_dir={work / 'predictions'}", "progress=false",
+                                            *flatten_overrides(cfg.scot_predict)]))
+    vectorize.run(compose_checked("vectorize", [f"pred_dir={work / 'predictions'}", f"out_dir={work / 'vectors'}",
+                                                f"aois={listed}", *flatten_overrides(cfg.scot_vectorize)]))
+    export.run(compose_checked("export", [f"vec_dir={work / 'vectors'}", f"out_dir={work / 'footprints'}",
+                                          f"submission={work / 'submission.csv'}", "geojson=false", "gpkg=false"]))
+    ev = [f"data_root={root}", f"split_dir={split_dir}", f"aois={listed}", f"submission={work / 'submission.csv'}",
+          f"out={work / 'metrics.json'}"]
+    if region:
+        ev.append("region=[" + ",".join(map(str, region)) + "]")
+    evaluate.run(compose_checked("evaluate", ev))
+    return float(json.loads((work / "metrics.json").read_text())["scot"])

@@ -1,0 +1,153 @@
+"""spacenet7 compile and predict engine=onnxruntime|openvino: parity with torch fp32, metadata, errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from spacenet7 import chip, predict, train, vectorize
+from spacenet7 import compile as compile_stage
+from spacenet7.config import ChipConfig, Engine, compose
+from spacenet7.data.sn7 import read_image, scan
+from spacenet7.errors import SN7Error
+from spacenet7.io.probability import read_prediction
+from spacenet7.models.inference import load_model, load_model_file, predict_batch, sliding_window
+from spacenet7.models.runtime import META_KEY, read_meta
+from spacenet7.vectorize import load_vectors
+
+ENGINES = [(Engine.onnxruntime, "onnx", ".onnx"), (Engine.openvino, "openvino", ".xml")]
+
+
+@pytest.fixture(scope="module")
+def trained(synth_root, tmp_path_factory) -> Path:
+    """A demo network trained briefly on the tiny data set: its best checkpoint."""
+    d = tmp_path_factory.mktemp("runtime")
+    chip.run(ChipConfig(data_root=str(synth_root), out_dir=str(d / "chips"), chip_size=128, overlap=0, progress=False,
+                        val_frac=0.34, upscale=2.0))
+    cfg = compose("train", ["experiment=demo_cpu", f"chip_dir={d / 'chips'}", f"run_dir={d / 'train'}", "logger.wandb=false",
+                            "trainer.enable_progress_bar=false", "max_epochs=4", "trainer.limit_train_batches=12"])
+    return train.run(cfg)["best"]
+
+
+@pytest.fixture(scope="module")
+def compiled(trained) -> dict[str, Path]:
+    out = {}
+    for _, fmt, suffix in ENGINES:
+        out[fmt] = compile_stage.run(compose("compile", [f"checkpoint={trained}", f"format={fmt}",
+                                                         f"out={trained.parent / ('model' + suffix)}"]))["model_file"]
+    return out
+
+
+def test_export_has_dynamic_axes_opset_and_metadata(trained, compiled):
+    m = onnx.load(str(compiled["onnx"]))
+    assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, "height", "width"]
+    ckpt = load_model(trained)
+    for fmt in ("onnx", "openvino"):
+        meta = read_meta(compiled[fmt])
+        assert meta.upscale == ckpt.upscale == 2.0 and meta.stride == 8
+        assert meta.input == ckpt.spec.to_dict() and meta.classes == ["footprint", "boundary", "contact"]
+    assert compiled["openvino"].with_suffix(".bin").stat().st_size > 100_000
+
+
+@pytest.mark.parametrize("engine,fmt,_", ENGINES)
+def test_engine_matches_torch_fp32_on_the_same_tiles(trained, compiled, synth_root, engine, fmt, _):
+    torch.manual_seed(0)
+    ref = load_model(trained, device="cpu", amp=False)
+    fast = load_model_file(compiled[fmt], engine, amp=False)
+    assert fast.stride == ref.stride == 8
+    tiles = torch.rand(3, 3, 96, 96)
+    for tta in (None, "d4"):
+        diff = (predict_batch(fast, tiles, tta) - predict_batch(ref, tiles, tta)).abs().max().item()
+        assert diff < 1e-4, (tta, diff)
+    # a tile side that is not a multiple of the stride is padded the same way for both
+    odd = torch.rand(2, 3, 100, 100)
+    p_ref, p_fast = predict_batch(ref, odd, None), predict_batch(fast, odd, None)
+    assert p_fast.shape == (2, 3, 100, 100) and (p_fast - p_ref).abs().max().item() < 1e-4
+    rec = next(iter(scan(synth_root).values()))[0]
+    rgb = read_image(rec, upscale=2.0, spec=ref.spec).rgb[:, :300, :300]
+    a, b = sliding_window(ref, rgb, 128, 32, 4, "flips"), sliding_window(fast, rgb, 128, 32, 4, "flips")
+    assert np.abs(a - b).max() < 1e-2
+
+
+def test_predict_engines_give_the_same_rasters_and_footprints(trained, compiled, synth_root, tmp_path):
+    aoi = sorted(scan(synth_root))[-1]
+    common = [f"data_root={synth_root}", f"aois=[{aoi}]", "progress=false", "tta_views=flips", "amp=false", "tile=128", "overlap=32"]
+    runs = {"torch": [f"checkpoint={trained}"], "onnxruntime": [f"model_file={compiled['onnx']}"],
+            "openvino": [f"model_file={compiled['openvino']}"]}
+    vectors = {}
+    for name, args in runs.items():
+        predict.run(compose("predict", [*common, *args, f"engine={name}", f"out_dir={tmp_path / name / 'pred'}"]))
+        vectorize.run(compose("vectorize", [f"pred_dir={tmp_path / name / 'pred'}", f"out_dir={tmp_path / name / 'vec'}"]))
+        vectors[name] = load_vectors(tmp_path / name / "vec" / f"{aoi}.parquet")[0]
+    stems = sorted(p.name for p in (tmp_path / "torch" / "pred" / aoi).glob("*.tif"))
+    assert stems
+    ref = vectors["torch"]
+    assert len(ref) > 20  # a trained model: real footprints to compare
+    for name in ("onnxruntime", "openvino"):
+        for stem in stems:
+            a = read_prediction(tmp_path / "torch" / "pred" / aoi / stem)[0]
+            b = read_prediction(tmp_path / name / "pred" / aoi / stem)[0]
+            assert np.abs(a - b).max() <= 1.5 / 254  # the uint8 encoding's rounding, at most one level apart
+        got = vectors[name]
+        same = sorted(g.wkb for g in ref.geometry) == sorted(g.wkb for g in got.geometry)
+        if not same:  # a pixel flipped at the threshold: footprints must still agree at F1 >= 0.99
+            from spacenet7.metrics.matching import match
+
+            tp = len(match(np.asarray(ref.geometry), np.asarray(got.geometry), 0.5, inclusive=True))
+            assert 2 * tp / (len(ref) + len(got)) >= 0.99
+
+
+def test_model_file_errors_are_one_line(trained, compiled, synth_root, tmp_path):
+    bare = tmp_path / "bare.onnx"
+    m = onnx.load(str(compiled["onnx"]))
+    del m.metadata_props[:]
+    onnx.save(m, str(bare))
+    with pytest.raises(SN7Error, match="no spacenet7 metadata"):
+        predict.run(compose("predict", [f"data_root={synth_root}", "engine=onnxruntime", f"model_file={bare}",
+                                        f"out_dir={tmp_path / 'p'}"]))
+    assert not (tmp_path / "p").exists()
+    # metadata that disagrees with the data: a model exported for 5-band imagery
+    wrong = tmp_path / "wrong.onnx"
+    m = onnx.load(str(compiled["onnx"]))
+    doc = json.loads(next(p.value for p in m.metadata_props if p.key == META_KEY))
+    doc["input"]["count"] = 5
+    onnx.helper.set_model_props(m, {META_KEY: json.dumps(doc)})
+    onnx.save(m, str(wrong))
+    with pytest.raises(SN7Error, match=r"has 4 band\(s\) but input.count=5.*wrong.onnx was exported for"):
+        predict.run(compose("predict", [f"data_root={synth_root}", "engine=onnxruntime", f"model_file={wrong}",
+                                        f"out_dir={tmp_path / 'p'}"]))
+    doc["upscale"] = 0
+    onnx.helper.set_model_props(m, {META_KEY: json.dumps(doc)})
+    onnx.save(m, str(wrong))
+    with pytest.raises(SN7Error, match="bad spacenet7 metadata.*upscale 0"):
+        read_meta(wrong)
+    with pytest.raises(SN7Error, match="runs .onnx files"):
+        load_model_file(compiled["openvino"], Engine.onnxruntime)
+    with pytest.raises(SN7Error, match="set model_file="):
+        compose("predict", ["engine=openvino"])
+    with pytest.raises(SN7Error, match="model file not found"):
+        read_meta(tmp_path / "missing.xml")
+
+
+def test_missing_runtime_package_names_the_extra(compiled, tmp_path):
+    code = ("import sys; sys.modules['onnxruntime'] = None\n"
+            "from spacenet7.config import Engine\nfrom spacenet7.models.inference import load_model_file\n"
+            f"load_model_file({str(compiled['onnx'])!r}, Engine.onnxruntime)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"})
+    assert r.returncode != 0 and "onnxruntime package is not installed: pip install 'spacenet7[fast]'" in r.stderr
+
+
+def test_compile_cli_refuses_a_bad_checkpoint_in_one_line(tmp_path):
+    env_py = [sys.executable, "-m", "spacenet7", "compile"]
+    root = str(Path(__file__).resolve().parents[1])
+    r = subprocess.run([*env_py, f"checkpoint={tmp_path / 'nope.ckpt'}"], capture_output=True, text=True, cwd=root)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("spacenet7 compile: error:")
+    assert "checkpoint not found" in r.stderr and not list(tmp_path.iterdir())
