@@ -11,4 +11,5 @@ STAGES: dict[str, str] = {
     "export": "write GeoJSON/GPKG footprints and the SN7 submission CSV",
     "evaluate": "score a submission with SCOT (tracking + change) and per-month F1",
     "pipeline": "run synth (if needed), chip, train, predict, vectorize, export, evaluate",
+    "serve": "map viewer of a run's buildings month by month, and an inference API (127.0.0.1)",
 }
