@@ -130,6 +130,21 @@ def test_a_month_of_20000_footprints_draws_in_under_2_s(browser, tmp_path):
             assert page.evaluate("window.sn7.drawnCount()") == LARGE_MONTH
             page.evaluate("window.sn7.showMonth(0)")
             _wait_month(page, "2020-01")
-        print(f"\n{LARGE_MONTH} footprints drawn in {min(times):.2f} s (best of 3; all: {', '.join(f'{t:.2f}' for t in times)})")
-        assert min(times) < RENDER_BUDGET_S
+        median = sorted(times)[1]
+        print(f"\n{LARGE_MONTH} footprints drawn in {median:.2f} s (median of 3: {', '.join(f'{t:.2f}' for t in times)})")
+        assert median < RENDER_BUDGET_S
+        page.close()
+
+
+def test_api_docs_render_offline(browser, served_run):
+    app = create_app(ServeConfig(run_dir=str(served_run)))
+    with serve_in_thread(app) as url:
+        page = browser.new_page()
+        hosts: set[str | None] = set()
+        page.on("request", lambda r: hosts.add(urlparse(r.url).hostname))
+        page.goto(url + "docs")
+        page.wait_for_selector(".opblock", timeout=30_000)
+        ops = page.locator(".opblock-summary-path").all_text_contents()
+        assert {"/api/predict", "/api/track"} <= {o.replace("\u200b", "") for o in ops}
+        assert hosts == {"127.0.0.1"}, hosts
         page.close()

@@ -14,11 +14,23 @@ and its data root. The pieces: :mod:`.catalog` (what the run holds), :mod:`.tile
 
 from __future__ import annotations
 
+import importlib.util
+
 from spacenet7.config import ServeConfig
+from spacenet7.errors import SN7Error
+
+NEEDS = ("fastapi", "uvicorn", "rio_tiler", "multipart")  # the serve extra: pip install 'spacenet7[serve]'
 
 
 def run(cfg: ServeConfig) -> None:
-    """Build the application and serve it until interrupted."""
+    """Build the application and serve it until interrupted.
+
+    Raises:
+        SN7Error: the serve extra is not installed, the run folder is not a run, or the port is taken.
+    """
+    missing = [m for m in NEEDS if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SN7Error(f"serve: {', '.join(missing)} not installed: pip install 'spacenet7[serve]' (make install does)")
     from spacenet7.serve.app import create_app
     from spacenet7.serve.server import serve_forever
 

@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import shlex
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,9 @@ class Inference:
         if size > self.limits.max_bytes:
             raise UploadError(413, f"{name}: {size / 2**20:.1f} MB is over the limit of {self.limits.max_bytes / 2**20:g} MB (max_upload_mb)")
         try:
-            ds = open_raster(path, require_crs=False)
+            with warnings.catch_warnings():  # a raster without georeferencing is reported below, not warned about
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                ds = open_raster(path, require_crs=False)
         except SN7DataError:
             raise UploadError(415, f"{name}: not a GeoTIFF (GDAL cannot read it as a raster)") from None
         with ds:
