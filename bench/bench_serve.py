@@ -97,7 +97,9 @@ def main() -> None:
             print(f"200 tiles, 16 at a time: {percentiles(burst['tiles'])}")
             print(f"10 simultaneous predictions of one {recs[0].image.name} ({len(image) / 1024:.0f} KiB): {percentiles(burst['predictions'])}")
             ok = [t for c, t in burst["predictions"] if c == 200]
+            busy = [t for c, t in burst["predictions"] if c == 503]
             print(f"  the {len(ok)} answered 200: {', '.join(f'{t:.2f}' for t in sorted(ok))} s (one worker: each waits for those before it)")
+            print(f"  the {len(busy)} answered 503: {', '.join(f'{t:.2f}' for t in sorted(busy))} s")
             print(f"burst wall time {time.perf_counter() - t0:.1f} s; afterwards /api/health answers "
                   f"{__import__('httpx').get(url + 'api/health').json()}")
 

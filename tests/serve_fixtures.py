@@ -50,7 +50,7 @@ def oracle_run(src: Path, dst: Path) -> Path:
 
 def large_month_run(dst: Path, n_buildings: int, size: int = 2048, aoi: str = "L15-0000E-0000N_0000_0000_13") -> Path:
     """A run of one AOI (``size`` px, 4.78 m pixels, two months) whose second month holds ``n_buildings``
-    footprints (the first half of them), with its mosaic and probability rasters: the map's stress case."""
+    footprints (the first half of them), and probability rasters over its extent: the map's stress case."""
     from spacenet7.data.sn7 import make_stem
 
     side = int(np.ceil(np.sqrt(n_buildings)))
@@ -76,12 +76,12 @@ def large_month_run(dst: Path, n_buildings: int, size: int = 2048, aoi: str = "L
     gdf.to_parquet(dst / "vectors" / f"{aoi}.parquet", index=False)
     (dst / "vectors" / f"{aoi}.json").write_text(json.dumps(
         {"aoi": aoi, "crs": "EPSG:3857", "transform": list(transform)[:6], "months": [{"stem": s, "month": m} for s, m in zip(stems, months)]}))
-    rng = np.random.default_rng(0)
+    coarse = 256  # the probability rasters only place the AOI on the map: a coarse grid over the same extent
     for stem in stems:
         (dst / "predictions" / aoi).mkdir(parents=True, exist_ok=True)
-        prof = probability.profile("EPSG:3857", transform, size, size)
+        prof = probability.profile("EPSG:3857", transform * rasterio.Affine.scale(size / coarse), coarse, coarse)
         with rasterio.open(dst / "predictions" / aoi / f"{stem}.tif", "w", **prof) as ds:
-            ds.write(rng.integers(0, 254, (3, size, size), dtype=np.uint8))
+            ds.write(np.full((3, coarse, coarse), 127, np.uint8))
     return dst
 
 

@@ -115,12 +115,12 @@ class Catalog:
         out = {}
         for name, aoi in self.aois.items():
             gdf, _ = load_vectors(aoi.vectors)
-            gdf["area_m2"] = area_m2(gdf)  # in the source CRS's local UTM zone, as export writes it
-            out[name] = gdf.to_crs("EPSG:4326") if len(gdf) else gdf
+            gdf["area_m2"] = np.round(area_m2(gdf), 1)  # in the source CRS's local UTM zone, as export writes it
+            out[name] = web_geometries(gdf.to_crs("EPSG:4326")) if len(gdf) else gdf
         return out
 
     def buildings(self, aoi: str) -> gpd.GeoDataFrame:
-        """Every (building, month) row of ``aoi`` in EPSG:4326, with ``area_m2``."""
+        """Every (building, month) row of ``aoi`` in EPSG:4326 (RFC 7946 rings, rounded), with ``area_m2``."""
         return self._buildings[aoi]
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - one catalog per server, kept for its lifetime
@@ -131,12 +131,15 @@ class Catalog:
         (not observed this month, carried over a gap) and ``new`` (first seen this month).
         """
         gdf = self.buildings(aoi)
-        stem = self.aois[aoi].month(month)
-        g = gdf[gdf["stem"] == stem.stem] if stem is not None and len(gdf) else gdf.iloc[:0]
+        m = self.aois[aoi].month(month)
+        g = gdf[gdf["stem"] == m.stem] if m is not None and len(gdf) else gdf.iloc[:0]
         first_month = self.aois[aoi].months[0].month
-        props = [{"id": int(i), "first_seen": str(f), "last_seen": str(last), "n_months": int(n), "area_m2": round(float(a), 1),
-                  "filled": bool(fl), "new": bool(f == month and month != first_month)}
-                 for i, f, last, n, a, fl in zip(g["id"], g["first_seen"], g["last_seen"], g["n_months"], g["area_m2"], g["filled"])]
+        text = {k: json.dumps(str(k)) for k in set(g["first_seen"]) | set(g["last_seen"])} if len(g) else {}
+        true_false = ("false", "true")
+        props = [f'{{"id":{i},"first_seen":{text[f]},"last_seen":{text[last]},"n_months":{n},"area_m2":{a},'
+                 f'"filled":{true_false[fl]},"new":{true_false[f == month and month != first_month]}}}'
+                 for i, f, last, n, a, fl in zip(g["id"].tolist(), g["first_seen"].tolist(), g["last_seen"].tolist(),
+                                                 g["n_months"].tolist(), g["area_m2"].tolist(), g["filled"].tolist())]
         return feature_collection(g.geometry.to_numpy(), props)
 
     @functools.lru_cache(maxsize=64)  # noqa: B019
@@ -147,7 +150,7 @@ class Catalog:
             return None
         truth = read_labels(m.record)
         truth = truth.to_crs("EPSG:4326") if len(truth) else truth
-        return feature_collection(truth.geometry.to_numpy(), [{"id": int(i)} for i in truth["Id"]])
+        return feature_collection(web_geometries(truth).geometry.to_numpy(), [f'{{"id":{int(i)}}}' for i in truth["Id"]])
 
     def summary(self) -> dict[str, Any]:
         """The run as the page needs it: AOIs, months with their counts, files and scores."""
@@ -182,15 +185,19 @@ class Catalog:
             return {"bounds": [[s, w], [n, e]], "minzoom": int(src.minzoom), "maxzoom": int(src.maxzoom)}
 
 
-def feature_collection(geoms: np.ndarray, props: list[dict]) -> bytes:
-    """An RFC 7946 FeatureCollection of EPSG:4326 polygons: counter-clockwise exterior rings,
-    coordinates rounded to :data:`COORD_DECIMALS`, written in one pass (20,000 features in ~0.1 s)."""
+def web_geometries(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """EPSG:4326 polygons as RFC 7946 wants them: counter-clockwise exterior rings, coordinates
+    rounded to :data:`COORD_DECIMALS` (done once per AOI, not per request)."""
+    geoms = shapely.orient_polygons(np.asarray(gdf.geometry.values, dtype=object))
+    return gdf.set_geometry(shapely.transform(geoms, lambda xy: np.round(xy, COORD_DECIMALS)), crs=gdf.crs)
+
+
+def feature_collection(geoms: np.ndarray, props: list[str]) -> bytes:
+    """A GeoJSON FeatureCollection of geometries (see :func:`web_geometries`) and their properties
+    (each a JSON object's text), written in one pass: ~0.2 s for 20,000 footprints."""
     if not len(geoms):
         return b'{"type":"FeatureCollection","features":[]}'
-    geoms = shapely.orient_polygons(np.asarray(geoms, dtype=object))
-    geoms = shapely.transform(geoms, lambda xy: np.round(xy, COORD_DECIMALS))
-    parts = [f'{{"type":"Feature","properties":{json.dumps(p, separators=(",", ":"))},"geometry":{g}}}'
-             for p, g in zip(props, shapely.to_geojson(geoms))]
+    parts = [f'{{"type":"Feature","properties":{p},"geometry":{g}}}' for p, g in zip(props, shapely.to_geojson(geoms))]
     return ('{"type":"FeatureCollection","features":[' + ",".join(parts) + "]}").encode()
 
 

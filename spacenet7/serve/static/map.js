@@ -165,7 +165,8 @@
 
   (async () => {
     state.run = await (await fetch("/api/run")).json();
-    $("run-name").textContent = state.run.run_dir;
+    $("run-name").textContent = state.run.run_dir.split("/").filter(Boolean).pop();
+    $("run-name").title = state.run.run_dir;
     for (const a of state.run.aois) $("aoi").append(new Option(a.aoi, a.aoi));
     await showAoi(state.run.aois[0].aoi);
     window.sn7.ready = true;
