@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the map page's JavaScript (spacenet7 serve), from the npm registry: no CDN at run time
+NODE_STAMP := node_modules/.installed
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := offline
@@ -11,17 +13,21 @@ export WANDB_SILENT := true
 export MPLBACKEND := Agg
 RUN_DIR ?= runs/demo
 
-.PHONY: install demo real test test-slow lint notebook bench clean
+.PHONY: install demo real test test-slow lint notebook bench clean serve
 
 # Re-install only when the package metadata changed.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,fast]'
+	$(BIN)/pip install --quiet -e '.[dev,fast,serve]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-install: $(STAMP)
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+install: $(STAMP) $(NODE_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/spacenet7 pipeline run_dir=$(RUN_DIR)
@@ -31,7 +37,7 @@ demo: $(STAMP)
 real: $(STAMP)
 	$(BIN)/spacenet7 pipeline recipe=real_sample
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest -q
 
 # ruff's lint rules (pyproject.toml: pyflakes, pycodestyle, isort, bugbear, pyupgrade, Google docstrings),
@@ -41,14 +47,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check spacenet7 tests bench
 	$(BIN)/mypy
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# the map viewer and inference API over a run (http://127.0.0.1:8000/)
+serve: $(STAMP) $(NODE_STAMP)
+	$(BIN)/spacenet7 serve run_dir=$(RUN_DIR)
 
 notebook: $(STAMP)
 	$(BIN)/pip install --quiet jupyterlab
 	SPACENET7_RUN_DIR=$(abspath $(RUN_DIR)) $(BIN)/jupyter lab notebooks/explore_predictions.ipynb
 
-bench: $(STAMP)
+bench: $(STAMP) $(NODE_STAMP)
 	for f in bench/bench_*.py bench/oracle_postprocess.py; do $(BIN)/python $$f || exit 1; done
 
 clean:

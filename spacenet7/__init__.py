@@ -15,6 +15,7 @@ STAGES: dict[str, str] = {
     "pipeline": "run synth (if needed), chip, train, predict, vectorize, export, evaluate",
     "tune": "hyperparameter search over training settings (Optuna TPE, pruning, resumable SQLite study)",
     "compile": "export a checkpoint to ONNX or OpenVINO for predict engine=onnxruntime|openvino",
+    "serve": "map viewer of a run's buildings month by month, and an inference API (127.0.0.1)",
 }
 """Every CLI stage: first the ones ``pipeline`` runs, in its order (the one definition of the stage
 order), then ``pipeline``, then any stage it does not run (add those after ``pipeline``)."""

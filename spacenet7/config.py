@@ -565,10 +565,37 @@ def _pipeline_schema_node() -> DictConfig:
 _PIPELINE_SCHEMA = _pipeline_schema_node()
 
 
+@dataclass
+class ServeConfig:
+    """``spacenet7 serve``: the map viewer and the inference API over a run directory (``conf/serve.yaml``)."""
+
+    run_dir: str = "runs/demo"
+    data_root: Optional[str] = None  # the imagery and truth; None = the run's pipeline.json
+    checkpoint: Optional[str] = None  # the inference API's model; None = the run's (pipeline.json), none = no API
+    host: str = "127.0.0.1"  # another address exposes the server beyond this machine
+    port: int = 8000  # 0 = any free port
+    max_upload_mb: float = 64.0  # a request body over this is refused (413)
+    max_pixels: int = 16_777_216  # one image, on the model's grid (after upscale)
+    max_files: int = 24  # images in one time series
+    workers: int = 1  # predictions run at once (one model, loaded once)
+    queue: int = 4  # predictions waiting for a worker; more are refused with 503
+    tmp_dir: Optional[str] = None  # where uploads are unpacked, one folder per request (removed); None = the system's
+    # the pipeline's own predict/vectorize settings (pipeline.json) with these on top, e.g. overrides.predict.tta=false
+    overrides: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check(0 <= self.port <= 65535, "serve", f"port={self.port} must be within [0, 65535]")
+        check(self.max_upload_mb > 0, "serve", f"max_upload_mb={self.max_upload_mb} must be > 0")
+        check(self.max_pixels > 0 and self.max_files > 0, "serve", "max_pixels and max_files must be > 0")
+        check(self.workers >= 1 and self.queue >= 0, "serve", f"workers={self.workers} must be >= 1 and queue={self.queue} >= 0")
+        unknown = sorted(set(self.overrides) - {"predict", "vectorize"})
+        check(not unknown, "serve", f"overrides has unknown stage(s) {unknown}; serve takes overrides.predict and overrides.vectorize")
+
+
 SCHEMAS: dict[str, type] = {
     "synth": SynthConfig, "chip": ChipConfig, "train": TrainConfig, "predict": PredictConfig,
     "vectorize": VectorizeConfig, "export": ExportConfig, "evaluate": EvaluateConfig, "pipeline": PipelineConfig,
-    "tune": TuneConfig, "compile": CompileConfig,
+    "tune": TuneConfig, "compile": CompileConfig, "serve": ServeConfig,
 }
 """Each stage's typed config; registered as its composition schema ``_<stage>_schema``, except the
 pipeline's, which is generated from :class:`PipelineConfig` (:func:`_pipeline_schema`) and resolved
