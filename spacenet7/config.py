@@ -162,6 +162,7 @@ class TrainerConfig:
     accelerator: str = "cpu"
     devices: Any = 1
     strategy: str = "auto"
+    process_group_backend: Optional[str] = None  # strategy=ddp*: nccl (GPUs) or gloo (CPUs); None = Lightning's choice
     num_nodes: int = 1
     precision: str = "auto"  # auto = bf16-mixed on GPUs and bf16-capable CPUs, else 32-true
     log_every_n_steps: int = 10
