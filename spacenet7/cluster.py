@@ -67,7 +67,7 @@ def connect(cluster: ClusterConfig) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     if cluster.mode is ClusterMode.local:
-        dashboard = ":0" if importlib.util.find_spec("bokeh") else None  # the dashboard needs bokeh
+        dashboard = ":8787" if importlib.util.find_spec("bokeh") else ":0"  # the dashboard needs bokeh; else only the health page
         with LocalCluster(n_workers=cluster.workers, threads_per_worker=cluster.threads_per_worker, processes=True,
                           dashboard_address=dashboard, silence_logs=logging.ERROR) as local, Client(local) as client:
             yield client
