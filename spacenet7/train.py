@@ -170,7 +170,7 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
                         max_epochs=cfg.max_epochs, callbacks=callbacks, logger=loggers or False,
                         default_root_dir=run_dir, deterministic="warn", num_sanity_val_steps=0)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if rank_zero_only.rank == 0:  # DDP: every process runs this function; one writes
+    if getattr(rank_zero_only, "rank", 0) == 0:  # DDP: every process runs this function; one writes
         (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     trainer.fit(task, dm, ckpt_path=str(last) if cfg.resume else None)
     best = Path(best_cb.best_model_path) if best_cb.best_model_path else ckpt_dir / "best.ckpt"

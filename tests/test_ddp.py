@@ -32,6 +32,7 @@ def test_ddp_cpu_config_is_two_gloo_processes():
     assert (t.accelerator, t.devices, t.strategy, t.process_group_backend) == ("cpu", 2, "ddp", "gloo")
 
 
+@pytest.mark.slow  # two runs of 2 processes each: ~40 s on 2 free cores, minutes on a busy machine
 def test_ddp_cpu_trains_writes_once_and_resumes(chip_dir, tmp_path):
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "spacenet7", "train", "experiment=demo_cpu", "trainer=ddp_cpu", f"chip_dir={chip_dir}",
