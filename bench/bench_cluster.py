@@ -44,6 +44,12 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) this process has used: the cost, whatever else shares the cores."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def child(d: Path, mode: str, workers: int) -> dict:
     """One measured run (in a fresh process): predict + vectorize, in process or on a LocalCluster."""
     from spacenet7 import predict, vectorize
@@ -61,13 +67,20 @@ def child(d: Path, mode: str, workers: int) -> dict:
         client = Client(lc)
         res["startup_s"] = time.perf_counter() - t0
         cluster = ClusterConfig(mode=ClusterMode.address, address=lc.scheduler_address)
+    def cpu() -> float:  # this process's and every worker's CPU seconds so far
+        return _cpu_s() + (sum(client.run(_cpu_s).values()) if client is not None else 0.0)
+
+    c0 = cpu()
     t0 = time.perf_counter()
     predict.run(PredictConfig(checkpoint=str(d / "model.ckpt"), data_root=str(d / "data"), out_dir=str(out / "pred"),
                               tta=False, progress=False, cluster=cluster))
     res["predict_s"] = time.perf_counter() - t0
+    c1 = cpu()
+    res["predict_cpu_s"] = c1 - c0
     t0 = time.perf_counter()
     vectorize.run(VectorizeConfig(pred_dir=str(out / "pred"), out_dir=str(out / "vec"), cluster=cluster))
     res["vectorize_s"] = time.perf_counter() - t0
+    res["vectorize_cpu_s"] = cpu() - c1
     res["process_rss_mb"] = _maxrss_mb()
     if client is not None and lc is not None:
         res["worker_rss_mb"] = sorted(client.run(_maxrss_mb).values())
@@ -121,31 +134,36 @@ def main() -> None:
 
 
 def report(runs: dict, args, same: bool) -> None:
-    """The measured table, then the projections."""
+    """The measured table, then the projections (from CPU seconds: one worker = one free core)."""
     n, m, s, w = args.aois, args.months, args.size, args.workers
     one, many = runs["none"], runs["local"]
     t1 = one["predict_s"] + one["vectorize_s"]
     tw = many["predict_s"] + many["vectorize_s"]
-    print(f"\n| run ({n} AOIs x {m} months x {s}^2, predict tta=false + vectorize) | predict s | vectorize s | total s | per AOI s | peak RSS MB |")
-    print("|---|---|---|---|---|---|")
-    print(f"| in process (measured) | {one['predict_s']:.1f} | {one['vectorize_s']:.1f} | {t1:.1f} | {t1 / n:.2f} | {one['process_rss_mb']:.0f} |")
+    c1 = one["predict_cpu_s"] + one["vectorize_cpu_s"]
+    cw = many["predict_cpu_s"] + many["vectorize_cpu_s"]
+    print(f"\n| run ({n} AOIs x {m} months x {s}^2, predict tta=false + vectorize) | predict wall s | vectorize wall s | "
+          "total wall s | wall per AOI s | CPU s (per AOI) | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| in process (measured) | {one['predict_s']:.1f} | {one['vectorize_s']:.1f} | {t1:.1f} | {t1 / n:.2f} | "
+          f"{c1:.1f} ({c1 / n:.2f}) | {one['process_rss_mb']:.0f} |")
     rss = ", ".join(f"{x:.0f}" for x in many["worker_rss_mb"])
     print(f"| LocalCluster, {w} workers x 1 thread (measured; + {many['startup_s']:.1f} s cluster start) | {many['predict_s']:.1f} | "
-          f"{many['vectorize_s']:.1f} | {tw:.1f} | {tw / n:.2f} wall, {tw * w / n:.2f} per worker | driver {many['process_rss_mb']:.0f}, workers {rss} |")
-    print(f"speedup {t1 / tw:.2f}x on {w} workers; outputs identical: {same}")
-    per_aoi_month = tw * w / (n * m)  # one worker's seconds per AOI-month at size^2
-    sn7 = per_aoi_month * (1024 / s) ** 2 * 24  # one worker's seconds per SN7 AOI (24 months of 1024^2)
-    one_sn7 = t1 / (n * m) * (1024 / s) ** 2 * 24
-    print(f"\nper AOI-month here: in process {t1 / (n * m):.2f} s, per worker {per_aoi_month:.2f} s; "
-          f"an SN7 AOI (24 x 1024^2): {one_sn7:.0f} s in process, {sn7:.0f} s on one worker")
-    print("\n| what (predict tta=false + vectorize, this machine's core speed) | workers | time | |")
+          f"{many['vectorize_s']:.1f} | {tw:.1f} | {tw / n:.2f} | {cw:.1f} ({cw / n:.2f}) | driver {many['process_rss_mb']:.0f}, workers {rss} |")
+    print(f"wall speedup {t1 / tw:.2f}x on {w} workers; CPU cost ratio cluster / in process {cw / c1:.2f}; outputs identical: {same}")
+    per_am = cw / (n * m)  # CPU seconds per AOI-month at size^2 on the cluster (workers + driver)
+    sn7 = per_am * (1024 / s) ** 2 * 24  # one worker's seconds per SN7 AOI (24 months of 1024^2), on a free core
+    one_sn7 = c1 / (n * m) * (1024 / s) ** 2 * 24
+    print(f"\nCPU s per AOI-month here: in process {c1 / (n * m):.3f}, cluster {per_am:.3f}; an SN7 AOI (24 x 1024^2): "
+          f"{one_sn7:.0f} core-s in process, {sn7:.0f} core-s on the cluster")
+    print("\n| what (predict tta=false + vectorize; one worker = one free core of this machine) | workers | time | |")
     print("|---|---|---|---|")
-    print(f"| SN7 test set, 20 AOIs x 24 months x 1024^2 | 1 process | {20 * one_sn7 / 60:.0f} min | projected |")
+    print(f"| SN7 test set, 20 AOIs x 24 months x 1024^2 | 1 core, in process | {20 * one_sn7 / 60:.0f} min | projected |")
     for k in (2, 10, 20):
-        print(f"| SN7 test set, 20 AOIs x 24 months x 1024^2 | {k} | {math.ceil(20 / k) * sn7 / 60:.0f} min | projected |")
+        t = math.ceil(20 / k) * sn7 + many["startup_s"]
+        print(f"| SN7 test set, 20 AOIs x 24 months x 1024^2 | {k} | {t / 60:.1f} min | projected |")
     for k in (10, 100, 1000):
-        t = math.ceil(1000 / k) * sn7
-        print(f"| 1,000 AOIs x 24 months x 1024^2 | {k} | {t / 3600:.1f} h | projected |")
+        t = math.ceil(1000 / k) * sn7 + many["startup_s"]
+        print(f"| 1,000 AOIs x 24 months x 1024^2 | {k} | {t / 3600:.2f} h | projected |")
 
 
 if __name__ == "__main__":
