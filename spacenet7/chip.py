@@ -26,7 +26,8 @@ import pandas as pd
 import rasterio
 from tqdm import tqdm
 
-from spacenet7.config import ChipConfig, IndexFormat, Layout, Split
+from spacenet7.cluster import map_aois
+from spacenet7.config import ChipConfig, ClusterMode, IndexFormat, Layout, Split
 from spacenet7.data.bands import InputSpec
 from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan
 from spacenet7.data.splits import aoi_split, spatial_split, split_regions
@@ -112,8 +113,19 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
     month_fn = _chip_month if layout is Layout.chips else _target_month
     cut = Cutting(cfg.upscale, cfg.input, cfg.boundary_width, cfg.contact_width, cfg.chip_size, cfg.overlap, cfg.val_frac,
                   cfg.min_valid_frac)
-    for rec in tqdm(jobs, desc="chip", disable=not cfg.progress):
-        rows += month_fn(rec, cut, out, by_aoi.get(rec.aoi), reuse)
+    if cfg.cluster.mode is ClusterMode.none:
+        for rec in tqdm(jobs, desc="chip", disable=not cfg.progress):
+            rows += month_fn(rec, cut, out, by_aoi.get(rec.aoi), reuse)
+    else:  # one Dask task per AOI (its months in order); rows in the same order as in process
+        by_name: dict[str, list] = {}
+        for rec in jobs:
+            by_name.setdefault(rec.aoi, []).append(rec)
+        try:
+            per_aoi = map_aois(chip_aoi, [(a, (month_fn, recs, cut, out, by_aoi.get(a), reuse)) for a, recs in by_name.items()],
+                               cfg.cluster, stage="chip", progress=cfg.progress)
+        finally:
+            clear_partials(out)  # a killed worker's
+        rows = [row for aoi_rows in per_aoi for row in aoi_rows]
     index = pd.DataFrame(rows)
     if index.empty:
         raise SN7Error(f"chip: no chip passed min_valid_frac={cfg.min_valid_frac} under {cfg.data_root}")
@@ -128,6 +140,11 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
     counts = index["split"].value_counts().to_dict()
     log.info("chip: %d %s (%s) in %s", len(index), "chips" if layout is Layout.chips else "regions", counts, out)
     return {"index": idx_path, "meta": meta_path}
+
+
+def chip_aoi(month_fn, recs: list, cut: Cutting, out: Path, aoi_side: str | None, reuse: bool) -> list[dict]:
+    """The index rows of one AOI's months (``month_fn``: :func:`_chip_month` or :func:`_target_month`)."""
+    return [row for rec in recs for row in month_fn(rec, cut, out, aoi_side, reuse)]
 
 
 def _month_targets(rec, cut: Cutting):

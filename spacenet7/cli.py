@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 from spacenet7 import STAGES
 from spacenet7.errors import SN7Error
 
+STAGE_ENV = "SPACENET7_STAGE"  # set for the processes a stage starts (Lightning's DDP re-launches this command)
 USAGE = "usage: spacenet7 STAGE [hydra overrides...]   (spacenet7 STAGE --help for its config)"
 
 
@@ -32,6 +34,9 @@ def run_stage(stage: str, cfg) -> object:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    relaunched = os.environ.get(STAGE_ENV) if os.environ.get("LOCAL_RANK") else None
+    if relaunched and (not argv or argv[0] not in STAGES):  # a DDP process that Lightning started: see ddp_relaunch_argv
+        argv = [relaunched, *ddp_relaunch_argv(argv)]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_help())
         sys.exit(0 if argv else 2)
@@ -46,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
 
     register()
     precheck(stage, argv)
+    os.environ[STAGE_ENV] = stage
 
     @hydra.main(config_path=str(CONF_DIR), config_name=stage, version_base="1.3")
     def _app(cfg) -> None:
@@ -60,6 +66,17 @@ def main(argv: list[str] | None = None) -> None:
 
     sys.argv = [f"spacenet7-{stage}", *argv, *hydra_overrides(stage, argv)]
     _app()
+
+
+def ddp_relaunch_argv(argv: list[str]) -> list[str]:
+    """The overrides of a process that Lightning's DDP launcher started (``trainer.strategy=ddp``).
+
+    The launcher re-runs ``sys.argv[1:]``, which holds the overrides but not the stage (Hydra
+    parses every argument as an override), and appends ``hydra.run.dir`` and ``hydra.job.name``;
+    the stage comes from ``SPACENET7_STAGE`` and, for a key given twice, the launcher's value wins.
+    """
+    last = {a.split("=", 1)[0]: i for i, a in enumerate(argv) if "=" in a}
+    return [a for i, a in enumerate(argv) if "=" not in a or last[a.split("=", 1)[0]] == i]
 
 
 def precheck(stage: str, argv: list[str]) -> None:

@@ -84,7 +84,34 @@ class Holdout(StrEnum):
     band = "band"  # the right band_frac of every AOI
 
 
+class ClusterMode(StrEnum):
+    """Where the per-AOI work of a stage runs (:mod:`spacenet7.cluster`)."""
+
+    none = "none"  # in this process, one AOI after another (the default)
+    local = "local"  # a Dask LocalCluster of ``workers`` processes on this machine
+    address = "address"  # an existing Dask scheduler at ``address`` (dask-scheduler, dask-jobqueue on SLURM, ...)
+
+
 CONF_DIR = Path(os.environ.get("SPACENET7_CONFIG_DIR", Path(__file__).resolve().parent.parent / "conf"))
+
+
+@dataclass
+class ClusterConfig:
+    """The ``cluster`` node of the per-AOI stages: in-process, a LocalCluster, or an existing scheduler."""
+
+    mode: ClusterMode = ClusterMode.none
+    workers: int = 2  # mode=local: worker processes
+    threads_per_worker: int = 1  # mode=local: tasks run at once per worker (each AOI is one task)
+    address: Optional[str] = None  # mode=address: the scheduler, e.g. tcp://10.0.0.5:8786
+    retries: int = 1  # re-runs of an AOI whose task raised an unexpected error (a killed worker is re-run by Dask itself)
+
+    def __post_init__(self) -> None:
+        self.mode = choice(self.mode, ClusterMode, "cluster", "cluster.mode")
+        check(self.workers >= 1, "cluster", f"cluster.workers={self.workers} must be >= 1")
+        check(self.threads_per_worker >= 1, "cluster", f"cluster.threads_per_worker={self.threads_per_worker} must be >= 1")
+        check(self.retries >= 0, "cluster", f"cluster.retries={self.retries} must be >= 0")
+        check(self.mode is not ClusterMode.address or bool(self.address), "cluster",
+              "cluster.mode=address needs cluster.address=tcp://HOST:PORT (the scheduler)")
 
 
 @dataclass
@@ -131,6 +158,7 @@ class ChipConfig:
     index_format: IndexFormat = IndexFormat.parquet
     progress: bool = True
     input: InputSpec = field(default_factory=InputSpec)  # band order, alpha band, scaling to 8 bit (recorded in chips.json)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # per-AOI work on Dask: cluster.mode=local|address
 
     def __post_init__(self) -> None:
         self.layout = choice(self.layout, Layout, "chip", "layout")
@@ -152,6 +180,7 @@ class TrainerConfig:
     accelerator: str = "cpu"
     devices: Any = 1
     strategy: str = "auto"
+    process_group_backend: Optional[str] = None  # strategy=ddp*: nccl (GPUs) or gloo (CPUs); None = Lightning's choice
     num_nodes: int = 1
     precision: str = "auto"  # auto = bf16-mixed on GPUs and bf16-capable CPUs, else 32-true
     log_every_n_steps: int = 10
@@ -258,6 +287,7 @@ class PredictConfig:
     input: Dict[str, Any] = field(default_factory=dict)
     engine: Engine = Engine.torch  # torch: the checkpoint; onnxruntime / openvino: model_file (spacenet7 compile)
     model_file: Optional[str] = None  # an exported .onnx or OpenVINO .xml; engine=onnxruntime|openvino only
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # per-AOI work on Dask: cluster.mode=local|address
 
     def __post_init__(self) -> None:
         self.grid = choice(self.grid, Grid, "predict", "grid")
@@ -396,6 +426,7 @@ class VectorizeConfig:
     min_area_px: float = 4.0
     simplify_px: float = 0.0
     track: TrackConfig = field(default_factory=TrackConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # per-AOI work on Dask: cluster.mode=local|address
 
     def __post_init__(self) -> None:
         check(0 < self.threshold < 1, "vectorize", f"threshold={self.threshold} must be between 0 and 1")
@@ -414,6 +445,7 @@ class ExportConfig:
     crs: Optional[str] = None  # None = source CRS; "EPSG:4326" writes RFC 7946 GeoJSON
     geojson: bool = True
     gpkg: bool = True
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # per-AOI work on Dask: cluster.mode=local|address
 
 
 @dataclass
@@ -431,6 +463,7 @@ class EvaluateConfig:
     min_truth_area: float = 4.0
     beta: float = 2.0
     region: Optional[List[float]] = None  # [row0, row1, col0, col1] source pixels: score only this box of every month
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # per-AOI work on Dask: cluster.mode=local|address
 
     def __post_init__(self) -> None:
         check(0 < self.iou_threshold < 1, "evaluate", f"iou_threshold={self.iou_threshold} must be between 0 and 1")

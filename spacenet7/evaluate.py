@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from spacenet7.config import EvaluateConfig
+from spacenet7.cluster import map_aois
+from spacenet7.config import ClusterMode, EvaluateConfig
 from spacenet7.data.sn7 import read_labels_pix, scan
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.atomic import atomic_path, ensure_writable_file
-from spacenet7.metrics.pixel import clip_to_region, pixel_iou
-from spacenet7.metrics.scot import ScotResult, scot
+from spacenet7.metrics.pixel import clip_to_region, pixel_counts, pixel_iou
+from spacenet7.metrics.scot import AOIScore, ScotResult, prepare, score_aoi_months, scot, summarize
 from spacenet7.metrics.table import check_table, check_unique_ids, month_rows, read_table
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,15 @@ def format_table(result: ScotResult) -> str:
     return "\n".join(lines)
 
 
+def evaluate_aoi(aoi: str, truth: pd.DataFrame, proposal: pd.DataFrame, region: list[float] | None, threshold: float,
+                 beta: float, min_truth_area: float) -> tuple[AOIScore, int, int]:
+    """One AOI's SCOT score and its pixel-IoU sums (intersection, union), from its rows of both tables."""
+    months = set(truth["month"])
+    _, t, p = prepare(truth, proposal, min_truth_area)
+    inter, union = pixel_counts(truth, proposal, region)
+    return score_aoi_months(t, p, aoi, months, threshold=threshold, beta=beta), inter, union
+
+
 def run(cfg: EvaluateConfig) -> dict[str, Path]:
     """Score ``proposal`` (default: the pipeline's submission) against ``truth`` (default: the data set)."""
     ensure_writable_file(cfg.out)
@@ -80,9 +90,19 @@ def run(cfg: EvaluateConfig) -> dict[str, Path]:
             truth, proposal = clip_to_region(truth, region), clip_to_region(proposal, region)
         except ValueError as exc:
             raise SN7Error(f"evaluate: {exc}") from None
-    result = scot(truth, proposal, threshold=cfg.iou_threshold, beta=cfg.beta, min_truth_area=cfg.min_truth_area)
-    metrics = result.to_dict()
-    metrics["pixel_iou"] = pixel_iou(truth, proposal, region)
+    if cfg.cluster.mode is ClusterMode.none:
+        result = scot(truth, proposal, threshold=cfg.iou_threshold, beta=cfg.beta, min_truth_area=cfg.min_truth_area)
+        metrics = result.to_dict()
+        metrics["pixel_iou"] = pixel_iou(truth, proposal, region)
+    else:  # one Dask task per AOI, pooled here exactly as scot() and pixel_iou() pool them
+        aois = sorted(truth["aoi"].unique())
+        scored = map_aois(evaluate_aoi, [(a, (a, truth[truth["aoi"] == a], proposal[proposal["aoi"] == a], region,
+                                              cfg.iou_threshold, cfg.beta, cfg.min_truth_area)) for a in aois],
+                          cfg.cluster, stage="evaluate")
+        result = summarize([score for score, _, _ in scored])
+        inter, union = sum(i for _, i, _ in scored), sum(u for _, _, u in scored)
+        metrics = result.to_dict()
+        metrics["pixel_iou"] = inter / union if union else 0.0
     metrics["region"] = region
     print(format_table(result))
     print(format_buildings(metrics) + (f"   (region rows {region[0]:g}-{region[1]:g}, cols {region[2]:g}-{region[3]:g})" if region else ""))

@@ -18,7 +18,8 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from spacenet7.config import ExportConfig
+from spacenet7.cluster import map_aois
+from spacenet7.config import ClusterMode, ExportConfig
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.atomic import atomic_path, clear_partials, ensure_writable_dir, ensure_writable_file
 from spacenet7.io.vector import write_vector
@@ -47,28 +48,45 @@ def run(cfg: ExportConfig) -> dict[str, list[Path]]:
         raise SN7DataError(Path(cfg.vec_dir), "no vectorize outputs (<AOI>.parquet); run `spacenet7 vectorize` first")
     out: dict[str, list[Path]] = {"geojson": [], "gpkg": [], "submission": []}
     rows = []
-    for path in vec:
-        gdf, meta = load_vectors(path)
-        aoi = meta["aoi"]
-        gdf["area_m2"] = area_m2(gdf)
-        target = gdf.to_crs(cfg.crs) if cfg.crs else gdf
-        rfc = cfg.crs is not None and target.crs.to_epsg() == 4326
-        per_month = [(m["stem"], m["month"], target[target["stem"] == m["stem"]]) for m in meta["months"]]
-        if cfg.geojson:
-            for stem, _, g in per_month:
-                p = Path(cfg.out_dir) / aoi / f"{stem}.geojson"
-                write_vector(_month_layer(g, target.crs), p, layer_options={"RFC7946": "YES"} if rfc else None)
-                out["geojson"].append(p)
-        if cfg.gpkg:
-            out["gpkg"].append(_write_gpkg(Path(cfg.out_dir) / f"{aoi}.gpkg", per_month, target))
-        for stem, _, g in per_month:
-            rows += month_rows(stem, g["id"], g["pix_wkt"])
+    if cfg.cluster.mode is ClusterMode.none:
+        per_aoi = [export_aoi(path, cfg) for path in vec]
+    else:
+        try:  # one Dask task per AOI; the submission is written here, in AOI order
+            per_aoi = map_aois(export_aoi, [(path.stem, (path, cfg)) for path in vec], cfg.cluster, stage="export")
+        finally:
+            clear_partials(cfg.out_dir)  # a killed worker's
+    for paths, aoi_rows in per_aoi:
+        out["geojson"] += paths["geojson"]
+        out["gpkg"] += paths["gpkg"]
+        rows += aoi_rows
     sub = Path(cfg.submission)
     with atomic_path(sub) as tmp:
         pd.DataFrame(rows, columns=["filename", "id", "geometry"]).to_csv(tmp, index=False)
     out["submission"].append(sub)
     log.info("export: %d GeoJSON, %d GPKG, submission %s", len(out["geojson"]), len(out["gpkg"]), sub)
     return out
+
+
+def export_aoi(path: Path, cfg: ExportConfig) -> tuple[dict[str, list[Path]], list[dict]]:
+    """Write one AOI's GeoJSON and GPKG files; returns their paths and the AOI's submission rows."""
+    gdf, meta = load_vectors(path)
+    aoi = meta["aoi"]
+    gdf["area_m2"] = area_m2(gdf)
+    target = gdf.to_crs(cfg.crs) if cfg.crs else gdf
+    rfc = cfg.crs is not None and target.crs.to_epsg() == 4326
+    per_month = [(m["stem"], m["month"], target[target["stem"] == m["stem"]]) for m in meta["months"]]
+    out: dict[str, list[Path]] = {"geojson": [], "gpkg": []}
+    if cfg.geojson:
+        for stem, _, g in per_month:
+            p = Path(cfg.out_dir) / aoi / f"{stem}.geojson"
+            write_vector(_month_layer(g, target.crs), p, layer_options={"RFC7946": "YES"} if rfc else None)
+            out["geojson"].append(p)
+    if cfg.gpkg:
+        out["gpkg"].append(_write_gpkg(Path(cfg.out_dir) / f"{aoi}.gpkg", per_month, target))
+    rows = []
+    for stem, _, g in per_month:
+        rows += month_rows(stem, g["id"], g["pix_wkt"])
+    return out, rows
 
 
 def _month_layer(g: gpd.GeoDataFrame, crs) -> gpd.GeoDataFrame:

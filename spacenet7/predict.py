@@ -13,6 +13,7 @@ the engine that runs the network on a batch of tiles (torch, ONNX Runtime, OpenV
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -23,7 +24,8 @@ import torch
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from spacenet7.config import Engine, Grid, PredictConfig, TTAViews
+from spacenet7.cluster import map_aois, once_per_process
+from spacenet7.config import ClusterMode, Engine, Grid, PredictConfig, TTAViews
 from spacenet7.data.bands import InputSpec, check_fits
 from spacenet7.data.fusion import fuse, same_grid
 from spacenet7.data.sn7 import MonthRecord, read_image, records_from_files, scan
@@ -49,12 +51,8 @@ def run(cfg: PredictConfig) -> list[Path]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     records = _records(cfg)
-    if cfg.engine is Engine.torch:
-        model = load_model(cfg.checkpoint, cfg.model, cfg.device, cfg.amp)
-    else:  # an exported model file: same tiling, views, fusion and outputs (models/runtime.py)
-        model = load_model_file(str(cfg.model_file), cfg.engine, amp=cfg.amp, threads=cfg.threads, device=cfg.device)
-    if cfg.input:
-        model.spec = InputSpec(**{**model.spec.to_dict(), **cfg.input})
+    on_cluster = cfg.cluster.mode is not ClusterMode.none  # then only the input spec is used here: workers load their own
+    model = _load(dataclasses.replace(cfg, device="cpu") if on_cluster else cfg)
     for rec in (r for recs in records.values() for r in recs):  # every header, before any output
         with open_raster(rec.image) as ds:
             try:
@@ -68,38 +66,84 @@ def run(cfg: PredictConfig) -> list[Path]:
     clear_partials(cfg.out_dir)
     for scratch in Path(cfg.out_dir).glob("*/.raw"):  # left by a killed run
         shutil.rmtree(scratch, ignore_errors=True)
-    with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * 2**20):
-        written = _predict_all(model, records, cfg)
+    if on_cluster:
+        written = _predict_distributed(records, cfg)
+    else:
+        with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * 2**20):
+            written = _predict_all(model, records, cfg)
     log.info("predict: wrote %d probability rasters under %s", len(written), cfg.out_dir)
     return written
+
+
+def _load(cfg: PredictConfig) -> LoadedModel:
+    """The checkpoint's network (or, ``engine=onnxruntime|openvino``, the exported model file), with
+    ``cfg.input`` over its input spec."""
+    if cfg.engine is Engine.torch:
+        model = load_model(cfg.checkpoint, cfg.model, cfg.device, cfg.amp)
+    else:  # an exported model file: same tiling, views, fusion and outputs (models/runtime.py)
+        model = load_model_file(str(cfg.model_file), cfg.engine, amp=cfg.amp, threads=cfg.threads, device=cfg.device)
+    if cfg.input:
+        model.spec = InputSpec(**{**model.spec.to_dict(), **cfg.input})
+    return model
 
 
 def _predict_all(model: LoadedModel, records: dict[str, list[MonthRecord]], cfg: PredictConfig) -> list[Path]:
     written = []
     for aoi, recs in records.items():
-        raw_dir = Path(cfg.out_dir) / aoi / ".raw"  # scratch: per-month predictions before fusion
-        try:
-            raw, kept = [], []
-            for rec in tqdm(recs, desc=f"predict {aoi}", disable=not cfg.progress):
-                try:
-                    raw.append(predict_mosaic(model, rec, raw_dir / f"{rec.stem}.tif", tile=cfg.tile, overlap=cfg.overlap,
-                                              batch_size=cfg.batch_size, tta=cfg.tta_views if cfg.tta else None,
-                                              block=cfg.block, grid=cfg.grid))
-                    kept.append(rec)
-                except NoValidPixels as exc:
-                    log.warning("predict: skipping %s", exc)
-            if not raw:
-                raise SN7DataError(recs[0].image.parent, f"every month of {aoi} is fully masked; nothing to predict")
-            finals = [Path(cfg.out_dir) / aoi / f"{rec.stem}.tif" for rec in kept]
-            if (cfg.fusion and len(raw) > 1) or not same_grid(raw):  # months on other grids are aligned
-                fuse(raw, finals, cfg.fusion_weight if cfg.fusion else 0.0, cfg.block, raw_dir)
-            else:
-                for src, dst in zip(raw, finals):
-                    to_cog(src, dst)
-        finally:
-            shutil.rmtree(raw_dir, ignore_errors=True)
-        written += finals
+        written += predict_aoi(model, aoi, recs, cfg)
     return written
+
+
+def predict_aoi(model: LoadedModel, aoi: str, recs: list[MonthRecord], cfg: PredictConfig) -> list[Path]:
+    """Predict the months of one AOI, then fuse them; returns the AOI's probability rasters."""
+    raw_dir = Path(cfg.out_dir) / aoi / ".raw"  # scratch: per-month predictions before fusion
+    try:
+        raw, kept = [], []
+        for rec in tqdm(recs, desc=f"predict {aoi}", disable=not cfg.progress):
+            try:
+                raw.append(predict_mosaic(model, rec, raw_dir / f"{rec.stem}.tif", tile=cfg.tile, overlap=cfg.overlap,
+                                          batch_size=cfg.batch_size, tta=cfg.tta_views if cfg.tta else None,
+                                          block=cfg.block, grid=cfg.grid))
+                kept.append(rec)
+            except NoValidPixels as exc:
+                log.warning("predict: skipping %s", exc)
+        if not raw:
+            raise SN7DataError(recs[0].image.parent, f"every month of {aoi} is fully masked; nothing to predict")
+        finals = [Path(cfg.out_dir) / aoi / f"{rec.stem}.tif" for rec in kept]
+        if (cfg.fusion and len(raw) > 1) or not same_grid(raw):  # months on other grids are aligned
+            fuse(raw, finals, cfg.fusion_weight if cfg.fusion else 0.0, cfg.block, raw_dir)
+        else:
+            for src, dst in zip(raw, finals):
+                to_cog(src, dst)
+    finally:
+        shutil.rmtree(raw_dir, ignore_errors=True)
+    return finals
+
+
+def predict_aoi_task(aoi: str, recs: list[MonthRecord], cfg: PredictConfig) -> list[Path]:
+    """:func:`predict_aoi` as a Dask task: the network is loaded once per worker process."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ckpt = Path(cfg.checkpoint if cfg.engine is Engine.torch else str(cfg.model_file)).resolve()
+    st = ckpt.stat()
+    key = (str(ckpt), st.st_size, st.st_mtime_ns, cfg.engine.value, cfg.device, cfg.amp, repr(cfg.model),
+           repr(sorted(cfg.input.items())))
+    model = once_per_process("predict-model", key, lambda: _load(cfg))
+    with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * 2**20):
+        return predict_aoi(model, aoi, recs, cfg)
+
+
+def _predict_distributed(records: dict[str, list[MonthRecord]], cfg: PredictConfig) -> list[Path]:
+    """One Dask task per AOI (``cfg.cluster``); then no scratch or partial file of a killed worker stays."""
+    quiet = dataclasses.replace(cfg, progress=False)  # one bar over AOIs here, none per month on the workers
+    try:
+        per_aoi = map_aois(predict_aoi_task, [(aoi, (aoi, recs, quiet)) for aoi, recs in records.items()], cfg.cluster,
+                           stage="predict", progress=cfg.progress)
+    finally:
+        clear_partials(cfg.out_dir)
+        for scratch in Path(cfg.out_dir).glob("*/.raw"):
+            shutil.rmtree(scratch, ignore_errors=True)
+    return [p for paths in per_aoi for p in paths]
 
 
 def predict_mosaic(model: LoadedModel, rec: MonthRecord, out: Path, *, tile: int, overlap: int, batch_size: int = 8,

@@ -21,6 +21,8 @@ import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.strategies import DDPStrategy, Strategy
+from lightning.pytorch.utilities import rank_zero_only
 
 from spacenet7.chip import load_index
 from spacenet7.config import Layout, TrainConfig
@@ -112,6 +114,15 @@ def _geometric_transforms(augment) -> list[str]:
     return found
 
 
+def _strategy(name: str, backend: str | None) -> str | Strategy:
+    """Lightning's strategy by name, or a DDP strategy on the given process-group backend (gloo for CPUs)."""
+    if backend is None:
+        return name
+    if name not in ("ddp", "ddp_spawn"):
+        raise SN7Error(f"train: trainer.process_group_backend={backend!r} needs trainer.strategy=ddp or ddp_spawn (got {name!r})")
+    return DDPStrategy(process_group_backend=backend, start_method="spawn" if name == "ddp_spawn" else "popen")
+
+
 def run(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, Path]:
     """Train; returns paths of the best/last checkpoints and ``metrics.json``.
 
@@ -158,12 +169,14 @@ def run(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, 
         loggers.append(WandbLogger(project=cfg.logger.project, save_dir=str(run_dir), mode=cfg.logger.wandb_mode,
                                    config=asdict(cfg)))
     trainer_kw = {k: v for k, v in asdict(cfg.trainer).items() if v is not None}
+    trainer_kw["strategy"] = _strategy(cfg.trainer.strategy, trainer_kw.pop("process_group_backend", None))
     trainer_kw["precision"] = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     trainer = L.Trainer(**trainer_kw,
                         max_epochs=cfg.max_epochs, callbacks=callbacks, logger=loggers or False,
                         default_root_dir=run_dir, deterministic="warn", num_sanity_val_steps=0)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    if getattr(rank_zero_only, "rank", 0) == 0:  # DDP: every process runs this function; one writes
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     trainer.fit(task, dm, ckpt_path=str(last) if cfg.resume else None)
     best = Path(best_cb.best_model_path) if best_cb.best_model_path else ckpt_dir / "best.ckpt"
     if not best_cb.best_model_path and trainer.is_global_zero:  # validation never ran (check_val_every_n_epoch)

@@ -6,7 +6,9 @@ killed run left behind.
 
 Fault injection for tests: with ``SPACENET7_KILL_BEFORE_RENAME=<glob>`` in the environment, the
 process SIGKILLs itself after writing a temporary file whose target name matches the glob, just
-before the rename: the worst moment for a kill (tests/test_bad_input.py).
+before the rename: the worst moment for a kill (tests/test_bad_input.py). With
+``SPACENET7_KILL_ONCE=<marker file>`` as well, only the first process to create the marker kills
+itself, so that the work's next attempt (a Dask worker's retry, tests/test_cluster.py) goes through.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        if (glob := os.environ.get("SPACENET7_KILL_BEFORE_RENAME")) and fnmatch.fnmatch(path.name, glob):
+        if (glob := os.environ.get("SPACENET7_KILL_BEFORE_RENAME")) and fnmatch.fnmatch(path.name, glob) and _first_kill():
             os.kill(os.getpid(), signal.SIGKILL)
         os.replace(tmp_path, path)
     finally:
@@ -49,6 +51,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp_path, ignore_errors=True)
         elif tmp_path.exists():
             tmp_path.unlink()
+
+
+def _first_kill() -> bool:
+    """Fault injection: no ``SPACENET7_KILL_ONCE`` marker, or this process created it just now."""
+    marker = os.environ.get("SPACENET7_KILL_ONCE")
+    if not marker:
+        return True
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def clear_partials(folder: str | Path, name: str = "*") -> int:

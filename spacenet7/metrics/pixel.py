@@ -41,6 +41,13 @@ def pixel_iou(truth: pd.DataFrame, proposal: pd.DataFrame, region: Sequence[floa
     Each month covers ``region`` (row0, row1, col0, col1) or else the bounds of its polygons.
     Returns 0 when neither table has a building pixel.
     """
+    inter, union = pixel_counts(truth, proposal, region)
+    return inter / union if union else 0.0
+
+
+def pixel_counts(truth: pd.DataFrame, proposal: pd.DataFrame, region: Sequence[float] | None = None) -> tuple[int, int]:
+    """The sums of :func:`pixel_iou`: building pixels in both tables, and in either (integers, so they add up
+    over AOIs exactly)."""
     inter = union = 0
     p_groups = {k: g for k, g in proposal.groupby(["aoi", "month"])}
     for key, t in truth.groupby(["aoi", "month"]):
@@ -60,4 +67,4 @@ def pixel_iou(truth: pd.DataFrame, proposal: pd.DataFrame, region: Sequence[floa
         tm, pm = _mask(tg, shape, r0, c0), _mask(pg, shape, r0, c0)
         inter += int((tm & pm).sum())
         union += int((tm | pm).sum())
-    return inter / union if union else 0.0
+    return inter, union

@@ -176,19 +176,35 @@ def scot(truth: pd.DataFrame, proposal: pd.DataFrame, *, threshold: float = 0.25
     Both frames come from :func:`spacenet7.metrics.table.read_table`. Months without any
     polygon (rows with an empty geometry) still count as months.
     """
-    months_t = truth[["aoi", "month"]].drop_duplicates()
-    truth = drop_small(truth, min_truth_area)
-    proposal = proposal[~shapely.is_empty(proposal["geometry"].values)]
+    months_t, truth, proposal = prepare(truth, proposal, min_truth_area)
     per_aoi = []
     for aoi in sorted(months_t["aoi"].unique()):
         t = truth[truth["aoi"] == aoi]
         p = proposal[proposal["aoi"] == aoi]
-        score = score_aoi(t, p, aoi, threshold=threshold, beta=beta)
-        have = {m.month_key for m in score.months}
-        for month_key in sorted(set(months_t.loc[months_t["aoi"] == aoi, "month"]) - have):
-            score.months.append(MonthScore(aoi, month_key, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
-        score.months.sort(key=lambda m: m.month_key)
-        per_aoi.append(score)
+        per_aoi.append(score_aoi_months(t, p, aoi, set(months_t.loc[months_t["aoi"] == aoi, "month"]),
+                                        threshold=threshold, beta=beta))
+    return summarize(per_aoi)
+
+
+def prepare(truth: pd.DataFrame, proposal: pd.DataFrame, min_truth_area: float = 4.0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The (aoi, month) pairs of the truth, the truth without small polygons, the proposal without empty ones."""
+    months_t = truth[["aoi", "month"]].drop_duplicates()
+    return months_t, drop_small(truth, min_truth_area), proposal[~shapely.is_empty(proposal["geometry"].values)]
+
+
+def score_aoi_months(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, months: set[str], *, threshold: float = 0.25,
+                     beta: float = 2.0) -> AOIScore:
+    """:func:`score_aoi`, with an empty score for each of the truth's ``months`` that has no polygon."""
+    score = score_aoi(truth, proposal, aoi, threshold=threshold, beta=beta)
+    have = {m.month_key for m in score.months}
+    for month_key in sorted(months - have):
+        score.months.append(MonthScore(aoi, month_key, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+    score.months.sort(key=lambda m: m.month_key)
+    return score
+
+
+def summarize(per_aoi: list[AOIScore]) -> ScotResult:
+    """The submission's scores from its AOIs' (sorted by AOI): means over AOIs, building F1 pooled over months."""
     tp50 = sum(m.tp50 for a in per_aoi for m in a.months)
     tp25 = sum(m.tp for a in per_aoi for m in a.months)
     nt = sum(m.n_truth for a in per_aoi for m in a.months)
