@@ -702,3 +702,49 @@ def compose_checked(stage: str, overrides: list[str] | None = None) -> Any:
         if exc.__cause__ is not None and str(exc.__cause__):
             lines.append(str(exc.__cause__).splitlines()[0])
         raise SN7Error(f"{stage}: bad config: " + ": ".join(line.rstrip(".") for line in lines)) from None
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_./:+\-]*")
+
+
+def override_value(value: Any) -> str:
+    """A value as Hydra's override grammar reads it back unchanged: ``None`` -> ``null``, booleans
+    lower-case, lists as ``[a,b]``, and a string with any character the grammar treats specially
+    (``,`` ``=`` brackets, quotes, spaces, ``$``...) or one it would read as another type
+    (``null``, ``true``, ``1e-3``) single-quoted."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    if _PLAIN.fullmatch(text) and text.lower() not in ("null", "true", "false", "nan", "inf", "-inf") and not _is_number(text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def to_overrides(settings: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{"logger": {"wandb": False}, "lr": 0.001}`` -> ``["logger.wandb=false", "lr=0.001"]``: nested
+    settings as Hydra overrides (for the command-line style interfaces that take override paths:
+    ``spacenet7 tune``'s search space and its trials, and the API's stage settings)."""
+    out = []
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out += to_overrides(value, f"{name}.")
+        else:
+            out.append(f"{name}={override_value(value)}")
+    return out

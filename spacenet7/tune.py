@@ -24,10 +24,9 @@ from typing import Any
 
 import yaml
 
-from spacenet7.config import CONF_DIR, Dist, Objective, Param, Pruner, TuneConfig, compose_checked
+from spacenet7.config import CONF_DIR, Dist, Objective, Param, Pruner, TuneConfig, compose_checked, override_value, to_overrides
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path, ensure_writable_dir
-from spacenet7.pipeline import _value, flatten_overrides
 
 log = logging.getLogger(__name__)
 METRIC = {Objective.iou: "val/iou", Objective.f1: "val/f1", Objective.scot: "val/iou"}  # reported each epoch, for pruning
@@ -53,10 +52,10 @@ def suggest(trial: Any, name: str, p: Param) -> Any:
 
 def trial_overrides(cfg: TuneConfig, params: dict[str, Any]) -> list[str]:
     """The train overrides of one trial: the shared ``train.*`` settings, then the sampled values."""
-    shared = flatten_overrides(cfg.train)
+    shared = to_overrides(cfg.train)
     if cfg.objective is Objective.f1:
         shared.append("monitor=val/f1")  # the best checkpoint is the objective's
-    return shared + [f"{cfg.space[name].path}={_value(v)}" for name, v in params.items()]
+    return shared + [f"{cfg.space[name].path}={override_value(v)}" for name, v in params.items()]
 
 
 def _midpoint(p: Param) -> Any:
@@ -254,9 +253,9 @@ def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path
     region = band_region(Path(root), aois, float(meta["val_frac"])) if meta.get("split") == "spatial" else None
     predict.run(compose_checked("predict", [f"checkpoint={checkpoint}", f"data_root={root}", f"split_dir={split_dir}",
                                             f"aois={listed}", f"out_dir={work / 'predictions'}", "progress=false",
-                                            *flatten_overrides(cfg.scot_predict)]))
+                                            *to_overrides(cfg.scot_predict)]))
     vectorize.run(compose_checked("vectorize", [f"pred_dir={work / 'predictions'}", f"out_dir={work / 'vectors'}",
-                                                f"aois={listed}", *flatten_overrides(cfg.scot_vectorize)]))
+                                                f"aois={listed}", *to_overrides(cfg.scot_vectorize)]))
     export.run(compose_checked("export", [f"vec_dir={work / 'vectors'}", f"out_dir={work / 'footprints'}",
                                           f"submission={work / 'submission.csv'}", "geojson=false", "gpkg=false"]))
     ev = [f"data_root={root}", f"split_dir={split_dir}", f"aois={listed}", f"submission={work / 'submission.csv'}",

@@ -24,7 +24,7 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 
-from spacenet7.config import PredictConfig, VectorizeConfig, compose_checked
+from spacenet7.config import PredictConfig, VectorizeConfig, compose_checked, to_overrides
 from spacenet7.data.bands import InputSpec, check_fits
 from spacenet7.data.sn7 import records_from_files
 from spacenet7.errors import SN7DataError, SN7Error
@@ -32,7 +32,6 @@ from spacenet7.export import area_m2
 from spacenet7.io.raster import open_raster
 from spacenet7.io.vector import write_vector
 from spacenet7.models.inference import LoadedModel, load_model
-from spacenet7.pipeline import flatten_overrides
 from spacenet7.predict import _predict_all
 from spacenet7.vectorize import load_vectors, vectorize_aoi
 
@@ -71,7 +70,7 @@ def run_settings(run_dir: Path, overrides: dict[str, Any] | None = None) -> tupl
     out = []
     for stage in ("predict", "vectorize"):
         args = shlex.split(stages.get(stage, ""))[2:]  # "spacenet7 <stage> k=v ..."
-        out.append(compose_checked(stage, args + flatten_overrides((overrides or {}).get(stage) or {})))
+        out.append(compose_checked(stage, args + to_overrides((overrides or {}).get(stage) or {})))
     return out[0], out[1]
 
 
