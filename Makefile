@@ -13,7 +13,7 @@ export WANDB_SILENT := true
 export MPLBACKEND := Agg
 RUN_DIR ?= runs/demo
 
-.PHONY: install demo real test test-slow lint notebook bench clean serve
+.PHONY: install system-packages demo real test test-slow lint notebook bench clean serve
 
 # Re-install only when the package metadata changed.
 $(STAMP): setup.cfg pyproject.toml
@@ -29,6 +29,10 @@ $(NODE_STAMP): package.json package-lock.json
 
 install: $(STAMP) $(NODE_STAMP)
 
+# gdal-bin and chromium for two tests (apt, as root; otherwise those tests skip, saying so)
+system-packages:
+	@bash scripts/system-packages.sh
+
 demo: $(STAMP)
 	$(BIN)/spacenet7 pipeline run_dir=$(RUN_DIR)
 
@@ -37,7 +41,7 @@ demo: $(STAMP)
 real: $(STAMP)
 	$(BIN)/spacenet7 pipeline recipe=real_sample
 
-test: $(STAMP) $(NODE_STAMP)
+test: $(STAMP) $(NODE_STAMP) system-packages
 	$(BIN)/python -m pytest -q
 
 # ruff's lint rules (pyproject.toml: pyflakes, pycodestyle, isort, bugbear, pyupgrade, Google docstrings),
