@@ -12,6 +12,7 @@ import typing
 from pathlib import Path
 
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 import spacenet7
@@ -95,8 +96,13 @@ def test_a_training_group_choice_reaches_train(tmp_path):
 
 def test_recipe_real_sample_chooses_its_experiment_and_a_pretraining_run(tmp_path):
     cfg = _pipeline(tmp_path, "recipe=real_sample")
+    recipe = yaml.safe_load((CONF_DIR / "recipe" / "real_sample.yaml").read_text())
     assert cfg.groups.train.experiment == "real_sample" and cfg.train.optimizer["lr"] == 0.001
-    assert cfg.train.max_epochs == 120 and cfg.chip.layout == "rasters" and cfg.predict.fusion is False
+    assert cfg.train.max_epochs == recipe["train"]["max_epochs"] and cfg.chip.layout == "rasters" and cfg.predict.fusion is False
+    # the recipe's input scaling reaches both chip stages, its thresholds vectorize
+    assert cfg.chip.input.scaling == recipe["chip"]["input"]["scaling"] == cfg.pretrain.chip.input.scaling
+    assert (cfg.vectorize.threshold, cfg.vectorize.seed_threshold) == (recipe["vectorize"]["threshold"],
+                                                                      recipe["vectorize"]["seed_threshold"])
     pre = cfg.pretrain
     assert pre is not None and pre.run_dir == str(tmp_path / "run" / "pretrain") and pre.stages == ["synth", "chip", "train"]
     assert pre.groups.train.experiment == "demo_cpu" and pre.synth.style == "planet" and pre.train.max_epochs == 32
