@@ -52,8 +52,9 @@ def table(months: list[np.ndarray], ids: list[np.ndarray] | None = None) -> pd.D
     for t, g in enumerate(months):
         i = ids[t] if ids is not None else np.arange(len(g))
         name = f"global_monthly_{2018 + t // 12}_{t % 12 + 1:02d}_mosaic_{AOI}"
-        rows.append(pd.DataFrame({"filename": name, "aoi": AOI, "month": f"{2018 + t // 12}-{t % 12 + 1:02d}",
-                                  "id": i, "geometry": g}))
+        rows.append(
+            pd.DataFrame({"filename": name, "aoi": AOI, "month": f"{2018 + t // 12}-{t % 12 + 1:02d}", "id": i, "geometry": g})
+        )
     return pd.concat(rows, ignore_index=True)
 
 

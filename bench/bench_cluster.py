@@ -67,13 +67,22 @@ def child(d: Path, mode: str, workers: int) -> dict:
         client = Client(lc)
         res["startup_s"] = time.perf_counter() - t0
         cluster = ClusterConfig(mode=ClusterMode.address, address=lc.scheduler_address)
+
     def cpu() -> float:  # this process's and every worker's CPU seconds so far
         return _cpu_s() + (sum(client.run(_cpu_s).values()) if client is not None else 0.0)
 
     c0 = cpu()
     t0 = time.perf_counter()
-    predict.run(PredictConfig(checkpoint=str(d / "model.ckpt"), data_root=str(d / "data"), out_dir=str(out / "pred"),
-                              tta=False, progress=False, cluster=cluster))
+    predict.run(
+        PredictConfig(
+            checkpoint=str(d / "model.ckpt"),
+            data_root=str(d / "data"),
+            out_dir=str(out / "pred"),
+            tta=False,
+            progress=False,
+            cluster=cluster,
+        )
+    )
     res["predict_s"] = time.perf_counter() - t0
     c1 = cpu()
     res["predict_cpu_s"] = c1 - c0
@@ -124,8 +133,12 @@ def main() -> None:
         print(f"inputs: {args.aois} AOIs x {args.months} months x {args.size}^2 ({time.perf_counter() - t0:.0f} s)", flush=True)
         runs = {}
         for mode in ("none", "local"):
-            r = subprocess.run([sys.executable, __file__, "--child", str(d), mode, "--workers", str(args.workers)],
-                               capture_output=True, text=True, check=False)
+            r = subprocess.run(
+                [sys.executable, __file__, "--child", str(d), mode, "--workers", str(args.workers)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if r.returncode:
                 sys.exit(f"{mode} run failed:\n{r.stderr[-3000:]}")
             runs[mode] = json.loads(r.stdout.strip().splitlines()[-1])
@@ -141,20 +154,30 @@ def report(runs: dict, args, same: bool) -> None:
     tw = many["predict_s"] + many["vectorize_s"]
     c1 = one["predict_cpu_s"] + one["vectorize_cpu_s"]
     cw = many["predict_cpu_s"] + many["vectorize_cpu_s"]
-    print(f"\n| run ({n} AOIs x {m} months x {s}^2, predict tta=false + vectorize) | predict wall s | vectorize wall s | "
-          "total wall s | wall per AOI s | CPU s (per AOI) | peak RSS MB |")
+    print(
+        f"\n| run ({n} AOIs x {m} months x {s}^2, predict tta=false + vectorize) | predict wall s | vectorize wall s | "
+        "total wall s | wall per AOI s | CPU s (per AOI) | peak RSS MB |"
+    )
     print("|---|---|---|---|---|---|---|")
-    print(f"| in process (measured) | {one['predict_s']:.1f} | {one['vectorize_s']:.1f} | {t1:.1f} | {t1 / n:.2f} | "
-          f"{c1:.1f} ({c1 / n:.2f}) | {one['process_rss_mb']:.0f} |")
+    print(
+        f"| in process (measured) | {one['predict_s']:.1f} | {one['vectorize_s']:.1f} | {t1:.1f} | {t1 / n:.2f} | "
+        f"{c1:.1f} ({c1 / n:.2f}) | {one['process_rss_mb']:.0f} |"
+    )
     rss = ", ".join(f"{x:.0f}" for x in many["worker_rss_mb"])
-    print(f"| LocalCluster, {w} workers x 1 thread (measured; + {many['startup_s']:.1f} s cluster start) | {many['predict_s']:.1f} | "
-          f"{many['vectorize_s']:.1f} | {tw:.1f} | {tw / n:.2f} | {cw:.1f} ({cw / n:.2f}) | driver {many['process_rss_mb']:.0f}, workers {rss} |")
-    print(f"wall speedup {t1 / tw:.2f}x on {w} workers; CPU cost ratio cluster / in process {cw / c1:.2f}; outputs identical: {same}")
+    print(
+        f"| LocalCluster, {w} workers x 1 thread (measured; + {many['startup_s']:.1f} s cluster start) | {many['predict_s']:.1f} | "
+        f"{many['vectorize_s']:.1f} | {tw:.1f} | {tw / n:.2f} | {cw:.1f} ({cw / n:.2f}) | driver {many['process_rss_mb']:.0f}, workers {rss} |"
+    )
+    print(
+        f"wall speedup {t1 / tw:.2f}x on {w} workers; CPU cost ratio cluster / in process {cw / c1:.2f}; outputs identical: {same}"
+    )
     per_am = cw / (n * m)  # CPU seconds per AOI-month at size^2 on the cluster (workers + driver)
     sn7 = per_am * (1024 / s) ** 2 * 24  # one worker's seconds per SN7 AOI (24 months of 1024^2), on a free core
     one_sn7 = c1 / (n * m) * (1024 / s) ** 2 * 24
-    print(f"\nCPU s per AOI-month here: in process {c1 / (n * m):.3f}, cluster {per_am:.3f}; an SN7 AOI (24 x 1024^2): "
-          f"{one_sn7:.0f} core-s in process, {sn7:.0f} core-s on the cluster")
+    print(
+        f"\nCPU s per AOI-month here: in process {c1 / (n * m):.3f}, cluster {per_am:.3f}; an SN7 AOI (24 x 1024^2): "
+        f"{one_sn7:.0f} core-s in process, {sn7:.0f} core-s on the cluster"
+    )
     print("\n| what (predict tta=false + vectorize; one worker = one free core of this machine) | workers | time | |")
     print("|---|---|---|---|")
     print(f"| SN7 test set, 20 AOIs x 24 months x 1024^2 | 1 core, in process | {20 * one_sn7 / 60:.0f} min | projected |")

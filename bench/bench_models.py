@@ -19,7 +19,10 @@ CANDIDATES = {
     "demo (conf/model/unet_small.yaml)": {},
     "the demo's with batch norm in the decoder (smp's default)": {"decoder_use_norm": "batchnorm"},
     "resnet18, depth 3, decoder [64, 32, 16] with batch norm (the demo's network before)": {
-        "encoder_name": "resnet18", "decoder_channels": [64, 32, 16], "decoder_use_norm": "batchnorm"},
+        "encoder_name": "resnet18",
+        "decoder_channels": [64, 32, 16],
+        "decoder_use_norm": "batchnorm",
+    },
 }
 
 
@@ -29,8 +32,7 @@ def main() -> None:
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     bf16 = cpu_has_fast_bf16()
     x = torch.rand(cfg.batch_size, 3, 256, 256).contiguous(memory_format=torch.channels_last)
-    nets = {name: build_net({**cfg.model, **change}).to(memory_format=torch.channels_last)
-            for name, change in CANDIDATES.items()}
+    nets = {name: build_net({**cfg.model, **change}).to(memory_format=torch.channels_last) for name, change in CANDIDATES.items()}
     train = {name: float("inf") for name in nets}
     infer = dict(train)
     for _ in range(2):
@@ -41,9 +43,11 @@ def main() -> None:
     print(f"bf16: {bf16}; {torch.get_num_threads()} threads, batch {len(x)} x 256^2, channels_last")
     for name, net in nets.items():
         params = sum(p.numel() for p in net.parameters()) / 1e6
-        print(f"{name}: {params:.2f} M params; train step {train[name] * 1e3:.1f} ms/chip "
-              f"({train[name] / train[demo]:.2f}x the demo's), inference {infer[name] * 1e3:.1f} ms/chip "
-              f"({infer[name] / infer[demo]:.2f}x)")
+        print(
+            f"{name}: {params:.2f} M params; train step {train[name] * 1e3:.1f} ms/chip "
+            f"({train[name] / train[demo]:.2f}x the demo's), inference {infer[name] * 1e3:.1f} ms/chip "
+            f"({infer[name] / infer[demo]:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,10 @@ def main() -> None:
     for _ in range(7):  # interleaved, best of 7 each: both see the same machine state
         bare = min(bare, best_of(lambda: list(features.shapes(labels, mask=labels > 0, connectivity=4)), 1))
         ours = min(ours, best_of(lambda: polygons(labels), 1))
-    print(f"{len(geoms)} buildings on 1024^2: bare shapes {bare:.3f} s, spacenet7 polygons {ours:.3f} s, "
-          f"ratio {ours / bare:.2f}x (target <= 1.3x, before watershed)")
+    print(
+        f"{len(geoms)} buildings on 1024^2: bare shapes {bare:.3f} s, spacenet7 polygons {ours:.3f} s, "
+        f"ratio {ours / bare:.2f}x (target <= 1.3x, before watershed)"
+    )
     prob = np.stack([(labels > 0).astype(np.float32), np.zeros_like(labels, np.float32), np.zeros_like(labels, np.float32)])
     ws = best_of(lambda: instances(prob), 1)
     print(f"watershed instances on the same mask: {ws:.3f} s ({ws / bare:.2f}x bare shapes)")

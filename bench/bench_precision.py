@@ -55,8 +55,9 @@ def main() -> None:
     cl = build_net(cfg.model).to(memory_format=torch.channels_last)  # what SegmentationTask and predict use
     xc = x.contiguous(memory_format=torch.channels_last)
     c16, ci16 = step_time(cl, xc, True), infer_time(cl, xc, True)
-    print(f"bf16 channels_last: train step {c16:.3f} s ({b16 / c16:.2f}x vs contiguous), "
-          f"inference {ci16:.3f} s ({i16 / ci16:.2f}x)")
+    print(
+        f"bf16 channels_last: train step {c16:.3f} s ({b16 / c16:.2f}x vs contiguous), inference {ci16:.3f} s ({i16 / ci16:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

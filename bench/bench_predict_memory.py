@@ -26,8 +26,19 @@ def make_inputs(d: Path, size: int) -> tuple[Path, Path]:
     aoi = "L15-0001E-0001N_1_1_13"
     img = d / "train" / aoi / "images" / f"global_monthly_2020_01_mosaic_{aoi}.tif"
     img.parent.mkdir(parents=True)
-    prof = dict(driver="GTiff", width=size, height=size, count=4, dtype="uint8", crs="EPSG:3857", tiled=True,
-                blockxsize=512, blockysize=512, compress="deflate", transform=Affine(4.777, 0, 0, 0, -4.777, 0))
+    prof = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=4,
+        dtype="uint8",
+        crs="EPSG:3857",
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        transform=Affine(4.777, 0, 0, 0, -4.777, 0),
+    )
     rng = np.random.default_rng(0)
     block = rng.integers(0, 255, (4, 512, 512), dtype=np.uint8)
     block[3] = 255
@@ -44,11 +55,22 @@ def make_inputs(d: Path, size: int) -> tuple[Path, Path]:
 def peak_rss_mb(size: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         root, ckpt = make_inputs(Path(tmp), size)
-        cmd = [sys.executable, "-c", "import resource, sys; from spacenet7.cli import main; "
-               "sys.argv = sys.argv[1:]; "
-               "import atexit; atexit.register(lambda: print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))"
-               "; main()", "spacenet7", "predict", f"checkpoint={ckpt}", f"data_root={root}", f"out_dir={root / 'pred'}",
-               "fusion=false", "progress=false", f"hydra.run.dir={root / 'hydra'}"]
+        cmd = [
+            sys.executable,
+            "-c",
+            "import resource, sys; from spacenet7.cli import main; "
+            "sys.argv = sys.argv[1:]; "
+            "import atexit; atexit.register(lambda: print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))"
+            "; main()",
+            "spacenet7",
+            "predict",
+            f"checkpoint={ckpt}",
+            f"data_root={root}",
+            f"out_dir={root / 'pred'}",
+            "fusion=false",
+            "progress=false",
+            f"hydra.run.dir={root / 'hydra'}",
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         return int(out.split("PEAK_RSS_KB")[-1].split()[0]) / 1024
 
@@ -58,9 +80,11 @@ def main() -> None:
     small = peak_rss_mb(1000)
     big = peak_rss_mb(size)
     naive_mb = size * size * (4 + 3 * 4 + 3 * 4) / 2**20  # uint8 mosaic + float32 input + float32 probabilities
-    print(f"predict peak RSS (default tile/overlap/block, GDAL cache 256 MB): 1000x1000 {small:.0f} MB, "
-          f"{size}x{size} {big:.0f} MB (target <= 2048 MB); ratio {big / small:.2f}x for {(size / 1000) ** 2:.0f}x the pixels; "
-          f"holding the mosaic in memory would need >= {naive_mb:.0f} MB")
+    print(
+        f"predict peak RSS (default tile/overlap/block, GDAL cache 256 MB): 1000x1000 {small:.0f} MB, "
+        f"{size}x{size} {big:.0f} MB (target <= 2048 MB); ratio {big / small:.2f}x for {(size / 1000) ** 2:.0f}x the pixels; "
+        f"holding the mosaic in memory would need >= {naive_mb:.0f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ TILE, OVERLAP, BATCH, THREADS = 256, 64, 8, 2
 def footprints(prob: np.ndarray) -> np.ndarray:
     """Polygons at the vectorize defaults."""
     v = VectorizeConfig()
-    return polygons(instances(prob, threshold=v.threshold, seed_threshold=v.seed_threshold, min_seed_px=v.min_seed_px),
-                    min_area=v.min_area_px)
+    return polygons(
+        instances(prob, threshold=v.threshold, seed_threshold=v.seed_threshold, min_seed_px=v.min_seed_px), min_area=v.min_area_px
+    )
 
 
 def f1(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,8 +69,13 @@ def main() -> None:
         write_model_files(base.net, meta, ModelFormat.onnx, onnx_path)
         write_model_files(base.net, meta, ModelFormat.openvino, xml)
         int8_xml = Path(tmp) / "int8.xml"
-        write_model_files(base.net, meta, ModelFormat.openvino, int8_xml,
-                          int8_tiles=calibration_tiles(args.calibration or [str(image)], base, 32, TILE))
+        write_model_files(
+            base.net,
+            meta,
+            ModelFormat.openvino,
+            int8_xml,
+            int8_tiles=calibration_tiles(args.calibration or [str(image)], base, 32, TILE),
+        )
         bf16 = cpu_has_fast_bf16()
         engines: dict[str, LoadedModel] = {
             "torch eager fp32": base,
@@ -94,15 +100,19 @@ def main() -> None:
     ref_key = "torch eager fp32"
     ref_fp = footprints(probs[ref_key])
     today = "torch bf16 channels-last" if bf16 else ref_key
-    print(f"{image.name}: {h}x{w} on the model grid (upscale {base.upscale:g}), {n_tiles} tiles of {TILE}^2, batch {BATCH}, "
-          f"{THREADS} threads; native bf16: {bf16}; {len(ref_fp)} footprints (torch fp32)")
+    print(
+        f"{image.name}: {h}x{w} on the model grid (upscale {base.upscale:g}), {n_tiles} tiles of {TILE}^2, batch {BATCH}, "
+        f"{THREADS} threads; native bf16: {bf16}; {len(ref_fp)} footprints (torch fp32)"
+    )
     print(f"| engine | tiles/s | vs torch fp32 | vs {today} | max abs diff vs fp32 | footprint F1 vs fp32 |")
     print("|---|---|---|---|---|---|")
     for k in engines:
         rate = n_tiles / best[k]
         diff = float(np.abs(probs[k] - probs[ref_key]).max())
-        print(f"| {k} | {rate:.2f} | {best[ref_key] / best[k]:.2f}x | {best[today] / best[k]:.2f}x | {diff:.1e} | "
-              f"{f1(ref_fp, footprints(probs[k])):.4f} |")
+        print(
+            f"| {k} | {rate:.2f} | {best[ref_key] / best[k]:.2f}x | {best[today] / best[k]:.2f}x | {diff:.1e} | "
+            f"{f1(ref_fp, footprints(probs[k])):.4f} |"
+        )
 
 
 if __name__ == "__main__":

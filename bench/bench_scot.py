@@ -1,6 +1,6 @@
 """SCOT speed: the fast evaluator vs the literal quadratic reference, side by side in one run.
 
-    python bench/bench_scot.py            # 24 months x 5000 buildings (reference on a subset)
+python bench/bench_scot.py            # 24 months x 5000 buildings (reference on a subset)
 """
 
 import sys
@@ -39,8 +39,10 @@ def main() -> None:
         aoi = next(iter(r_ref))
         assert abs(r_ref[aoi]["tracking"] - r_fast.per_aoi[0].tracking) < 1e-12
         per_month = t_ref / months * (5000 / n) ** 2
-        print(f"{months} months x {n}: reference {t_ref:.2f} s, fast {t_fast:.3f} s, ratio {t_ref / t_fast:.0f}x; "
-              f"reference extrapolated to 24 x 5000: ~{per_month * 24:.0f} s")
+        print(
+            f"{months} months x {n}: reference {t_ref:.2f} s, fast {t_fast:.3f} s, ratio {t_ref / t_fast:.0f}x; "
+            f"reference extrapolated to 24 x 5000: ~{per_month * 24:.0f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,16 @@ from spacenet7.data.sn7 import scan  # noqa: E402
 from spacenet7.serve.app import create_app  # noqa: E402
 from spacenet7.serve.server import serve_in_thread  # noqa: E402
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 N = 20_000
 REPEATS = 5
 
@@ -55,11 +63,23 @@ def render_times(browser, url: str, renderer: str) -> list[float]:
 def tiny_run(tmp: Path) -> Path:
     from spacenet7 import pipeline
 
-    cfg = compose("pipeline", [
-        f"run_dir={tmp / 'run'}", f"data_root={tmp / 'data'}", "overrides.synth.n_aois=3", "overrides.synth.n_months=4",
-        "overrides.synth.size=128", "overrides.chip.chip_size=128", "overrides.train.max_epochs=1",
-        "overrides.train.logger.wandb=false", "+overrides.train.trainer.enable_progress_bar=false",
-        "overrides.predict.progress=false", "+overrides.predict.tile=128", "+overrides.predict.overlap=32"])
+    cfg = compose(
+        "pipeline",
+        [
+            f"run_dir={tmp / 'run'}",
+            f"data_root={tmp / 'data'}",
+            "overrides.synth.n_aois=3",
+            "overrides.synth.n_months=4",
+            "overrides.synth.size=128",
+            "overrides.chip.chip_size=128",
+            "overrides.train.max_epochs=1",
+            "overrides.train.logger.wandb=false",
+            "+overrides.train.trainer.enable_progress_bar=false",
+            "overrides.predict.progress=false",
+            "+overrides.predict.tile=128",
+            "+overrides.predict.overlap=32",
+        ],
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         pipeline.run(cfg)
         return oracle_run(tmp / "run", tmp / "served")
@@ -75,13 +95,17 @@ def main() -> None:
         with serve_in_thread(app) as url, sync_playwright() as p:
             t0 = time.perf_counter()
             body = app.state.catalog.footprints_geojson("L15-0000E-0000N_0000_0000_13", "2020-02")
-            print(f"server: {N} footprints as GeoJSON in {time.perf_counter() - t0:.2f} s (once per server), {len(body) / 2**20:.1f} MiB")
+            print(
+                f"server: {N} footprints as GeoJSON in {time.perf_counter() - t0:.2f} s (once per server), {len(body) / 2**20:.1f} MiB"
+            )
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
             canvas = render_times(browser, url, "canvas")
             svg = render_times(browser, url, "svg")
             browser.close()
         c, s = statistics.median(canvas), statistics.median(svg)
-        print(f"draw {N} footprints, median of {REPEATS}: canvas (the page's) {c:.2f} s, SVG {s:.2f} s; SVG / canvas = {s / c:.1f}x")
+        print(
+            f"draw {N} footprints, median of {REPEATS}: canvas (the page's) {c:.2f} s, SVG {s:.2f} s; SVG / canvas = {s / c:.1f}x"
+        )
         print(f"  canvas: {', '.join(f'{t:.2f}' for t in canvas)}\n  svg:    {', '.join(f'{t:.2f}' for t in svg)}")
 
         run = Path(sys.argv[1]) if len(sys.argv) > 1 else tiny_run(tmp / "tiny")
@@ -95,13 +119,19 @@ def main() -> None:
             t0 = time.perf_counter()
             burst = load_burst(url, aoi, [r.month_key for r in recs], image)
             print(f"200 tiles, 16 at a time: {percentiles(burst['tiles'])}")
-            print(f"10 simultaneous predictions of one {recs[0].image.name} ({len(image) / 1024:.0f} KiB): {percentiles(burst['predictions'])}")
+            print(
+                f"10 simultaneous predictions of one {recs[0].image.name} ({len(image) / 1024:.0f} KiB): {percentiles(burst['predictions'])}"
+            )
             ok = [t for c, t in burst["predictions"] if c == 200]
             busy = [t for c, t in burst["predictions"] if c == 503]
-            print(f"  the {len(ok)} answered 200: {', '.join(f'{t:.2f}' for t in sorted(ok))} s (one worker: each waits for those before it)")
+            print(
+                f"  the {len(ok)} answered 200: {', '.join(f'{t:.2f}' for t in sorted(ok))} s (one worker: each waits for those before it)"
+            )
             print(f"  the {len(busy)} answered 503: {', '.join(f'{t:.2f}' for t in sorted(busy))} s")
-            print(f"burst wall time {time.perf_counter() - t0:.1f} s; afterwards /api/health answers "
-                  f"{__import__('httpx').get(url + 'api/health').json()}")
+            print(
+                f"burst wall time {time.perf_counter() - t0:.1f} s; afterwards /api/health answers "
+                f"{__import__('httpx').get(url + 'api/health').json()}"
+            )
 
 
 if __name__ == "__main__":

@@ -26,13 +26,17 @@ def main() -> None:
         rows = track(months, TrackConfig())
         dt = time.perf_counter() - t
         base = base or dt / n
-        print(f"track 24 months x {n} buildings: {dt:.3f} s ({rows['id'].nunique()} tracks); "
-              f"time per building vs n=1250: {dt / n / base:.2f}x" + ("   (target <= 1 s)" if n == 5000 else ""))
+        print(
+            f"track 24 months x {n} buildings: {dt:.3f} s ({rows['id'].nunique()} tracks); "
+            f"time per building vs n=1250: {dt / n / base:.2f}x" + ("   (target <= 1 s)" if n == 5000 else "")
+        )
     months = months_of_pixel_footprints(24, 5000, 0)
     t = time.perf_counter()
     rows = track(months, TrackConfig())
-    print(f"track 24 months x 5000 pixel-staircase footprints (polygonize output): {time.perf_counter() - t:.3f} s "
-          f"({rows['id'].nunique()} tracks)")
+    print(
+        f"track 24 months x 5000 pixel-staircase footprints (polygonize output): {time.perf_counter() - t:.3f} s "
+        f"({rows['id'].nunique()} tracks)"
+    )
 
 
 if __name__ == "__main__":

@@ -47,26 +47,47 @@ def image_stats(root: Path, max_months: int = 6) -> dict[str, float]:
             roof = inst > 0
             ground = ~ndimage.binary_dilation(roof, iterations=3) & ok
             ids, counts = np.unique(inst[inst > 0], return_counts=True)
-            rows.append({
-                **{f"{c}_mean": float(rgb[i][ok].mean()) for i, c in enumerate("RGB")},
-                **{f"{c}_std": float(rgb[i][ok].std()) for i, c in enumerate("RGB")},
-                "saturation": float((rgb.max(0) - rgb.min(0))[ok].mean()),
-                "texture_grad": float(grad), "fine/coarse": float(fine / max(coarse, 1e-6)),
-                "roof-ground contrast": float(abs(gray[roof & ok].mean() - gray[ground].mean()) / gray[ok].std()) if roof.any() else 0.0,
-                "building px (median)": float(np.median(counts)) if len(counts) else 0.0,
-                "buildings per 100^2 px": float(len(ids) / ok.sum() * 1e4),
-                "building cover": float(roof[ok].mean()),
-            })
+            rows.append(
+                {
+                    **{f"{c}_mean": float(rgb[i][ok].mean()) for i, c in enumerate("RGB")},
+                    **{f"{c}_std": float(rgb[i][ok].std()) for i, c in enumerate("RGB")},
+                    "saturation": float((rgb.max(0) - rgb.min(0))[ok].mean()),
+                    "texture_grad": float(grad),
+                    "fine/coarse": float(fine / max(coarse, 1e-6)),
+                    "roof-ground contrast": float(abs(gray[roof & ok].mean() - gray[ground].mean()) / gray[ok].std())
+                    if roof.any()
+                    else 0.0,
+                    "building px (median)": float(np.median(counts)) if len(counts) else 0.0,
+                    "buildings per 100^2 px": float(len(ids) / ok.sum() * 1e4),
+                    "building cover": float(roof[ok].mean()),
+                }
+            )
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
 def score(checkpoint: Path, out: Path) -> dict:
     """Predict, vectorize, export and evaluate the whole real sample with one checkpoint."""
-    predict.run(compose("predict", [f"checkpoint={checkpoint}", "dataset=real_sample", f"data_root={REAL}",
-                                    f"out_dir={out / 'pred'}", "grid=upscaled", "progress=false", "fusion=false"]))
+    predict.run(
+        compose(
+            "predict",
+            [
+                f"checkpoint={checkpoint}",
+                "dataset=real_sample",
+                f"data_root={REAL}",
+                f"out_dir={out / 'pred'}",
+                "grid=upscaled",
+                "progress=false",
+                "fusion=false",
+            ],
+        )
+    )
     vectorize.run(compose("vectorize", [f"pred_dir={out / 'pred'}", f"out_dir={out / 'vec'}"]))
-    export.run(compose("export", [f"vec_dir={out / 'vec'}", f"out_dir={out / 'fp'}", f"submission={out / 'sub.csv'}",
-                                  "gpkg=false", "geojson=false"]))
+    export.run(
+        compose(
+            "export",
+            [f"vec_dir={out / 'vec'}", f"out_dir={out / 'fp'}", f"submission={out / 'sub.csv'}", "gpkg=false", "geojson=false"],
+        )
+    )
     evaluate.run(compose("evaluate", [f"data_root={REAL}", f"submission={out / 'sub.csv'}", f"out={out / 'metrics.json'}"]))
     return json.loads((out / "metrics.json").read_text())
 
@@ -83,20 +104,23 @@ def main() -> None:
     data = run / "data"
     ckpt = args.checkpoint
     if ckpt is None:
-        cfg = compose("pipeline", [f"run_dir={run}", f"data_root={data}", "stages=[synth,chip,train]", "n_test_aois=1",
-                                   f"synth.style={args.style}"])
+        cfg = compose(
+            "pipeline",
+            [f"run_dir={run}", f"data_root={data}", "stages=[synth,chip,train]", "n_test_aois=1", f"synth.style={args.style}"],
+        )
         pipeline.run(cfg)
         ckpt = run / "train" / "checkpoints" / "best.ckpt"
     elif not data.is_dir():
-        pipeline.run(compose("pipeline", [f"run_dir={run}", f"data_root={data}", "stages=[synth]",
-                                          f"synth.style={args.style}"]))
+        pipeline.run(compose("pipeline", [f"run_dir={run}", f"data_root={data}", "stages=[synth]", f"synth.style={args.style}"]))
     real, synthetic = image_stats(REAL), image_stats(data)
     print(f"\n{'statistic':<26} {'real sample':>12} {'synthetic':>12} {'synthetic/real':>15}")
     for k in real:
         print(f"{k:<26} {real[k]:12.3f} {synthetic[k]:12.3f} {synthetic[k] / real[k] if real[k] else float('nan'):15.2f}")
     m = score(ckpt, run / "transfer")
-    print(f"\ntransfer of {ckpt} (synthetic only) to the whole real sample: building F1@0.5 {m['f1']:.3f} "
-          f"(P {m['precision']:.3f} R {m['recall']:.3f}), F1@0.25 {m['f1_iou25']:.3f}, pixel IoU {m['pixel_iou']:.3f}")
+    print(
+        f"\ntransfer of {ckpt} (synthetic only) to the whole real sample: building F1@0.5 {m['f1']:.3f} "
+        f"(P {m['precision']:.3f} R {m['recall']:.3f}), F1@0.25 {m['f1_iou25']:.3f}, pixel IoU {m['pixel_iou']:.3f}"
+    )
 
 
 if __name__ == "__main__":

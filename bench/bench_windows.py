@@ -67,15 +67,24 @@ def main() -> None:
         chip.run(compose("chip", base + [f"out_dir={tmp / 'chips'}", "layout=chips", "chip_size=512", "overlap=0"]))
         t_chips = time.perf_counter() - t0
         rasters, chips = _bytes(tmp / "rasters"), _bytes(tmp / "chips")
-        print(f"{n_mosaics} mosaics of {args.size}^2 at 3x; source imagery {src_written / 2**20:.1f} MiB as written, "
-              f"{src_raw / 2**20:.1f} MiB uncompressed (as SN7 ships it)")
-        for name, size, secs in (("target rasters (layout=rasters)", rasters, t_rasters), ("7-band 512^2 chips (layout=chips)", chips, t_chips)):
-            print(f"  {name:<34} {size / 2**20:8.1f} MiB = {size / src_written:5.2f}x written source, "
-                  f"{size / src_raw:5.2f}x uncompressed; {size / n_mosaics / 2**20:.2f} MiB and {secs / n_mosaics:.1f} s per mosaic")
+        print(
+            f"{n_mosaics} mosaics of {args.size}^2 at 3x; source imagery {src_written / 2**20:.1f} MiB as written, "
+            f"{src_raw / 2**20:.1f} MiB uncompressed (as SN7 ships it)"
+        )
+        for name, size, secs in (
+            ("target rasters (layout=rasters)", rasters, t_rasters),
+            ("7-band 512^2 chips (layout=chips)", chips, t_chips),
+        ):
+            print(
+                f"  {name:<34} {size / 2**20:8.1f} MiB = {size / src_written:5.2f}x written source, "
+                f"{size / src_raw:5.2f}x uncompressed; {size / n_mosaics / 2**20:.2f} MiB and {secs / n_mosaics:.1f} s per mosaic"
+            )
         full = 60 * 24
-        print(f"  full SN7 ({full} mosaics of 1024^2): source ~{full * 1024 * 1024 * 4 / 2**30:.1f} GiB uncompressed; "
-              f"rasters ~{rasters / n_mosaics * full / 2**30 * (1024 / args.size) ** 2:.2f} GiB, "
-              f"chips ~{chips / n_mosaics * full / 2**30 * (1024 / args.size) ** 2:.1f} GiB (projected from this run)")
+        print(
+            f"  full SN7 ({full} mosaics of 1024^2): source ~{full * 1024 * 1024 * 4 / 2**30:.1f} GiB uncompressed; "
+            f"rasters ~{rasters / n_mosaics * full / 2**30 * (1024 / args.size) ** 2:.2f} GiB, "
+            f"chips ~{chips / n_mosaics * full / 2**30 * (1024 / args.size) ** 2:.1f} GiB (projected from this run)"
+        )
 
         idx_r, _ = chip.load_index(tmp / "rasters")
         idx_c, _ = chip.load_index(tmp / "chips")

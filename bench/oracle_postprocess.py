@@ -36,11 +36,20 @@ def oracle(root: str, aoi: str, upscale: float, contact_width: int) -> None:
         stems.append(rec)
         preds.append(MonthPrediction(rec.stem, rec.month_key, prob[0], img.valid, upscale))
     rows = track_months(months, preds, v.track)  # as vectorize does: no filling where clouds hide a building
-    sub = pd.DataFrame({"filename": [stems[t].stem for t in rows.t], "aoi": aoi,
-                        "month": [stems[t].month_key for t in rows.t], "id": rows.id, "geometry": rows.geometry})
+    sub = pd.DataFrame(
+        {
+            "filename": [stems[t].stem for t in rows.t],
+            "aoi": aoi,
+            "month": [stems[t].month_key for t in rows.t],
+            "id": rows.id,
+            "geometry": rows.geometry,
+        }
+    )
     r = scot(ground_truth_table(root, aois=[aoi]), sub)
-    print(f"oracle upscale={upscale:g} contact_width={contact_width}: SCOT {r.scot:.3f}  tracking {r.tracking:.3f}  "
-          f"change {r.change:.3f}  F1@0.5 {r.f1:.3f}")
+    print(
+        f"oracle upscale={upscale:g} contact_width={contact_width}: SCOT {r.scot:.3f}  tracking {r.tracking:.3f}  "
+        f"change {r.change:.3f}  F1@0.5 {r.f1:.3f}"
+    )
 
 
 def main() -> None:

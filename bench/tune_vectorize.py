@@ -42,15 +42,18 @@ def main() -> None:
         out = Path(tmp)
         for combo in itertools.product(*values):
             overrides = [f"{k}={v}" for k, v in zip(keys, combo)]
-            vectorize.run(compose("vectorize", [f"pred_dir={args.pred_dir}", f"out_dir={out / 'vec'}",
-                                                f"aois=[{args.aoi}]", *overrides]))
-            export.run(compose("export", [f"vec_dir={out / 'vec'}", f"out_dir={out / 'fp'}",
-                                          f"submission={out / 'sub.csv'}"]))
+            vectorize.run(
+                compose("vectorize", [f"pred_dir={args.pred_dir}", f"out_dir={out / 'vec'}", f"aois=[{args.aoi}]", *overrides])
+            )
+            export.run(compose("export", [f"vec_dir={out / 'vec'}", f"out_dir={out / 'fp'}", f"submission={out / 'sub.csv'}"]))
             r = scot(truth, read_table(out / "sub.csv"))
             a = r.per_aoi[0]
-            print(f"{' '.join(overrides) or '(defaults)'}: SCOT {r.scot:.3f} tracking {r.tracking:.3f} "
-                  f"change {r.change:.3f} | tp {a.tp} fp {a.fp} fn {a.fn} mismatches {a.mismatches} "
-                  f"| change tp {a.change_tp} fp {a.change_fp} fn {a.change_fn}", flush=True)
+            print(
+                f"{' '.join(overrides) or '(defaults)'}: SCOT {r.scot:.3f} tracking {r.tracking:.3f} "
+                f"change {r.change:.3f} | tp {a.tp} fp {a.fp} fn {a.fn} mismatches {a.mismatches} "
+                f"| change tp {a.change_tp} fp {a.change_fp} fn {a.change_fn}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

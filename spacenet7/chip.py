@@ -57,7 +57,9 @@ def load_index(chip_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     try:
         index = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except Exception as exc:  # pyarrow / pandas raise many types for a truncated or foreign file
-        raise SN7DataError(path, f"unreadable chip index, truncated? re-run `spacenet7 chip` ({str(exc).splitlines()[0][:120]})") from None
+        raise SN7DataError(
+            path, f"unreadable chip index, truncated? re-run `spacenet7 chip` ({str(exc).splitlines()[0][:120]})"
+        ) from None
     meta_path = Path(chip_dir) / "chips.json"
     if not meta_path.exists():
         raise SN7DataError(meta_path, "chip metadata not found; re-run `spacenet7 chip`")
@@ -111,8 +113,16 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
     jobs = [r for recs in records.values() for r in recs[:: cfg.month_stride]]
     rows: list[dict] = []
     month_fn = _chip_month if layout is Layout.chips else _target_month
-    cut = Cutting(cfg.upscale, cfg.input, cfg.boundary_width, cfg.contact_width, cfg.chip_size, cfg.overlap, cfg.val_frac,
-                  cfg.min_valid_frac)
+    cut = Cutting(
+        cfg.upscale,
+        cfg.input,
+        cfg.boundary_width,
+        cfg.contact_width,
+        cfg.chip_size,
+        cfg.overlap,
+        cfg.val_frac,
+        cfg.min_valid_frac,
+    )
     if cfg.cluster.mode is ClusterMode.none:
         for rec in tqdm(jobs, desc="chip", disable=not cfg.progress):
             rows += month_fn(rec, cut, out, by_aoi.get(rec.aoi), reuse)
@@ -121,17 +131,31 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
         for rec in jobs:
             by_name.setdefault(rec.aoi, []).append(rec)
         try:
-            per_aoi = map_aois(chip_aoi, [(a, (month_fn, recs, cut, out, by_aoi.get(a), reuse)) for a, recs in by_name.items()],
-                               cfg.cluster, stage="chip", progress=cfg.progress)
+            per_aoi = map_aois(
+                chip_aoi,
+                [(a, (month_fn, recs, cut, out, by_aoi.get(a), reuse)) for a, recs in by_name.items()],
+                cfg.cluster,
+                stage="chip",
+                progress=cfg.progress,
+            )
         finally:
             clear_partials(out)  # a killed worker's
         rows = [row for aoi_rows in per_aoi for row in aoi_rows]
     index = pd.DataFrame(rows)
     if index.empty:
         raise SN7Error(f"chip: no chip passed min_valid_frac={cfg.min_valid_frac} under {cfg.data_root}")
-    meta = {"layout": layout.value, "upscale": cfg.upscale, "chip_size": cfg.chip_size, "bands": list(CHIP_BANDS),
-            "input": cfg.input.to_dict(), "split": cfg.split, "val_frac": cfg.val_frac, "aois": sorted(records),
-            "data_root": str(cfg.data_root), "settings": settings}
+    meta = {
+        "layout": layout.value,
+        "upscale": cfg.upscale,
+        "chip_size": cfg.chip_size,
+        "bands": list(CHIP_BANDS),
+        "input": cfg.input.to_dict(),
+        "split": cfg.split,
+        "val_frac": cfg.val_frac,
+        "aois": sorted(records),
+        "data_root": str(cfg.data_root),
+        "settings": settings,
+    }
     idx_path = out / f"index.{cfg.index_format}"
     with atomic_path(idx_path) as tmp:
         index.to_parquet(tmp, index=False) if cfg.index_format is IndexFormat.parquet else index.to_csv(tmp, index=False)
@@ -168,8 +192,19 @@ def _target_month(rec, cut: Cutting, out: Path, aoi_side: str | None, reuse: boo
     else:
         img, targets, ignore = _month_targets(rec, cut)
         packed, transform, crs = pack_targets(targets, ignore), img.transform, img.crs
-        profile = dict(driver="GTiff", width=packed.shape[1], height=packed.shape[0], count=1, dtype="uint8", crs=crs,
-                       transform=transform, compress="deflate", tiled=True, blockxsize=256, blockysize=256)
+        profile = dict(
+            driver="GTiff",
+            width=packed.shape[1],
+            height=packed.shape[0],
+            count=1,
+            dtype="uint8",
+            crs=crs,
+            transform=transform,
+            compress="deflate",
+            tiled=True,
+            blockxsize=256,
+            blockysize=256,
+        )
         write_raster(path, packed[None], profile, descriptions=("footprint|boundary|contact|ignore bits",))
     h, w = packed.shape
     rows = []
@@ -177,12 +212,27 @@ def _target_month(rec, cut: Cutting, out: Path, aoi_side: str | None, reuse: boo
         valid_frac = float(1 - ignore[r0:r1, c0:c1].mean())
         if valid_frac < cut.min_valid_frac:
             continue
-        rows.append({
-            "target": str(rel), "image": str(Path(rec.image).resolve()), "aoi": rec.aoi, "month": rec.month_key,
-            "stem": rec.stem, "height": h, "width": w, "upscale": cut.upscale, "r0": r0, "r1": r1, "c0": c0, "c1": c1,
-            "crs": crs.to_string(), "transform": json.dumps(list(transform)[:6]), "valid_frac": valid_frac,
-            "building_frac": float(targets[0][r0:r1, c0:c1].mean()), "split": side,
-        })
+        rows.append(
+            {
+                "target": str(rel),
+                "image": str(Path(rec.image).resolve()),
+                "aoi": rec.aoi,
+                "month": rec.month_key,
+                "stem": rec.stem,
+                "height": h,
+                "width": w,
+                "upscale": cut.upscale,
+                "r0": r0,
+                "r1": r1,
+                "c0": c0,
+                "c1": c1,
+                "crs": crs.to_string(),
+                "transform": json.dumps(list(transform)[:6]),
+                "valid_frac": valid_frac,
+                "building_frac": float(targets[0][r0:r1, c0:c1].mean()),
+                "split": side,
+            }
+        )
     return rows
 
 
@@ -204,14 +254,28 @@ def _chip_month(rec, cut: Cutting, out: Path, aoi_side: str | None, reuse: bool)
         transform = rasterio.windows.transform(win, img.transform)
         if not (reuse and _complete(path, len(CHIP_BANDS))):
             _write_chip(path, stack[(slice(None), *sl)], transform, img.crs)
-        rows.append({
-            "path": str(path.relative_to(out)), "aoi": rec.aoi, "month": rec.month_key, "stem": rec.stem,
-            "row_off": r0, "col_off": c0, "height": int(win.height), "width": int(win.width), "upscale": cut.upscale,
-            "src_row_off": r0 / cut.upscale, "src_col_off": c0 / cut.upscale,
-            "src_height": win.height / cut.upscale, "src_width": win.width / cut.upscale,
-            "crs": img.crs.to_string(), "transform": json.dumps(list(transform)[:6]),
-            "valid_frac": valid_frac, "building_frac": float(targets[0][sl].mean()), "split": side,
-        })
+        rows.append(
+            {
+                "path": str(path.relative_to(out)),
+                "aoi": rec.aoi,
+                "month": rec.month_key,
+                "stem": rec.stem,
+                "row_off": r0,
+                "col_off": c0,
+                "height": int(win.height),
+                "width": int(win.width),
+                "upscale": cut.upscale,
+                "src_row_off": r0 / cut.upscale,
+                "src_col_off": c0 / cut.upscale,
+                "src_height": win.height / cut.upscale,
+                "src_width": win.width / cut.upscale,
+                "crs": img.crs.to_string(),
+                "transform": json.dumps(list(transform)[:6]),
+                "valid_frac": valid_frac,
+                "building_frac": float(targets[0][sl].mean()),
+                "split": side,
+            }
+        )
     return rows
 
 
@@ -227,6 +291,15 @@ def _complete(path: Path, bands: int) -> bool:
 
 
 def _write_chip(path: Path, array: np.ndarray, transform, crs) -> None:
-    profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0], dtype="uint8",
-                   crs=crs, transform=transform, compress="deflate", interleave="pixel")
+    profile = dict(
+        driver="GTiff",
+        width=array.shape[2],
+        height=array.shape[1],
+        count=array.shape[0],
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+        compress="deflate",
+        interleave="pixel",
+    )
     write_raster(path, array, profile, descriptions=CHIP_BANDS)

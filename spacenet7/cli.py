@@ -18,10 +18,14 @@ def _help() -> str:
     width = max(map(len, STAGES))
     lines = [USAGE, "", "stages (run in this order by `pipeline`):"]
     lines += [f"  {name:<{width}}  {text}" for name, text in STAGES.items()]
-    lines += ["", "examples:", "  spacenet7 synth out_dir=data/synthetic n_aois=3 n_months=12 size=1024 seed=0",
-              "  spacenet7 train -m model.encoder_name=resnet18,efficientnet-b0 experiment=demo_cpu",
-              "  spacenet7 pipeline train.max_epochs=3 predict.tile=512 train/model=unet",
-              "  spacenet7 evaluate truth=TRUTH.csv proposal=PROPOSAL.csv out=metrics.json"]
+    lines += [
+        "",
+        "examples:",
+        "  spacenet7 synth out_dir=data/synthetic n_aois=3 n_months=12 size=1024 seed=0",
+        "  spacenet7 train -m model.encoder_name=resnet18,efficientnet-b0 experiment=demo_cpu",
+        "  spacenet7 pipeline train.max_epochs=3 predict.tile=512 train/model=unet",
+        "  spacenet7 evaluate truth=TRUTH.csv proposal=PROPOSAL.csv out=metrics.json",
+    ]
     return "\n".join(lines)
 
 

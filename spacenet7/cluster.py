@@ -68,8 +68,16 @@ def connect(cluster: ClusterConfig) -> Iterator[Any]:
 
     if cluster.mode is ClusterMode.local:
         dashboard = ":8787" if importlib.util.find_spec("bokeh") else ":0"  # the dashboard needs bokeh; else only the health page
-        with LocalCluster(n_workers=cluster.workers, threads_per_worker=cluster.threads_per_worker, processes=True,
-                          dashboard_address=dashboard, silence_logs=logging.ERROR) as local, Client(local) as client:
+        with (
+            LocalCluster(
+                n_workers=cluster.workers,
+                threads_per_worker=cluster.threads_per_worker,
+                processes=True,
+                dashboard_address=dashboard,
+                silence_logs=logging.ERROR,
+            ) as local,
+            Client(local) as client,
+        ):
             yield client
         return
     try:
@@ -80,8 +88,9 @@ def connect(cluster: ClusterConfig) -> Iterator[Any]:
         yield client
 
 
-def map_aois(fn: Callable[..., T], items: Sequence[tuple[str, tuple]], cluster: ClusterConfig, *, stage: str,
-             progress: bool = True) -> list[T]:
+def map_aois(
+    fn: Callable[..., T], items: Sequence[tuple[str, tuple]], cluster: ClusterConfig, *, stage: str, progress: bool = True
+) -> list[T]:
     """``fn(*args)`` for every ``(aoi, args)`` of ``items``, in process or one Dask task per AOI.
 
     Args:
@@ -108,12 +117,21 @@ def map_aois(fn: Callable[..., T], items: Sequence[tuple[str, tuple]], cluster: 
     with connect(cluster) as client:
         n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
         link = getattr(client, "dashboard_link", None) if importlib.util.find_spec("bokeh") else None
-        log.info("%s: %d AOIs on %d Dask workers (%s)%s", stage, len(items), n_workers, client.scheduler.address,
-                 f", dashboard {link}" if link else "")
-        futures = {client.submit(_attempt, fn, *args, key=f"{stage}-{aoi}-{run}", retries=cluster.retries, pure=False): aoi
-                   for aoi, args in items}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc=f"{stage} ({n_workers} workers)", unit="AOI",
-                        disable=not progress):
+        log.info(
+            "%s: %d AOIs on %d Dask workers (%s)%s",
+            stage,
+            len(items),
+            n_workers,
+            client.scheduler.address,
+            f", dashboard {link}" if link else "",
+        )
+        futures = {
+            client.submit(_attempt, fn, *args, key=f"{stage}-{aoi}-{run}", retries=cluster.retries, pure=False): aoi
+            for aoi, args in items
+        }
+        for fut in tqdm(
+            as_completed(futures), total=len(futures), desc=f"{stage} ({n_workers} workers)", unit="AOI", disable=not progress
+        ):
             aoi = futures[fut]
             try:
                 out = fut.result()
@@ -126,8 +144,10 @@ def map_aois(fn: Callable[..., T], items: Sequence[tuple[str, tuple]], cluster: 
                 results[aoi] = out
     if failed:
         done = len(items) - len(failed)
-        raise SN7Error(f"{stage}: {len(failed)} of {len(items)} AOIs failed ({done} finished): "
-                       + "; ".join(f"{aoi}: {failed[aoi]}" for aoi, _ in items if aoi in failed))
+        raise SN7Error(
+            f"{stage}: {len(failed)} of {len(items)} AOIs failed ({done} finished): "
+            + "; ".join(f"{aoi}: {failed[aoi]}" for aoi, _ in items if aoi in failed)
+        )
     return [results[aoi] for aoi, _ in items]
 
 

@@ -46,10 +46,19 @@ def run(cfg: CompileConfig) -> dict[str, Path]:
     model_cfg = dict(hp["model"])
     in_channels = int(model_cfg.get("in_channels", 3))
     if in_channels != 3 or int(model_cfg.get("classes", len(CHANNELS))) != len(CHANNELS):
-        raise SN7Error(f"compile: {cfg.checkpoint}: the network takes {in_channels} channels and predicts "
-                       f"{model_cfg.get('classes')}; predict feeds 3 (RGB) and reads {len(CHANNELS)}")
-    meta = ModelMeta(upscale=model.upscale, input=model.spec.to_dict(), classes=list(CHANNELS), stride=net_stride(net),
-                     in_channels=in_channels, model=model_cfg, source=str(Path(cfg.checkpoint).resolve()))
+        raise SN7Error(
+            f"compile: {cfg.checkpoint}: the network takes {in_channels} channels and predicts "
+            f"{model_cfg.get('classes')}; predict feeds 3 (RGB) and reads {len(CHANNELS)}"
+        )
+    meta = ModelMeta(
+        upscale=model.upscale,
+        input=model.spec.to_dict(),
+        classes=list(CHANNELS),
+        stride=net_stride(net),
+        in_channels=in_channels,
+        model=model_cfg,
+        source=str(Path(cfg.checkpoint).resolve()),
+    )
     out = Path(cfg.out) if cfg.out else default_out(cfg.checkpoint, cfg.format)
     ensure_writable_dir(out.parent)
     tiles = calibration_tiles(cfg.calibration or [], model, cfg.calibration_tiles, cfg.tile) if cfg.int8 else None
@@ -61,10 +70,14 @@ def run(cfg: CompileConfig) -> dict[str, Path]:
         if diff > VERIFY_TOLERANCE and not cfg.int8:  # int8 differs by design; bench/bench_runtimes.py scores its footprints
             for f in files:
                 f.unlink(missing_ok=True)
-            raise SN7Error(f"compile: the exported model differs from the checkpoint by {diff:.3g} (> {VERIFY_TOLERANCE}) "
-                           "on a random tile; nothing written")
-    print(f"compile: wrote {', '.join(map(str, files))} (stride {meta.stride}, upscale {meta.upscale:g}); run it with\n"
-          f"  spacenet7 predict engine={'onnxruntime' if cfg.format is ModelFormat.onnx else 'openvino'} model_file={out} ...")
+            raise SN7Error(
+                f"compile: the exported model differs from the checkpoint by {diff:.3g} (> {VERIFY_TOLERANCE}) "
+                "on a random tile; nothing written"
+            )
+    print(
+        f"compile: wrote {', '.join(map(str, files))} (stride {meta.stride}, upscale {meta.upscale:g}); run it with\n"
+        f"  spacenet7 predict engine={'onnxruntime' if cfg.format is ModelFormat.onnx else 'openvino'} model_file={out} ..."
+    )
     return {"model_file": out}
 
 

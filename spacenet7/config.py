@@ -110,8 +110,11 @@ class ClusterConfig:
         check(self.workers >= 1, "cluster", f"cluster.workers={self.workers} must be >= 1")
         check(self.threads_per_worker >= 1, "cluster", f"cluster.threads_per_worker={self.threads_per_worker} must be >= 1")
         check(self.retries >= 0, "cluster", f"cluster.retries={self.retries} must be >= 0")
-        check(self.mode is not ClusterMode.address or bool(self.address), "cluster",
-              "cluster.mode=address needs cluster.address=tcp://HOST:PORT (the scheduler)")
+        check(
+            self.mode is not ClusterMode.address or bool(self.address),
+            "cluster",
+            "cluster.mode=address needs cluster.address=tcp://HOST:PORT (the scheduler)",
+        )
 
 
 @dataclass
@@ -165,7 +168,11 @@ class ChipConfig:
         self.split = choice(self.split, Split, "chip", "split")
         self.index_format = choice(self.index_format, IndexFormat, "chip", "index_format")
         check(self.chip_size > 0, "chip", f"chip_size={self.chip_size} must be > 0")
-        check(0 <= self.overlap < self.chip_size, "chip", f"overlap={self.overlap} must be >= 0 and smaller than chip_size={self.chip_size}")
+        check(
+            0 <= self.overlap < self.chip_size,
+            "chip",
+            f"overlap={self.overlap} must be >= 0 and smaller than chip_size={self.chip_size}",
+        )
         check(self.upscale > 0, "chip", f"upscale={self.upscale} must be > 0")
         check(0 <= self.min_valid_frac <= 1, "chip", f"min_valid_frac={self.min_valid_frac} must be within [0, 1]")
         check(self.month_stride >= 1, "chip", f"month_stride={self.month_stride} must be >= 1")
@@ -253,7 +260,9 @@ class TrainConfig:
         check(self.num_workers >= 0, "train", f"num_workers={self.num_workers} must be >= 0")
         check(self.crop is None or self.crop > 0, "train", f"crop={self.crop} must be > 0 or null")
         check(0 <= self.empty_chips <= 1, "train", f"empty_chips={self.empty_chips} must be within [0, 1]")
-        check(self.ema_decay is None or 0 < self.ema_decay < 1, "train", f"ema_decay={self.ema_decay} must be within (0, 1) or null")
+        check(
+            self.ema_decay is None or 0 < self.ema_decay < 1, "train", f"ema_decay={self.ema_decay} must be within (0, 1) or null"
+        )
 
 
 @dataclass
@@ -264,7 +273,9 @@ class PredictConfig:
     data_root: str = "data/synthetic"
     split_dir: str = "train"
     aois: Optional[List[str]] = None
-    images: Optional[List[str]] = None  # GeoTIFFs of one area instead of a data root (month from the name, TIFF date tag or list order)
+    images: Optional[List[str]] = (
+        None  # GeoTIFFs of one area instead of a data root (month from the name, TIFF date tag or list order)
+    )
     out_dir: str = "runs/demo/predictions"
     tile: int = 256
     overlap: int = 64
@@ -292,10 +303,16 @@ class PredictConfig:
     def __post_init__(self) -> None:
         self.grid = choice(self.grid, Grid, "predict", "grid")
         self.engine = choice(self.engine, Engine, "predict", "engine")
-        check(self.engine is Engine.torch or bool(self.model_file), "predict",
-              f"engine={self.engine} runs an exported model: set model_file= (spacenet7 compile checkpoint=... format=...)")
-        check(self.engine is not Engine.torch or not self.model_file, "predict",
-              "model_file= needs engine=onnxruntime or engine=openvino (engine=torch runs checkpoint=)")
+        check(
+            self.engine is Engine.torch or bool(self.model_file),
+            "predict",
+            f"engine={self.engine} runs an exported model: set model_file= (spacenet7 compile checkpoint=... format=...)",
+        )
+        check(
+            self.engine is not Engine.torch or not self.model_file,
+            "predict",
+            "model_file= needs engine=onnxruntime or engine=openvino (engine=torch runs checkpoint=)",
+        )
         self.tta_views = choice(self.tta_views, TTAViews, "predict", "tta_views")
         check(self.tile > 0, "predict", f"tile={self.tile} must be > 0")
         check(0 <= self.overlap < self.tile, "predict", f"overlap={self.overlap} must be >= 0 and smaller than tile={self.tile}")
@@ -306,8 +323,11 @@ class PredictConfig:
             unknown = sorted(set(self.input) - set(InputSpec.__dataclass_fields__))
             check(not unknown, "predict", f"input has unknown key(s) {unknown}; keys: {sorted(InputSpec.__dataclass_fields__)}")
             InputSpec(**{**InputSpec().to_dict(), **self.input})  # validates the values
-        check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "predict",
-              f"device={self.device!r} must be auto, cpu or cuda[:N]")
+        check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "predict",
+            f"device={self.device!r} must be auto, cpu or cuda[:N]",
+        )
 
 
 @dataclass
@@ -328,9 +348,17 @@ class CompileConfig:
         self.format = choice(self.format, ModelFormat, "compile", "format")
         check(self.opset >= 17, "compile", f"opset={self.opset} must be >= 17")
         check(self.tile > 0, "compile", f"tile={self.tile} must be > 0")
-        check(not self.int8 or bool(self.calibration), "compile", "int8=true needs calibration=[mosaic.tif,...] (tiles to calibrate on)")
+        check(
+            not self.int8 or bool(self.calibration),
+            "compile",
+            "int8=true needs calibration=[mosaic.tif,...] (tiles to calibrate on)",
+        )
         want = ".onnx" if self.format is ModelFormat.onnx else ".xml"
-        check(self.out is None or Path(self.out).suffix == want, "compile", f"out={self.out} must end in {want} for format={self.format}")
+        check(
+            self.out is None or Path(self.out).suffix == want,
+            "compile",
+            f"out={self.out} must end in {want} for format={self.format}",
+        )
 
 
 class Objective(StrEnum):
@@ -374,8 +402,11 @@ class Param:
         if self.dist is Dist.categorical:
             check(bool(self.choices), "tune", f"{self.path}: dist=categorical needs choices=[...]")
         else:
-            check(self.low is not None and self.high is not None and self.low <= self.high, "tune",
-                  f"{self.path}: dist={self.dist} needs low <= high (got {self.low}, {self.high})")
+            check(
+                self.low is not None and self.high is not None and self.low <= self.high,
+                "tune",
+                f"{self.path}: dist={self.dist} needs low <= high (got {self.low}, {self.high})",
+            )
             check(self.dist is not Dist.log_float or (self.low or 0) > 0, "tune", f"{self.path}: log_float needs low > 0")
 
 
@@ -385,8 +416,14 @@ class TuneConfig:
 
     run_dir: str = "runs/tune"
     # train settings every trial shares, as pipeline's overrides.train (other keys: +train.batch_size=4)
-    train: Dict[str, Any] = field(default_factory=lambda: {
-        "experiment": "demo_cpu", "chip_dir": "runs/demo/chips", "max_epochs": 8, "logger": {"wandb": False}})
+    train: Dict[str, Any] = field(
+        default_factory=lambda: {
+            "experiment": "demo_cpu",
+            "chip_dir": "runs/demo/chips",
+            "max_epochs": 8,
+            "logger": {"wandb": False},
+        }
+    )
     space: Dict[str, Param] = field(default_factory=dict)  # name -> Param (conf/tune/<name>.yaml)
     n_trials: int = 10  # trials this run adds to the study
     timeout: Optional[float] = None  # seconds; stop starting new trials after it
@@ -408,8 +445,7 @@ class TuneConfig:
         self.pruner = choice(self.pruner, Pruner, "tune", "pruner")
         check(self.n_trials >= 0, "tune", f"n_trials={self.n_trials} must be >= 0")
         check(bool(self.space), "tune", "the search space is empty (choose one: tune=<name>, conf/tune/<name>.yaml)")
-        check("run_dir" not in self.train, "tune",
-              "train must not set run_dir (each trial trains in <run_dir>/trials/<number>)")
+        check("run_dir" not in self.train, "tune", "train must not set run_dir (each trial trains in <run_dir>/trials/<number>)")
 
 
 @dataclass
@@ -431,8 +467,11 @@ class VectorizeConfig:
     def __post_init__(self) -> None:
         check(0 < self.threshold < 1, "vectorize", f"threshold={self.threshold} must be between 0 and 1")
         check(0 < self.seed_threshold <= 1, "vectorize", f"seed_threshold={self.seed_threshold} must be within (0, 1]")
-        check(self.min_area_px >= 0 and self.min_seed_px >= 0 and self.simplify_px >= 0, "vectorize",
-              "min_area_px, min_seed_px and simplify_px must be >= 0")
+        check(
+            self.min_area_px >= 0 and self.min_seed_px >= 0 and self.simplify_px >= 0,
+            "vectorize",
+            "min_area_px, min_seed_px and simplify_px must be >= 0",
+        )
 
 
 @dataclass
@@ -469,8 +508,11 @@ class EvaluateConfig:
         check(0 < self.iou_threshold < 1, "evaluate", f"iou_threshold={self.iou_threshold} must be between 0 and 1")
         check(self.beta > 0, "evaluate", f"beta={self.beta} must be > 0")
         check(self.min_truth_area >= 0, "evaluate", f"min_truth_area={self.min_truth_area} must be >= 0")
-        check(self.region is None or len(self.region) == 4, "evaluate",
-              f"region={self.region} must be [row0, row1, col0, col1] in source pixels")
+        check(
+            self.region is None or len(self.region) == 4,
+            "evaluate",
+            f"region={self.region} must be [row0, row1, col0, col1] in source pixels",
+        )
 
 
 TRAIN_GROUPS: tuple[str, ...] = ("model", "loss", "optimizer", "augment", "trainer", "experiment")
@@ -622,13 +664,25 @@ class ServeConfig:
         check(self.max_pixels > 0 and self.max_files > 0, "serve", "max_pixels and max_files must be > 0")
         check(self.workers >= 1 and self.queue >= 0, "serve", f"workers={self.workers} must be >= 1 and queue={self.queue} >= 0")
         unknown = sorted(set(self.overrides) - {"predict", "vectorize"})
-        check(not unknown, "serve", f"overrides has unknown stage(s) {unknown}; serve takes overrides.predict and overrides.vectorize")
+        check(
+            not unknown,
+            "serve",
+            f"overrides has unknown stage(s) {unknown}; serve takes overrides.predict and overrides.vectorize",
+        )
 
 
 SCHEMAS: dict[str, type] = {
-    "synth": SynthConfig, "chip": ChipConfig, "train": TrainConfig, "predict": PredictConfig,
-    "vectorize": VectorizeConfig, "export": ExportConfig, "evaluate": EvaluateConfig, "pipeline": PipelineConfig,
-    "tune": TuneConfig, "compile": CompileConfig, "serve": ServeConfig,
+    "synth": SynthConfig,
+    "chip": ChipConfig,
+    "train": TrainConfig,
+    "predict": PredictConfig,
+    "vectorize": VectorizeConfig,
+    "export": ExportConfig,
+    "evaluate": EvaluateConfig,
+    "pipeline": PipelineConfig,
+    "tune": TuneConfig,
+    "compile": CompileConfig,
+    "serve": ServeConfig,
 }
 """Each stage's typed config; registered as its composition schema ``_<stage>_schema``, except the
 pipeline's, which is generated from :class:`PipelineConfig` (:func:`_pipeline_schema`) and resolved

@@ -35,9 +35,11 @@ def ground_truth_table(data_root: str | Path, split_dir: str = "train", aois: li
 
 def format_buildings(metrics: dict) -> str:
     """One line of building scores: F1, precision and recall at both IoU thresholds, and pixel IoU."""
-    return (f"buildings  F1@0.5 {metrics['f1']:.4f} (P {metrics['precision']:.4f} R {metrics['recall']:.4f})   "
-            f"F1@0.25 {metrics['f1_iou25']:.4f} (P {metrics['precision_iou25']:.4f} R {metrics['recall_iou25']:.4f})   "
-            f"pixel IoU {metrics['pixel_iou']:.4f}")
+    return (
+        f"buildings  F1@0.5 {metrics['f1']:.4f} (P {metrics['precision']:.4f} R {metrics['recall']:.4f})   "
+        f"F1@0.25 {metrics['f1_iou25']:.4f} (P {metrics['precision_iou25']:.4f} R {metrics['recall_iou25']:.4f})   "
+        f"pixel IoU {metrics['pixel_iou']:.4f}"
+    )
 
 
 def format_table(result: ScotResult) -> str:
@@ -46,16 +48,27 @@ def format_table(result: ScotResult) -> str:
     lines = [head, "-" * len(head)]
     for a in result.per_aoi:
         note = "  (no new buildings: change = 0)" if a.no_new_buildings else ""
-        lines.append(f"{a.aoi:<34} {a.scot:6.3f} {a.tracking:6.3f} {a.change:6.3f} {a.tp:6d} {a.fp:6d} {a.fn:6d} "
-                     f"{a.mismatches:5d} {a.change_tp:5d} {a.change_fp:5d} {a.change_fn:5d}{note}")
+        lines.append(
+            f"{a.aoi:<34} {a.scot:6.3f} {a.tracking:6.3f} {a.change:6.3f} {a.tp:6d} {a.fp:6d} {a.fn:6d} "
+            f"{a.mismatches:5d} {a.change_tp:5d} {a.change_fp:5d} {a.change_fn:5d}{note}"
+        )
     lines.append("-" * len(head))
-    lines.append(f"overall  SCOT {result.scot:.4f}   tracking {result.tracking:.4f}   change {result.change:.4f}   "
-                 f"F1@0.5 {result.f1:.4f}   F1@0.25 {result.f1_25:.4f}   ({len(result.per_aoi)} AOIs)")
+    lines.append(
+        f"overall  SCOT {result.scot:.4f}   tracking {result.tracking:.4f}   change {result.change:.4f}   "
+        f"F1@0.5 {result.f1:.4f}   F1@0.25 {result.f1_25:.4f}   ({len(result.per_aoi)} AOIs)"
+    )
     return "\n".join(lines)
 
 
-def evaluate_aoi(aoi: str, truth: pd.DataFrame, proposal: pd.DataFrame, region: list[float] | None, threshold: float,
-                 beta: float, min_truth_area: float) -> tuple[AOIScore, int, int]:
+def evaluate_aoi(
+    aoi: str,
+    truth: pd.DataFrame,
+    proposal: pd.DataFrame,
+    region: list[float] | None,
+    threshold: float,
+    beta: float,
+    min_truth_area: float,
+) -> tuple[AOIScore, int, int]:
     """One AOI's SCOT score and its pixel-IoU sums (intersection, union), from its rows of both tables."""
     months = set(truth["month"])
     _, t, p = prepare(truth, proposal, min_truth_area)
@@ -96,16 +109,36 @@ def run(cfg: EvaluateConfig) -> dict[str, Path]:
         metrics["pixel_iou"] = pixel_iou(truth, proposal, region)
     else:  # one Dask task per AOI, pooled here exactly as scot() and pixel_iou() pool them
         aois = sorted(truth["aoi"].unique())
-        scored = map_aois(evaluate_aoi, [(a, (a, truth[truth["aoi"] == a], proposal[proposal["aoi"] == a], region,
-                                              cfg.iou_threshold, cfg.beta, cfg.min_truth_area)) for a in aois],
-                          cfg.cluster, stage="evaluate")
+        scored = map_aois(
+            evaluate_aoi,
+            [
+                (
+                    a,
+                    (
+                        a,
+                        truth[truth["aoi"] == a],
+                        proposal[proposal["aoi"] == a],
+                        region,
+                        cfg.iou_threshold,
+                        cfg.beta,
+                        cfg.min_truth_area,
+                    ),
+                )
+                for a in aois
+            ],
+            cfg.cluster,
+            stage="evaluate",
+        )
         result = summarize([score for score, _, _ in scored])
         inter, union = sum(i for _, i, _ in scored), sum(u for _, _, u in scored)
         metrics = result.to_dict()
         metrics["pixel_iou"] = inter / union if union else 0.0
     metrics["region"] = region
     print(format_table(result))
-    print(format_buildings(metrics) + (f"   (region rows {region[0]:g}-{region[1]:g}, cols {region[2]:g}-{region[3]:g})" if region else ""))
+    print(
+        format_buildings(metrics)
+        + (f"   (region rows {region[0]:g}-{region[1]:g}, cols {region[2]:g}-{region[3]:g})" if region else "")
+    )
     out = Path(cfg.out)
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))

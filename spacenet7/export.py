@@ -90,8 +90,15 @@ def export_aoi(path: Path, cfg: ExportConfig) -> tuple[dict[str, list[Path]], li
 
 
 def _month_layer(g: gpd.GeoDataFrame, crs) -> gpd.GeoDataFrame:
-    return gpd.GeoDataFrame({"id": g["id"].to_numpy(np.int64), "first_seen": g["first_seen"].astype(str).to_numpy(),
-                             "area_m2": g["area_m2"].to_numpy(float)}, geometry=list(g.geometry), crs=crs)
+    return gpd.GeoDataFrame(
+        {
+            "id": g["id"].to_numpy(np.int64),
+            "first_seen": g["first_seen"].astype(str).to_numpy(),
+            "area_m2": g["area_m2"].to_numpy(float),
+        },
+        geometry=list(g.geometry),
+        crs=crs,
+    )
 
 
 def buildings_layer(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
@@ -99,9 +106,16 @@ def buildings_layer(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     if len(gdf) == 0:
         return gpd.GeoDataFrame({"id": [], "first_seen": [], "last_seen": [], "n_months": []}, geometry=[], crs=gdf.crs)
     latest = gdf.sort_values("month").groupby("id", sort=True).tail(1).sort_values("id")
-    return gpd.GeoDataFrame({"id": latest["id"].to_numpy(np.int64), "first_seen": latest["first_seen"].to_numpy(),
-                             "last_seen": latest["last_seen"].to_numpy(), "n_months": latest["n_months"].to_numpy(np.int64)},
-                            geometry=list(latest.geometry), crs=gdf.crs)
+    return gpd.GeoDataFrame(
+        {
+            "id": latest["id"].to_numpy(np.int64),
+            "first_seen": latest["first_seen"].to_numpy(),
+            "last_seen": latest["last_seen"].to_numpy(),
+            "n_months": latest["n_months"].to_numpy(np.int64),
+        },
+        geometry=list(latest.geometry),
+        crs=gdf.crs,
+    )
 
 
 def _write_gpkg(path: Path, per_month, gdf: gpd.GeoDataFrame) -> Path:

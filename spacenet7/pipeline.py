@@ -33,9 +33,16 @@ from spacenet7.io.atomic import atomic_path, ensure_writable_dir
 log = logging.getLogger(__name__)
 
 
-def handoffs(run_dir: str | Path, data_root: str | Path, holdout: Holdout, band_frac: float,
-             pretrain_dir: str | Path | None = None, train_aois: list[str] | None = None,
-             test_aois: list[str] | None = None, region: list[int] | None = None) -> dict[str, dict[str, Any]]:
+def handoffs(
+    run_dir: str | Path,
+    data_root: str | Path,
+    holdout: Holdout,
+    band_frac: float,
+    pretrain_dir: str | Path | None = None,
+    train_aois: list[str] | None = None,
+    test_aois: list[str] | None = None,
+    region: list[int] | None = None,
+) -> dict[str, dict[str, Any]]:
     """The settings that wire the stages to each other's files, per stage: the one place they are derived.
 
     Args:
@@ -57,9 +64,17 @@ def handoffs(run_dir: str | Path, data_root: str | Path, holdout: Holdout, band_
         "train": {"chip_dir": str(run / "chips"), "run_dir": str(run / "train")},
         "predict": {"checkpoint": str(ckpt), "data_root": root, "aois": test_aois, "out_dir": str(run / "predictions")},
         "vectorize": {"pred_dir": str(run / "predictions"), "out_dir": str(run / "vectors"), "aois": test_aois},
-        "export": {"vec_dir": str(run / "vectors"), "out_dir": str(run / "footprints"), "submission": str(run / "submission.csv")},
-        "evaluate": {"data_root": root, "aois": test_aois, "submission": str(run / "submission.csv"),
-                     "out": str(run / "metrics.json")},
+        "export": {
+            "vec_dir": str(run / "vectors"),
+            "out_dir": str(run / "footprints"),
+            "submission": str(run / "submission.csv"),
+        },
+        "evaluate": {
+            "data_root": root,
+            "aois": test_aois,
+            "submission": str(run / "submission.csv"),
+            "out": str(run / "metrics.json"),
+        },
     }
     if pretrain_dir is not None:
         out["train"]["init_from"] = str(Path(pretrain_dir) / "train" / "checkpoints" / "best.ckpt")
@@ -91,19 +106,25 @@ def _keys(d: dict[str, Any], prefix: str = "") -> list[str]:
     return [k for key, v in d.items() for k in (_keys(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"])]
 
 
-def _stage_node(stage: str, given: dict[str, Any], wired: dict[str, Any], groups: TrainGroups | None,
-                cache: dict[tuple[str, ...], DictConfig]) -> Any:
+def _stage_node(
+    stage: str, given: dict[str, Any], wired: dict[str, Any], groups: TrainGroups | None, cache: dict[tuple[str, ...], DictConfig]
+) -> Any:
     """One stage's config: its own composed config, the pipeline's settings, then the hand-offs."""
     clash = sorted(set(_keys(given)) & set(wired))
     if clash:
-        raise SN7Error(f"pipeline: {', '.join(f'{stage}.{k}' for k in clash)} is wired by the pipeline "
-                       f"(from run_dir and data_root); set those instead")
+        raise SN7Error(
+            f"pipeline: {', '.join(f'{stage}.{k}' for k in clash)} is wired by the pipeline "
+            f"(from run_dir and data_root); set those instead"
+        )
     choices = [] if groups is None else [f"{g}={getattr(groups, g)}" for g in TRAIN_GROUPS if getattr(groups, g) is not None]
     cached = (stage, *choices)
     if cached not in cache:  # group choices are option names, checked against conf/<group>/
         cache[cached] = compose_node(stage, choices)
     base = cache[cached].copy()
-    for key, value in given.items():  # an empty map (predict's input) takes new keys, as with a leading + on the stage's command line
+    for (
+        key,
+        value,
+    ) in given.items():  # an empty map (predict's input) takes new keys, as with a leading + on the stage's command line
         if isinstance(value, dict) and isinstance(base.get(key), DictConfig) and not base[key]:
             with open_dict(base):
                 base[key] = value
@@ -129,8 +150,9 @@ def resolve(spec: DictConfig, cache: dict[tuple[str, ...], DictConfig] | None = 
         SN7Error: a hand-off path set by hand, a bad value (the stages' checks).
     """
     cache = {} if cache is None else cache  # each stage's own config, composed once per group choice
-    run = {f.name: spec[f.name] for f in dataclasses.fields(PipelineConfig)
-           if f.name not in (*PIPELINE_STAGES, "groups", "pretrain")}
+    run = {
+        f.name: spec[f.name] for f in dataclasses.fields(PipelineConfig) if f.name not in (*PIPELINE_STAGES, "groups", "pretrain")
+    }
     run["stages"] = list(run["stages"])
     groups = StageGroups(train=TrainGroups(**OmegaConf.to_container(spec.groups.train)))  # type: ignore[arg-type]
     pretrain = None
@@ -139,18 +161,28 @@ def resolve(spec: DictConfig, cache: dict[tuple[str, ...], DictConfig] | None = 
         if pretrain.pretrain is not None:
             raise SN7Error("pipeline: pretrain cannot itself have a pretrain section")
     holdout = Holdout(spec.holdout)
-    wired = handoffs(spec.run_dir, spec.data_root, holdout, spec.band_frac,
-                     pretrain_dir=None if pretrain is None else pretrain.run_dir)
-    nodes = {stage: _stage_node(stage, set_values(spec[stage]), wired[stage], groups.train if stage == "train" else None, cache)
-             for stage in PIPELINE_STAGES}
+    wired = handoffs(
+        spec.run_dir, spec.data_root, holdout, spec.band_frac, pretrain_dir=None if pretrain is None else pretrain.run_dir
+    )
+    nodes = {
+        stage: _stage_node(stage, set_values(spec[stage]), wired[stage], groups.train if stage == "train" else None, cache)
+        for stage in PIPELINE_STAGES
+    }
     return PipelineConfig(**run, groups=groups, pretrain=pretrain, **nodes)
 
 
 def wire(cfg: PipelineConfig, train_aois: list[str], test_aois: list[str], region: list[int] | None = None) -> PipelineConfig:
     """``cfg`` with the hand-offs that depend on the data: the AOIs of each stage, the held-out band."""
-    wired = handoffs(cfg.run_dir, cfg.data_root, cfg.holdout, cfg.band_frac,
-                     pretrain_dir=None if cfg.pretrain is None else cfg.pretrain.run_dir,
-                     train_aois=train_aois, test_aois=test_aois, region=region)
+    wired = handoffs(
+        cfg.run_dir,
+        cfg.data_root,
+        cfg.holdout,
+        cfg.band_frac,
+        pretrain_dir=None if cfg.pretrain is None else cfg.pretrain.run_dir,
+        train_aois=train_aois,
+        test_aois=test_aois,
+        region=region,
+    )
     return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **wired[s]) for s in PIPELINE_STAGES})
 
 
@@ -171,8 +203,12 @@ def band_region(root: Path, aois: list[str], frac: float) -> list[int]:
 def write_manifest(cfg: PipelineConfig, train_aois: list[str], test_aois: list[str]) -> Path:
     """``<run_dir>/pipeline.json``: where the data is, which AOIs were held out, and the resolved config tree."""
     path = Path(cfg.run_dir) / "pipeline.json"
-    doc = {"data_root": str(Path(cfg.data_root).resolve()), "train_aois": train_aois, "test_aois": test_aois,
-           "config": dataclasses.asdict(cfg)}
+    doc = {
+        "data_root": str(Path(cfg.data_root).resolve()),
+        "train_aois": train_aois,
+        "test_aois": test_aois,
+        "config": dataclasses.asdict(cfg),
+    }
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(doc, indent=2))
     return path

@@ -9,8 +9,14 @@ from scipy import ndimage
 from skimage.segmentation import watershed
 
 
-def instances(prob: np.ndarray, valid: np.ndarray | None = None, *, threshold: float = 0.5,
-              seed_threshold: float = 0.5, min_seed_px: int = 2) -> np.ndarray:
+def instances(
+    prob: np.ndarray,
+    valid: np.ndarray | None = None,
+    *,
+    threshold: float = 0.5,
+    seed_threshold: float = 0.5,
+    min_seed_px: int = 2,
+) -> np.ndarray:
     """Split the footprint mask into buildings.
 
     Seeds are ``footprint - boundary - contact > seed_threshold`` (the building cores); a

@@ -60,8 +60,9 @@ def run(cfg: PredictConfig) -> list[Path]:
             except SN7DataError as exc:
                 if cfg.engine is Engine.torch or cfg.input:
                     raise
-                raise SN7DataError(exc.path, f"{exc.problem}; the model file {cfg.model_file} was exported for "
-                                             f"input {model.spec.to_dict()}") from None
+                raise SN7DataError(
+                    exc.path, f"{exc.problem}; the model file {cfg.model_file} was exported for input {model.spec.to_dict()}"
+                ) from None
     ensure_writable_dir(cfg.out_dir)
     clear_partials(cfg.out_dir)
     for scratch in Path(cfg.out_dir).glob("*/.raw"):  # left by a killed run
@@ -101,9 +102,19 @@ def predict_aoi(model: LoadedModel, aoi: str, recs: list[MonthRecord], cfg: Pred
         raw, kept = [], []
         for rec in tqdm(recs, desc=f"predict {aoi}", disable=not cfg.progress):
             try:
-                raw.append(predict_mosaic(model, rec, raw_dir / f"{rec.stem}.tif", tile=cfg.tile, overlap=cfg.overlap,
-                                          batch_size=cfg.batch_size, tta=cfg.tta_views if cfg.tta else None,
-                                          block=cfg.block, grid=cfg.grid))
+                raw.append(
+                    predict_mosaic(
+                        model,
+                        rec,
+                        raw_dir / f"{rec.stem}.tif",
+                        tile=cfg.tile,
+                        overlap=cfg.overlap,
+                        batch_size=cfg.batch_size,
+                        tta=cfg.tta_views if cfg.tta else None,
+                        block=cfg.block,
+                        grid=cfg.grid,
+                    )
+                )
                 kept.append(rec)
             except NoValidPixels as exc:
                 log.warning("predict: skipping %s", exc)
@@ -126,8 +137,16 @@ def predict_aoi_task(aoi: str, recs: list[MonthRecord], cfg: PredictConfig) -> l
         torch.set_num_threads(cfg.threads)
     ckpt = Path(cfg.checkpoint if cfg.engine is Engine.torch else str(cfg.model_file)).resolve()
     st = ckpt.stat()
-    key = (str(ckpt), st.st_size, st.st_mtime_ns, cfg.engine.value, cfg.device, cfg.amp, repr(cfg.model),
-           repr(sorted(cfg.input.items())))
+    key = (
+        str(ckpt),
+        st.st_size,
+        st.st_mtime_ns,
+        cfg.engine.value,
+        cfg.device,
+        cfg.amp,
+        repr(cfg.model),
+        repr(sorted(cfg.input.items())),
+    )
     model = once_per_process("predict-model", key, lambda: _load(cfg))
     with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * 2**20):
         return predict_aoi(model, aoi, recs, cfg)
@@ -137,8 +156,13 @@ def _predict_distributed(records: dict[str, list[MonthRecord]], cfg: PredictConf
     """One Dask task per AOI (``cfg.cluster``); then no scratch or partial file of a killed worker stays."""
     quiet = dataclasses.replace(cfg, progress=False)  # one bar over AOIs here, none per month on the workers
     try:
-        per_aoi = map_aois(predict_aoi_task, [(aoi, (aoi, recs, quiet)) for aoi, recs in records.items()], cfg.cluster,
-                           stage="predict", progress=cfg.progress)
+        per_aoi = map_aois(
+            predict_aoi_task,
+            [(aoi, (aoi, recs, quiet)) for aoi, recs in records.items()],
+            cfg.cluster,
+            stage="predict",
+            progress=cfg.progress,
+        )
     finally:
         clear_partials(cfg.out_dir)
         for scratch in Path(cfg.out_dir).glob("*/.raw"):
@@ -146,8 +170,18 @@ def _predict_distributed(records: dict[str, list[MonthRecord]], cfg: PredictConf
     return [p for paths in per_aoi for p in paths]
 
 
-def predict_mosaic(model: LoadedModel, rec: MonthRecord, out: Path, *, tile: int, overlap: int, batch_size: int = 8,
-                   tta: TTAViews | None = None, block: int = 1024, grid: Grid = Grid.source) -> Path:
+def predict_mosaic(
+    model: LoadedModel,
+    rec: MonthRecord,
+    out: Path,
+    *,
+    tile: int,
+    overlap: int,
+    batch_size: int = 8,
+    tta: TTAViews | None = None,
+    block: int = 1024,
+    grid: Grid = Grid.source,
+) -> Path:
     """Predict one mosaic block by block into a tiled uint8 GeoTIFF at ``out``.
 
     Args:
@@ -188,8 +222,10 @@ def predict_mosaic(model: LoadedModel, rec: MonthRecord, out: Path, *, tile: int
                 prob = prob[:, : hh * fi, : ww * fi].reshape(len(CHANNELS), hh, fi, ww, fi).mean((2, 4))
                 valid = np.asarray(valid[: hh * fi, : ww * fi].reshape(hh, fi, ww, fi).all((1, 3)))
             k = out_f
-            sl = (slice((int(blk.row_off) - r0) * k, (int(blk.row_off) - r0 + int(blk.height)) * k),
-                  slice((int(blk.col_off) - c0) * k, (int(blk.col_off) - c0 + int(blk.width)) * k))
+            sl = (
+                slice((int(blk.row_off) - r0) * k, (int(blk.row_off) - r0 + int(blk.height)) * k),
+                slice((int(blk.col_off) - c0) * k, (int(blk.col_off) - c0 + int(blk.width)) * k),
+            )
             enc = probability.encode(prob[(slice(None), *sl)], valid[sl])
             any_valid |= bool(valid[sl].any())
             dst.write(enc, window=Window(int(blk.col_off) * k, int(blk.row_off) * k, int(blk.width) * k, int(blk.height) * k))
@@ -198,6 +234,7 @@ def predict_mosaic(model: LoadedModel, rec: MonthRecord, out: Path, *, tile: int
         out.unlink()
         raise NoValidPixels(rec.image, "no valid pixel in this month (alpha 0 / UDM everywhere)")
     return out
+
 
 class NoValidPixels(SN7DataError):
     """A month without a single usable pixel (a fully clouded month): skipped, not fatal."""

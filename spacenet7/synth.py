@@ -39,8 +39,22 @@ GSD = TILE_M / 1024  # 4.777 m, the SN7 pixel size
 MARKER = ".spacenet7-synth.json"  # marks a folder synth made (and may write into again)
 FOLDERS = ("images", "images_masked", "labels", "labels_match", "labels_match_pix", "UDM_masks")
 # (lon, lat) of fast-growing places, as in the SN7 AOI list
-PLACES = [(103.9, 30.4), (36.8, -1.3), (7.4, 9.1), (-99.1, 19.4), (77.6, 13.0), (31.2, 30.0), (-47.9, -15.8),
-          (106.8, -6.2), (3.4, 6.5), (90.4, 23.8), (44.4, 33.3), (-77.0, -12.0), (120.9, 14.6), (32.6, 0.3)]
+PLACES = [
+    (103.9, 30.4),
+    (36.8, -1.3),
+    (7.4, 9.1),
+    (-99.1, 19.4),
+    (77.6, 13.0),
+    (31.2, 30.0),
+    (-47.9, -15.8),
+    (106.8, -6.2),
+    (3.4, 6.5),
+    (90.4, 23.8),
+    (44.4, 33.3),
+    (-77.0, -12.0),
+    (120.9, 14.6),
+    (32.6, 0.3),
+]
 
 
 def quad(lon: float, lat: float) -> tuple[str, int, int]:
@@ -48,7 +62,7 @@ def quad(lon: float, lat: float) -> tuple[str, int, int]:
     n = 2**ZOOM
     tx = int((lon + 180) / 360 * n)
     ty = int((1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * n)
-    return f"L15-{tx // 4:04d}E-{2**(ZOOM - 2) - 1 - ty // 4:04d}N_{tx}_{ty}_{ZOOM}", tx, ty
+    return f"L15-{tx // 4:04d}E-{2 ** (ZOOM - 2) - 1 - ty // 4:04d}N_{tx}_{ty}_{ZOOM}", tx, ty
 
 
 def _check_own_folder(out: Path) -> None:
@@ -58,8 +72,11 @@ def _check_own_folder(out: Path) -> None:
     if not out.is_dir():
         raise SN7DataError(out, "is a file; synth writes a data folder")
     if any(not p.name.startswith(".") for p in out.iterdir()):
-        raise SN7DataError(out, "is not empty and was not made by `spacenet7 synth`; synth writes only into an empty "
-                                "folder or its own (it would mix synthetic AOIs into your data)")
+        raise SN7DataError(
+            out,
+            "is not empty and was not made by `spacenet7 synth`; synth writes only into an empty "
+            "folder or its own (it would mix synthetic AOIs into your data)",
+        )
 
 
 def run(cfg: SynthConfig) -> list[Path]:
@@ -90,8 +107,16 @@ def run(cfg: SynthConfig) -> list[Path]:
     return aoi_dirs
 
 
-def _write_aoi(aoi_dir: Path, name: str, transform: Affine, cfg: SynthConfig, rng: np.random.Generator,
-               year0: int, month0: int, csv_rows: list[dict]) -> Path:
+def _write_aoi(
+    aoi_dir: Path,
+    name: str,
+    transform: Affine,
+    cfg: SynthConfig,
+    rng: np.random.Generator,
+    year0: int,
+    month0: int,
+    csv_rows: list[dict],
+) -> Path:
     if aoi_dir.exists():
         shutil.rmtree(aoi_dir)
     for f in FOLDERS:
@@ -120,8 +145,21 @@ def _write_aoi(aoi_dir: Path, name: str, transform: Affine, cfg: SynthConfig, rn
 
 def _write_images(aoi_dir: Path, stem: str, rgb: np.ndarray, cloud: np.ndarray, transform: Affine) -> None:
     h, w = cloud.shape
-    profile = dict(driver="GTiff", width=w, height=h, count=4, dtype="uint8", crs="EPSG:3857", transform=transform,
-                   compress="deflate", tiled=True, blockxsize=256, blockysize=256, photometric="RGB", alpha="YES")
+    profile = dict(
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=4,
+        dtype="uint8",
+        crs="EPSG:3857",
+        transform=transform,
+        compress="deflate",
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        photometric="RGB",
+        alpha="YES",
+    )
     alpha = np.full((1, h, w), 255, np.uint8)
     write_raster(aoi_dir / "images" / f"{stem}.tif", np.concatenate([rgb, alpha]), profile)
     masked = np.where(cloud, 0, rgb).astype(np.uint8)

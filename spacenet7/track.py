@@ -90,8 +90,9 @@ def assign_ids(months: list[np.ndarray], cfg: TrackConfig) -> list[np.ndarray]:
     return out
 
 
-def track(months: list[np.ndarray], cfg: TrackConfig, absent: AbsentFn | None = None,
-          confidence: ConfidenceFn | None = None) -> pd.DataFrame:
+def track(
+    months: list[np.ndarray], cfg: TrackConfig, absent: AbsentFn | None = None, confidence: ConfidenceFn | None = None
+) -> pd.DataFrame:
     """Track footprints and post-process the tracks.
 
     Args:
@@ -110,11 +111,13 @@ def track(months: list[np.ndarray], cfg: TrackConfig, absent: AbsentFn | None = 
 
     ids = assign_ids(months, cfg)
     n = len(months)
-    rows = pd.DataFrame({
-        "t": np.concatenate([np.full(len(g), t) for t, g in enumerate(months)]) if n else np.zeros(0, int),
-        "id": np.concatenate(ids) if n else np.zeros(0, int),
-        "geometry": np.concatenate([np.asarray(g, dtype=object) for g in months]) if n else np.zeros(0, object),
-    })
+    rows = pd.DataFrame(
+        {
+            "t": np.concatenate([np.full(len(g), t) for t, g in enumerate(months)]) if n else np.zeros(0, int),
+            "id": np.concatenate(ids) if n else np.zeros(0, int),
+            "geometry": np.concatenate([np.asarray(g, dtype=object) for g in months]) if n else np.zeros(0, object),
+        }
+    )
     if cfg.birth_prob > 0 and confidence is not None:
         rows = _confirm_births(rows, cfg.birth_prob, confidence)
     rows["filled"] = False
@@ -124,8 +127,9 @@ def track(months: list[np.ndarray], cfg: TrackConfig, absent: AbsentFn | None = 
     extra = []
     if cfg.fill_gaps:
         for k in np.flatnonzero(same & (ts[1:] - ts[:-1] > 1)):  # only the gaps, not every track
-            extra += [(t, ids_[k], geoms[k], True) for t in range(ts[k] + 1, ts[k + 1])
-                      if absent is None or not absent(t, geoms[k])]
+            extra += [
+                (t, ids_[k], geoms[k], True) for t in range(ts[k] + 1, ts[k + 1]) if absent is None or not absent(t, geoms[k])
+            ]
     if cfg.never_demolished:
         for k in np.flatnonzero(np.append(~same, True)):  # the last row of each track
             extra += [(t, ids_[k], geoms[k], True) for t in range(ts[k] + 1, n)]

@@ -61,11 +61,19 @@ def init_weights(net: torch.nn.Module, checkpoint: str | Path) -> None:
     extra = sorted(set(state) - set(own))
     wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if k in state and state[k].shape != v.shape]
     if missing or extra or wrong:
-        what = (f"{wrong[0][0]} is {wrong[0][1]} in the checkpoint but {wrong[0][2]} in the model" if wrong
-                else f"{len(missing)} weights missing (e.g. {missing[0]})" if missing else f"{len(extra)} unexpected weights (e.g. {extra[0]})")
+        what = (
+            f"{wrong[0][0]} is {wrong[0][1]} in the checkpoint but {wrong[0][2]} in the model"
+            if wrong
+            else f"{len(missing)} weights missing (e.g. {missing[0]})"
+            if missing
+            else f"{len(extra)} unexpected weights (e.g. {extra[0]})"
+        )
         trained = hp["model"]
-        raise SN7DataError(path, f"init_from: architecture mismatch ({what}; the checkpoint was trained as "
-                                 f"{trained.get('arch')}/{trained.get('encoder_name')}); use a checkpoint of the same model")
+        raise SN7DataError(
+            path,
+            f"init_from: architecture mismatch ({what}; the checkpoint was trained as "
+            f"{trained.get('arch')}/{trained.get('encoder_name')}); use a checkpoint of the same model",
+        )
     net.load_state_dict(state, strict=True)
     log.info("train: initialised the network from %s", path)
 
@@ -79,8 +87,10 @@ def check_files(chip_dir: str | Path, index: pd.DataFrame, layout: Layout) -> No
         paths = [chip_dir / p for p in index["target"].unique()] + [Path(p) for p in index["image"].unique()]
     missing = [p for p in paths if not p.exists()]
     if missing:
-        raise SN7DataError(missing[0], f"listed in the chip index but not found ({len(missing)} of {len(paths)} files "
-                                       "missing); re-run `spacenet7 chip`")
+        raise SN7DataError(
+            missing[0],
+            f"listed in the chip index but not found ({len(missing)} of {len(paths)} files missing); re-run `spacenet7 chip`",
+        )
 
 
 def _datamodule(cfg: TrainConfig, index: pd.DataFrame, meta: dict, augment):
@@ -92,11 +102,25 @@ def _datamodule(cfg: TrainConfig, index: pd.DataFrame, meta: dict, augment):
         return ChipDataModule(cfg.chip_dir, index, cfg.batch_size, cfg.num_workers, augment, cfg.seed, cfg.cache_chips, cfg.crop)
     geometric = _geometric_transforms(augment)
     if geometric:
-        raise SN7Error(f"train: the augment config moves pixels ({', '.join(geometric)}), but with chip layout=rasters the "
-                       "window sampler draws rotations/mirrors itself and augment sees the image only; use augment=planet")
+        raise SN7Error(
+            f"train: the augment config moves pixels ({', '.join(geometric)}), but with chip layout=rasters the "
+            "window sampler draws rotations/mirrors itself and augment sees the image only; use augment=planet"
+        )
     w = cfg.windows
-    return WindowDataModule(cfg.chip_dir, index, w.size, w.per_mosaic, cfg.batch_size, cfg.num_workers, augment,
-                            w.d4, w.scale_jitter, cfg.seed, w.in_memory, InputSpec.from_dict(meta.get("input")))
+    return WindowDataModule(
+        cfg.chip_dir,
+        index,
+        w.size,
+        w.per_mosaic,
+        cfg.batch_size,
+        cfg.num_workers,
+        augment,
+        w.d4,
+        w.scale_jitter,
+        cfg.seed,
+        w.in_memory,
+        InputSpec.from_dict(meta.get("input")),
+    )
 
 
 def _geometric_transforms(augment) -> list[str]:
@@ -150,12 +174,14 @@ def run(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, 
     if augment is not None and hasattr(augment, "set_random_seed"):
         augment.set_random_seed(cfg.seed)  # albumentations 2.x has its own RNG, untouched by seed_everything
     dm = _datamodule(cfg, index, meta, augment)
-    best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.monitor, mode="max", save_top_k=1,
-                              enable_version_counter=False)
+    best_cb = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor=cfg.monitor, mode="max", save_top_k=1, enable_version_counter=False
+    )
     # Lightning's save_last only writes when the monitored checkpoint improves; resume needs every epoch,
     # validated or not (check_val_every_n_epoch > 1)
-    last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, save_on_train_epoch_end=True,
-                              enable_version_counter=False)
+    last_cb = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="last", save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False
+    )
     callbacks = [best_cb, last_cb, *(callbacks or [])]
     if cfg.ema_decay is not None:  # validation, best.ckpt and last.ckpt see the averaged weights
         callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay))
@@ -166,14 +192,21 @@ def run(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, 
         loggers.append(CSVLogger(run_dir, name="csv"))
     if cfg.logger.wandb:
         os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.append(WandbLogger(project=cfg.logger.project, save_dir=str(run_dir), mode=cfg.logger.wandb_mode,
-                                   config=asdict(cfg)))
+        loggers.append(
+            WandbLogger(project=cfg.logger.project, save_dir=str(run_dir), mode=cfg.logger.wandb_mode, config=asdict(cfg))
+        )
     trainer_kw = {k: v for k, v in asdict(cfg.trainer).items() if v is not None}
     trainer_kw["strategy"] = _strategy(cfg.trainer.strategy, trainer_kw.pop("process_group_backend", None))
     trainer_kw["precision"] = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    trainer = L.Trainer(**trainer_kw,
-                        max_epochs=cfg.max_epochs, callbacks=callbacks, logger=loggers or False,
-                        default_root_dir=run_dir, deterministic="warn", num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        **trainer_kw,
+        max_epochs=cfg.max_epochs,
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=run_dir,
+        deterministic="warn",
+        num_sanity_val_steps=0,
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     if getattr(rank_zero_only, "rank", 0) == 0:  # DDP: every process runs this function; one writes
         (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))

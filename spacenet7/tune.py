@@ -94,8 +94,9 @@ def load_study(cfg: TuneConfig) -> Any:
     url = storage_url(cfg)
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}  # concurrent writers wait, not fail
     storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    study = optuna.create_study(study_name=cfg.study_name, storage=storage, direction="maximize", load_if_exists=True,
-                                pruner=_pruner(cfg))
+    study = optuna.create_study(
+        study_name=cfg.study_name, storage=storage, direction="maximize", load_if_exists=True, pruner=_pruner(cfg)
+    )
     done = len(study.trials)  # a resumed study draws new random start-up points, not the first run's again
     study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + done, n_startup_trials=cfg.startup_trials)
     return study
@@ -156,23 +157,34 @@ def counts(study: Any) -> dict[str, int]:
 def report(cfg: TuneConfig, study: Any, run_dir: Path) -> dict[str, Path]:
     """Print the best trial; write ``experiment/best.yaml``, ``trials.csv`` and the plots."""
     n = counts(study)
-    print(f"\n=== tune: study {study.study_name!r} ({storage_url(cfg)}): {len(study.trials)} trials, "
-          + ", ".join(f"{v} {k}" for k, v in sorted(n.items())))
+    print(
+        f"\n=== tune: study {study.study_name!r} ({storage_url(cfg)}): {len(study.trials)} trials, "
+        + ", ".join(f"{v} {k}" for k, v in sorted(n.items()))
+    )
     outputs: dict[str, Path] = {}
     with atomic_path(run_dir / "trials.csv") as tmp:
         study.trials_dataframe().to_csv(tmp, index=False)
     outputs["trials"] = run_dir / "trials.csv"
     if not n.get("complete"):
-        raise SN7Error(f"tune: no trial of study {study.study_name!r} completed; nothing to report "
-                       f"({', '.join(f'{v} {k}' for k, v in n.items()) or 'no trials'})")
+        raise SN7Error(
+            f"tune: no trial of study {study.study_name!r} completed; nothing to report "
+            f"({', '.join(f'{v} {k}' for k, v in n.items()) or 'no trials'})"
+        )
     best = study.best_trial
-    print(f"best trial {best.number}: {cfg.objective} = {best.value:.4f}  " + " ".join(f"{k}={v}" for k, v in best.params.items()))
+    print(
+        f"best trial {best.number}: {cfg.objective} = {best.value:.4f}  " + " ".join(f"{k}={v}" for k, v in best.params.items())
+    )
     path = run_dir / "experiment" / "best.yaml"
-    write_best(best.user_attrs["overrides"], path, f"spacenet7 tune: study {study.study_name}, trial {best.number}, "
-                                                   f"{cfg.objective} = {best.value:.4f}")
+    write_best(
+        best.user_attrs["overrides"],
+        path,
+        f"spacenet7 tune: study {study.study_name}, trial {best.number}, {cfg.objective} = {best.value:.4f}",
+    )
     outputs["best"] = path
-    print(f"best.yaml:     {path}\ntrain it:      spacenet7 train experiment=best hydra.searchpath=[file://{run_dir.resolve()}] "
-          "run_dir=...  (or copy it to conf/experiment/)")
+    print(
+        f"best.yaml:     {path}\ntrain it:      spacenet7 train experiment=best hydra.searchpath=[file://{run_dir.resolve()}] "
+        "run_dir=...  (or copy it to conf/experiment/)"
+    )
     if cfg.plots:
         outputs.update(plots(study, run_dir))
     return outputs
@@ -251,15 +263,50 @@ def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path
     split_dir = (meta.get("settings") or {}).get("split_dir", "train")
     listed = "[" + ",".join(aois) + "]"
     region = band_region(Path(root), aois, float(meta["val_frac"])) if meta.get("split") == "spatial" else None
-    predict.run(compose_checked("predict", [f"checkpoint={checkpoint}", f"data_root={root}", f"split_dir={split_dir}",
-                                            f"aois={listed}", f"out_dir={work / 'predictions'}", "progress=false",
-                                            *to_overrides(cfg.scot_predict)]))
-    vectorize.run(compose_checked("vectorize", [f"pred_dir={work / 'predictions'}", f"out_dir={work / 'vectors'}",
-                                                f"aois={listed}", *to_overrides(cfg.scot_vectorize)]))
-    export.run(compose_checked("export", [f"vec_dir={work / 'vectors'}", f"out_dir={work / 'footprints'}",
-                                          f"submission={work / 'submission.csv'}", "geojson=false", "gpkg=false"]))
-    ev = [f"data_root={root}", f"split_dir={split_dir}", f"aois={listed}", f"submission={work / 'submission.csv'}",
-          f"out={work / 'metrics.json'}"]
+    predict.run(
+        compose_checked(
+            "predict",
+            [
+                f"checkpoint={checkpoint}",
+                f"data_root={root}",
+                f"split_dir={split_dir}",
+                f"aois={listed}",
+                f"out_dir={work / 'predictions'}",
+                "progress=false",
+                *to_overrides(cfg.scot_predict),
+            ],
+        )
+    )
+    vectorize.run(
+        compose_checked(
+            "vectorize",
+            [
+                f"pred_dir={work / 'predictions'}",
+                f"out_dir={work / 'vectors'}",
+                f"aois={listed}",
+                *to_overrides(cfg.scot_vectorize),
+            ],
+        )
+    )
+    export.run(
+        compose_checked(
+            "export",
+            [
+                f"vec_dir={work / 'vectors'}",
+                f"out_dir={work / 'footprints'}",
+                f"submission={work / 'submission.csv'}",
+                "geojson=false",
+                "gpkg=false",
+            ],
+        )
+    )
+    ev = [
+        f"data_root={root}",
+        f"split_dir={split_dir}",
+        f"aois={listed}",
+        f"submission={work / 'submission.csv'}",
+        f"out={work / 'metrics.json'}",
+    ]
     if region:
         ev.append("region=[" + ",".join(map(str, region)) + "]")
     evaluate.run(compose_checked("evaluate", ev))

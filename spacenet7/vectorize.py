@@ -74,8 +74,11 @@ def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
     for f in files:
         prob, valid, transform, crs_f, up = read_prediction(f)
         if crs is not None and (crs_f != crs or transform * Affine.scale(up) != src_transform or valid.shape != shape):
-            raise SN7DataError(f, f"grid ({crs_f}, {valid.shape[0]}x{valid.shape[1]}) differs from the AOI's first month "
-                                  f"({crs}, {shape[0]}x{shape[1]}); `spacenet7 predict` aligns the months of an AOI")
+            raise SN7DataError(
+                f,
+                f"grid ({crs_f}, {valid.shape[0]}x{valid.shape[1]}) differs from the AOI's first month "
+                f"({crs}, {shape[0]}x{shape[1]}); `spacenet7 predict` aligns the months of an AOI",
+            )
         crs, shape = crs_f, valid.shape
         src_transform = transform * Affine.scale(up)
         labels = instances(prob, valid, threshold=cfg.threshold, seed_threshold=cfg.seed_threshold, min_seed_px=cfg.min_seed_px)
@@ -90,21 +93,29 @@ def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
     rows = track_months(months, preds, cfg.track)
     stems = [p.stem for p in preds]
     keys = [p.month_key for p in preds]
-    gdf = gpd.GeoDataFrame({
-        "id": rows["id"].to_numpy(np.int64),
-        "stem": [stems[t] for t in rows["t"]],
-        "month": [keys[t] for t in rows["t"]],
-        "first_seen": [keys[t] for t in rows["first_seen"]],
-        "last_seen": [keys[t] for t in rows["last_seen"]],
-        "n_months": rows["n_months"].to_numpy(np.int64),
-        "filled": rows["filled"].to_numpy(bool),
-        "pix_wkt": shapely.to_wkt(rows["geometry"].to_numpy(), rounding_precision=3) if len(rows) else [],
-    }, geometry=list(pixel_to_map(rows["geometry"].to_numpy(), src_transform)) if len(rows) else [], crs=crs)
+    gdf = gpd.GeoDataFrame(
+        {
+            "id": rows["id"].to_numpy(np.int64),
+            "stem": [stems[t] for t in rows["t"]],
+            "month": [keys[t] for t in rows["t"]],
+            "first_seen": [keys[t] for t in rows["first_seen"]],
+            "last_seen": [keys[t] for t in rows["last_seen"]],
+            "n_months": rows["n_months"].to_numpy(np.int64),
+            "filled": rows["filled"].to_numpy(bool),
+            "pix_wkt": shapely.to_wkt(rows["geometry"].to_numpy(), rounding_precision=3) if len(rows) else [],
+        },
+        geometry=list(pixel_to_map(rows["geometry"].to_numpy(), src_transform)) if len(rows) else [],
+        crs=crs,
+    )
     out = Path(cfg.out_dir) / f"{aoi_dir.name}.parquet"
     with atomic_path(out) as tmp:
         gdf.to_parquet(tmp, index=False)
-    meta = {"aoi": aoi_dir.name, "crs": crs.to_string(), "transform": list(src_transform)[:6],
-            "months": [{"stem": s, "month": k} for s, k in zip(stems, keys)]}
+    meta = {
+        "aoi": aoi_dir.name,
+        "crs": crs.to_string(),
+        "transform": list(src_transform)[:6],
+        "months": [{"stem": s, "month": k} for s, k in zip(stems, keys)],
+    }
     with atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(meta, indent=2))
     log.info("vectorize: %s: %d buildings over %d months", aoi_dir.name, gdf["id"].nunique(), len(files))
@@ -151,7 +162,9 @@ def load_vectors(path: str | Path) -> tuple[gpd.GeoDataFrame, dict]:
     try:
         gdf = gpd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a truncated or foreign file
-        raise SN7DataError(path, f"unreadable GeoParquet, truncated? re-run `spacenet7 vectorize` ({str(exc).splitlines()[0][:120]})") from None
+        raise SN7DataError(
+            path, f"unreadable GeoParquet, truncated? re-run `spacenet7 vectorize` ({str(exc).splitlines()[0][:120]})"
+        ) from None
     meta_path = path.with_suffix(".json")
     if not meta_path.exists():
         raise SN7DataError(meta_path, "month list of the vectorize output not found; re-run `spacenet7 vectorize`")
@@ -159,5 +172,7 @@ def load_vectors(path: str | Path) -> tuple[gpd.GeoDataFrame, dict]:
         meta = json.loads(meta_path.read_text())
         meta["aoi"], meta["months"]  # noqa: B018 - the keys export needs
     except (ValueError, KeyError, TypeError) as exc:
-        raise SN7DataError(meta_path, f"not a vectorize month list ({type(exc).__name__}: {exc}); re-run `spacenet7 vectorize`") from None
+        raise SN7DataError(
+            meta_path, f"not a vectorize month list ({type(exc).__name__}: {exc}); re-run `spacenet7 vectorize`"
+        ) from None
     return gdf, meta

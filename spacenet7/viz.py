@@ -60,8 +60,11 @@ def load_run(run_dir: str | Path) -> Run:
 
 def _outline(ax, geoms, transform, **kw) -> None:
     inv = ~transform
-    verts = [np.asarray([inv * xy for xy in np.asarray(g.exterior.coords)]) - 0.5 for g in geoms
-             if g is not None and not g.is_empty and g.geom_type == "Polygon"]
+    verts = [
+        np.asarray([inv * xy for xy in np.asarray(g.exterior.coords)]) - 0.5
+        for g in geoms
+        if g is not None and not g.is_empty and g.geom_type == "Polygon"
+    ]
     ax.add_collection(PolyCollection(verts, **kw))
 
 
@@ -94,8 +97,9 @@ def plot_month(run: Run, aoi: str, which: str | int) -> plt.Figure:
     ax[2].set_title("footprint probability (nodata blank)")
     ax[3].imshow(rgb)
     first = pred["first_seen"].map({k: i for i, k in enumerate(month_keys)}).to_numpy()
-    _outline(ax[3], pred.geometry, img.transform, facecolors=[cmap(i) for i in first], edgecolors="white",
-             linewidths=0.3, alpha=0.75)
+    _outline(
+        ax[3], pred.geometry, img.transform, facecolors=[cmap(i) for i in first], edgecolors="white", linewidths=0.3, alpha=0.75
+    )
     ax[3].set_title(f"predicted ({len(pred)}), colour = first month")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(month_keys) - 1))
     cb = fig.colorbar(sm, ax=ax[3], fraction=0.046, ticks=range(0, len(month_keys), max(1, len(month_keys) // 6)))
@@ -116,8 +120,15 @@ def timeline(run: Run, aoi: str) -> pd.DataFrame:
     for rec in run.records[aoi]:
         t_ids = set(read_labels(rec)["Id"])
         p_ids = set(pred.loc[pred["stem"] == rec.stem, "id"])
-        rows.append({"month": rec.month_key, "truth": len(t_ids), "predicted": len(p_ids),
-                     "truth_new": len(t_ids - seen_t) if seen_t else 0, "predicted_new": len(p_ids - seen_p) if seen_p else 0})
+        rows.append(
+            {
+                "month": rec.month_key,
+                "truth": len(t_ids),
+                "predicted": len(p_ids),
+                "truth_new": len(t_ids - seen_t) if seen_t else 0,
+                "predicted_new": len(p_ids - seen_p) if seen_p else 0,
+            }
+        )
         seen_t |= t_ids
         seen_p |= p_ids
     return pd.DataFrame(rows)
@@ -218,8 +229,13 @@ def web_map(gdf: gpd.GeoDataFrame, column: str = "first_seen", tiles: bool | Non
 
     tiles = tiles_reachable() if tiles is None else tiles
     g = gdf.to_crs("EPSG:4326")
-    m = g.explore(column=column, cmap="viridis", tiles="OpenStreetMap" if tiles else None,
-                  style_kwds={"weight": 0.5, "fillOpacity": 0.7}, legend=True)
+    m = g.explore(
+        column=column,
+        cmap="viridis",
+        tiles="OpenStreetMap" if tiles else None,
+        style_kwds={"weight": 0.5, "fillOpacity": 0.7},
+        legend=True,
+    )
     static = None
     if not tiles:
         static, ax = plt.subplots(figsize=(7, 7))

@@ -51,11 +51,24 @@ def tiny_run(tmp_path_factory):
     from spacenet7.config import compose
 
     d = tmp_path_factory.mktemp("tiny_pipeline")
-    cfg = compose("pipeline", [
-        f"run_dir={d / 'run'}", f"data_root={d / 'data'}",
-        "synth.n_aois=3", "synth.n_months=4", "synth.size=128", "chip.chip_size=128", "train.max_epochs=1",
-        "train.logger.wandb=false", "train.trainer.enable_progress_bar=false", "predict.progress=false",
-        "predict.tile=128", "predict.overlap=32", "vectorize.threshold=0.3"])
+    cfg = compose(
+        "pipeline",
+        [
+            f"run_dir={d / 'run'}",
+            f"data_root={d / 'data'}",
+            "synth.n_aois=3",
+            "synth.n_months=4",
+            "synth.size=128",
+            "chip.chip_size=128",
+            "train.max_epochs=1",
+            "train.logger.wandb=false",
+            "train.trainer.enable_progress_bar=false",
+            "predict.progress=false",
+            "predict.tile=128",
+            "predict.overlap=32",
+            "vectorize.threshold=0.3",
+        ],
+    )
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         pipeline.run(cfg)

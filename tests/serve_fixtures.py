@@ -42,9 +42,14 @@ def oracle_run(src: Path, dst: Path) -> Path:
     for aoi in manifest["test_aois"]:
         oracle_predictions(root, aoi, dst / "predictions")
     vectorize.run(VectorizeConfig(pred_dir=str(dst / "predictions"), out_dir=str(dst / "vectors")))
-    export.run(ExportConfig(vec_dir=str(dst / "vectors"), out_dir=str(dst / "footprints"), submission=str(dst / "submission.csv")))
-    evaluate.run(EvaluateConfig(data_root=str(root), aois=manifest["test_aois"], submission=str(dst / "submission.csv"),
-                                out=str(dst / "metrics.json")))
+    export.run(
+        ExportConfig(vec_dir=str(dst / "vectors"), out_dir=str(dst / "footprints"), submission=str(dst / "submission.csv"))
+    )
+    evaluate.run(
+        EvaluateConfig(
+            data_root=str(root), aois=manifest["test_aois"], submission=str(dst / "submission.csv"), out=str(dst / "metrics.json")
+        )
+    )
     return dst
 
 
@@ -66,16 +71,32 @@ def large_month_run(dst: Path, n_buildings: int, size: int = 2048, aoi: str = "L
     rows = {"id": np.r_[k[:half], k] + 1, "t": np.r_[np.zeros(half, int), np.ones(n_buildings, int)]}
     months = ["2020-01", "2020-02"]
     first = np.where(k < half, 0, 1)
-    gdf = gpd.GeoDataFrame({
-        "id": rows["id"], "stem": [stems[t] for t in rows["t"]], "month": [months[t] for t in rows["t"]],
-        "first_seen": [months[f] for f in np.r_[first[:half], first]], "last_seen": "2020-02",
-        "n_months": np.r_[np.full(half, 2), np.where(k < half, 2, 1)], "filled": False,
-        "pix_wkt": shapely.to_wkt(np.r_[pix[:half], pix], rounding_precision=3)},
-        geometry=np.r_[geoms[:half], geoms], crs="EPSG:3857")
+    gdf = gpd.GeoDataFrame(
+        {
+            "id": rows["id"],
+            "stem": [stems[t] for t in rows["t"]],
+            "month": [months[t] for t in rows["t"]],
+            "first_seen": [months[f] for f in np.r_[first[:half], first]],
+            "last_seen": "2020-02",
+            "n_months": np.r_[np.full(half, 2), np.where(k < half, 2, 1)],
+            "filled": False,
+            "pix_wkt": shapely.to_wkt(np.r_[pix[:half], pix], rounding_precision=3),
+        },
+        geometry=np.r_[geoms[:half], geoms],
+        crs="EPSG:3857",
+    )
     (dst / "vectors").mkdir(parents=True)
     gdf.to_parquet(dst / "vectors" / f"{aoi}.parquet", index=False)
-    (dst / "vectors" / f"{aoi}.json").write_text(json.dumps(
-        {"aoi": aoi, "crs": "EPSG:3857", "transform": list(transform)[:6], "months": [{"stem": s, "month": m} for s, m in zip(stems, months)]}))
+    (dst / "vectors" / f"{aoi}.json").write_text(
+        json.dumps(
+            {
+                "aoi": aoi,
+                "crs": "EPSG:3857",
+                "transform": list(transform)[:6],
+                "months": [{"stem": s, "month": m} for s, m in zip(stems, months)],
+            }
+        )
+    )
     coarse = 256  # the probability rasters only place the AOI on the map: a coarse grid over the same extent
     for stem in stems:
         (dst / "predictions" / aoi).mkdir(parents=True, exist_ok=True)
@@ -94,8 +115,9 @@ def tile_list(bounds: list[list[float]], zooms: range) -> list:
     return [t for z in zooms for t in tms.tiles(w, s, e, n, [z])]
 
 
-def load_burst(base: str, aoi: str, months: list[str], image: bytes, n_tiles: int = 200, n_predictions: int = 10,
-               concurrency: int = 16) -> dict[str, list[tuple[int, float]]]:
+def load_burst(
+    base: str, aoi: str, months: list[str], image: bytes, n_tiles: int = 200, n_predictions: int = 10, concurrency: int = 16
+) -> dict[str, list[tuple[int, float]]]:
     """A bounded burst against a server on this machine: ``n_tiles`` mosaic tiles, ``concurrency`` at a time, then
     ``n_predictions`` simultaneous ``POST /api/predict`` of ``image``. Returns (status, seconds) per request, by kind."""
     import threading
@@ -112,6 +134,7 @@ def load_burst(base: str, aoi: str, months: list[str], image: bytes, n_tiles: in
     tiles = tile_list(a["bounds"], range(a["maxzoom"] - 1, a["maxzoom"] + 3))
     out: dict[str, list[tuple[int, float]]] = {}
     with httpx.Client(base_url=base, timeout=300, limits=httpx.Limits(max_connections=64)) as http:
+
         def tile(k: int) -> tuple[int, float]:
             t = tiles[k % len(tiles)]
             t0 = time.perf_counter()

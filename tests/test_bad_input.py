@@ -63,8 +63,15 @@ def partials(folder: Path) -> list[Path]:
 def write_tif(path: Path, array: np.ndarray, crs: str | None = "EPSG:3857", **kw) -> Path:
     """A small GeoTIFF (EPSG:3857, 4.78 m pixels unless told otherwise)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0],
-                   dtype=array.dtype.name, transform=from_origin(1e6, 2e6, 4.78, 4.78), **kw)
+    profile = dict(
+        driver="GTiff",
+        width=array.shape[2],
+        height=array.shape[1],
+        count=array.shape[0],
+        dtype=array.dtype.name,
+        transform=from_origin(1e6, 2e6, 4.78, 4.78),
+        **kw,
+    )
     if crs:
         profile["crs"] = crs
     with rasterio.open(path, "w", **profile) as ds:
@@ -166,8 +173,7 @@ def _too_deep(t, c):
 def _pipeline_too_deep(t, c):
     root, aoi = c["data"]
     c["file"] = root / "train"
-    return (["pipeline", f"data_root={root / 'train'}", f"run_dir={t / 'run'}"],
-            [root / "train" / "train", t / "run" / "chips"])
+    return (["pipeline", f"data_root={root / 'train'}", f"run_dir={t / 'run'}"], [root / "train" / "train", t / "run" / "chips"])
 
 
 def _synth_into_data(t, c):
@@ -277,36 +283,113 @@ def _predict_uint16(t, c):
 
 def _knob(stage: str, *args: str) -> Callable:
     def build(t, c):
-        extra = {"train": [f"run_dir={t / 'train'}"], "predict": [f"out_dir={t / 'pred'}"], "chip": [f"out_dir={t / 'chips'}"],
-                 "pipeline": [f"run_dir={t / 'run'}", f"data_root={t / 'data2'}"]}.get(stage, [])
+        extra = {
+            "train": [f"run_dir={t / 'train'}"],
+            "predict": [f"out_dir={t / 'pred'}"],
+            "chip": [f"out_dir={t / 'chips'}"],
+            "pipeline": [f"run_dir={t / 'run'}", f"data_root={t / 'data2'}"],
+        }.get(stage, [])
         return [stage, *args, *extra], [t / "train", t / "pred", t / "chips", t / "run", t / "data2"]
+
     return build
 
 
 CASES = [
     # knobs validated when the config is composed, before any work
     Case("predict-tile-negative", _knob("predict", "tile=-5"), "tile=-5 must be > 0", lambda t, c: "tile"),
-    Case("predict-overlap-ge-tile", _knob("predict", "overlap=300"), "overlap=300 must be >= 0 and smaller than tile=256", lambda t, c: "overlap"),
-    Case("predict-fusion-weight", _knob("predict", "fusion_weight=5"), "fusion_weight=5.0 must be within [0, 1]", lambda t, c: "fusion_weight"),
+    Case(
+        "predict-overlap-ge-tile",
+        _knob("predict", "overlap=300"),
+        "overlap=300 must be >= 0 and smaller than tile=256",
+        lambda t, c: "overlap",
+    ),
+    Case(
+        "predict-fusion-weight",
+        _knob("predict", "fusion_weight=5"),
+        "fusion_weight=5.0 must be within [0, 1]",
+        lambda t, c: "fusion_weight",
+    ),
     Case("predict-batch-zero", _knob("predict", "batch_size=0"), "batch_size=0 must be > 0", lambda t, c: "batch_size"),
     Case("predict-block-zero", _knob("predict", "block=0"), "block=0 must be > 0", lambda t, c: "block"),
     Case("predict-typo", _knob("predict", "tiel=512"), "Key 'tiel' not in 'PredictConfig'", lambda t, c: "tiel"),
     Case("predict-bad-type", _knob("predict", "tile=abc"), "could not be converted to Integer", lambda t, c: "tile=abc"),
-    Case("predict-input-key", _knob("predict", "+input={rgbb:[1,2,3]}"), "input has unknown key(s) ['rgbb']", lambda t, c: "rgbb"),
-    Case("chip-input-scaling", _knob("chip", "input.scaling=stretch"), "expected one of [none, fixed, percentile]", lambda t, c: "input.scaling"),
-    Case("chip-overlap", _knob("chip", "chip_size=128", "overlap=128"), "overlap=128 must be >= 0 and smaller than chip_size=128", lambda t, c: "overlap"),
+    Case(
+        "predict-input-key", _knob("predict", "+input={rgbb:[1,2,3]}"), "input has unknown key(s) ['rgbb']", lambda t, c: "rgbb"
+    ),
+    Case(
+        "chip-input-scaling",
+        _knob("chip", "input.scaling=stretch"),
+        "expected one of [none, fixed, percentile]",
+        lambda t, c: "input.scaling",
+    ),
+    Case(
+        "chip-overlap",
+        _knob("chip", "chip_size=128", "overlap=128"),
+        "overlap=128 must be >= 0 and smaller than chip_size=128",
+        lambda t, c: "overlap",
+    ),
     Case("train-epochs-zero", _knob("train", "max_epochs=0"), "max_epochs=0 must be > 0", lambda t, c: "max_epochs"),
-    Case("vectorize-track-method", _knob("vectorize", "track.method=nearest"), "Invalid value 'nearest', expected one of [hungarian, greedy]", lambda t, c: "track.method"),
-    Case("evaluate-iou-threshold", _knob("evaluate", "iou_threshold=1.5"), "iou_threshold=1.5 must be between 0 and 1", lambda t, c: "iou_threshold"),
-    Case("pipeline-typo-before-any-work", _knob("pipeline", "predict.tiel=512"), "Key 'tiel' not in 'PredictConfig'", lambda t, c: "tiel"),
-    Case("predict-tta-views", _knob("predict", "tta_views=d8"), "Invalid value 'd8', expected one of [d4, flips]", lambda t, c: "tta_views"),
-    Case("chip-layout", _knob("chip", "layout=tiles"), "Invalid value 'tiles', expected one of [chips, rasters]", lambda t, c: "layout"),
-    Case("pipeline-holdout", _knob("pipeline", "holdout=month"), "Invalid value 'month', expected one of [aoi, band]", lambda t, c: "holdout"),
-    Case("pipeline-stage-check", _knob("pipeline", "predict.overlap=300"), "overlap=300 must be >= 0 and smaller than tile=256", lambda t, c: "overlap"),
-    Case("pipeline-handoff-by-hand", _knob("pipeline", "predict.out_dir=/elsewhere"), "predict.out_dir is wired by the pipeline", lambda t, c: "run_dir"),
-    Case("pipeline-group-option", _knob("pipeline", "train/model=unett"), "Could not find 'train/model/unett'", lambda t, c: "train/model"),
+    Case(
+        "vectorize-track-method",
+        _knob("vectorize", "track.method=nearest"),
+        "Invalid value 'nearest', expected one of [hungarian, greedy]",
+        lambda t, c: "track.method",
+    ),
+    Case(
+        "evaluate-iou-threshold",
+        _knob("evaluate", "iou_threshold=1.5"),
+        "iou_threshold=1.5 must be between 0 and 1",
+        lambda t, c: "iou_threshold",
+    ),
+    Case(
+        "pipeline-typo-before-any-work",
+        _knob("pipeline", "predict.tiel=512"),
+        "Key 'tiel' not in 'PredictConfig'",
+        lambda t, c: "tiel",
+    ),
+    Case(
+        "predict-tta-views",
+        _knob("predict", "tta_views=d8"),
+        "Invalid value 'd8', expected one of [d4, flips]",
+        lambda t, c: "tta_views",
+    ),
+    Case(
+        "chip-layout",
+        _knob("chip", "layout=tiles"),
+        "Invalid value 'tiles', expected one of [chips, rasters]",
+        lambda t, c: "layout",
+    ),
+    Case(
+        "pipeline-holdout",
+        _knob("pipeline", "holdout=month"),
+        "Invalid value 'month', expected one of [aoi, band]",
+        lambda t, c: "holdout",
+    ),
+    Case(
+        "pipeline-stage-check",
+        _knob("pipeline", "predict.overlap=300"),
+        "overlap=300 must be >= 0 and smaller than tile=256",
+        lambda t, c: "overlap",
+    ),
+    Case(
+        "pipeline-handoff-by-hand",
+        _knob("pipeline", "predict.out_dir=/elsewhere"),
+        "predict.out_dir is wired by the pipeline",
+        lambda t, c: "run_dir",
+    ),
+    Case(
+        "pipeline-group-option",
+        _knob("pipeline", "train/model=unett"),
+        "Could not find 'train/model/unett'",
+        lambda t, c: "train/model",
+    ),
     # imagery
-    Case("uint16-without-scaling", _uint16, "is uint16, but input.scaling=none reads 8-bit imagery only", lambda t, c: str(c["file"])),
+    Case(
+        "uint16-without-scaling",
+        _uint16,
+        "is uint16, but input.scaling=none reads 8-bit imagery only",
+        lambda t, c: str(c["file"]),
+    ),
     Case("three-bands", _three_band, "has 3 band(s) but input.count=4", lambda t, c: str(c["file"])),
     Case("no-crs", _no_crs, "raster has no CRS", lambda t, c: str(c["file"])),
     Case("truncated-mosaic", _truncated_tif, "", lambda t, c: str(c["file"])),
@@ -314,13 +397,23 @@ CASES = [
     Case("two-files-one-month", _duplicate_month, "a second image for", lambda t, c: str(c["file"].parent)),
     Case("data-root-one-level-too-deep", _too_deep, "one level too deep", lambda t, c: str(c["file"])),
     Case("pipeline-real-root-too-deep", _pipeline_too_deep, "one level too deep", lambda t, c: str(c["file"])),
-    Case("synth-into-real-data", _synth_into_data, "is not empty and was not made by `spacenet7 synth`", lambda t, c: str(c["file"])),
+    Case(
+        "synth-into-real-data",
+        _synth_into_data,
+        "is not empty and was not made by `spacenet7 synth`",
+        lambda t, c: str(c["file"]),
+    ),
     # stage hand-offs
     Case("chips-json-missing", _chips_no_meta, "chip metadata not found", lambda t, c: str(c["file"])),
     Case("chip-index-truncated", _chips_truncated_index, "unreadable chip index", lambda t, c: str(c["file"])),
     Case("chip-file-missing", _chip_file_missing, "listed in the chip index but not found", lambda t, c: str(c["file"])),
     Case("vectors-truncated", _vectors_truncated, "unreadable GeoParquet", lambda t, c: str(c["file"])),
-    Case("vectors-month-list-missing", _vectors_no_json, "month list of the vectorize output not found", lambda t, c: str(c["file"])),
+    Case(
+        "vectors-month-list-missing",
+        _vectors_no_json,
+        "month list of the vectorize output not found",
+        lambda t, c: str(c["file"]),
+    ),
     Case("evaluate-month-13", _month_13, "month 13", lambda t, c: str(c["file"])),
     Case("evaluate-float-id", _float_id, "id '1.7' is not an integer", lambda t, c: str(c["file"])),
     Case("evaluate-out-under-a-file", _out_under_file, "is a file, not a folder", lambda t, c: str(c["file"].parent)),
@@ -335,15 +428,21 @@ CASES = [
 @pytest.fixture(scope="module")
 def hand_offs(tiny_run):
     run = tiny_run[0]
-    return {"chips": run / "chips", "vectors": run / "vectors", "truth": None, "ckpt": run / "train" / "checkpoints" / "best.ckpt"}
+    return {
+        "chips": run / "chips",
+        "vectors": run / "vectors",
+        "truth": None,
+        "ckpt": run / "train" / "checkpoints" / "best.ckpt",
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_one_line_nonzero_and_leaves_nothing(case, one_aoi, hand_offs, tmp_path, capsys):
     ctx = {**hand_offs, "data": one_aoi}
     truth = tmp_path / "truth.csv"
-    truth.write_text('filename,id,geometry\nglobal_monthly_2018_01_mosaic_L15-0001E-0001N_1_1_13,1,'
-                     '"POLYGON ((0 0, 4 0, 4 4, 0 4, 0 0))"\n')
+    truth.write_text(
+        'filename,id,geometry\nglobal_monthly_2018_01_mosaic_L15-0001E-0001N_1_1_13,1,"POLYGON ((0 0, 4 0, 4 4, 0 4, 0 0))"\n'
+    )
     ctx["truth"] = truth
     argv, outputs = case.build(tmp_path, ctx)
     code, err = cli(capsys, *argv)
@@ -377,7 +476,9 @@ def test_uint16_bgrn_with_an_input_spec_is_read_as_the_8_bit_rgba(one_aoi, tmp_p
     got = read_image(records_from_files([path], "scene")["scene"][0], spec=spec)
     assert np.abs(got.rgb.astype(int) - rgba[:3]).max() <= 1
     assert got.valid.all()
-    pct = read_image(records_from_files([path], "scene")["scene"][0], spec=InputSpec(count=4, rgb=[3, 2, 1], alpha=None, scaling="percentile"))
+    pct = read_image(
+        records_from_files([path], "scene")["scene"][0], spec=InputSpec(count=4, rgb=[3, 2, 1], alpha=None, scaling="percentile")
+    )
     assert pct.rgb.dtype == np.uint8 and 0.01 < (pct.rgb == 255).mean() < 0.1  # 2-98 % stretch: a few % saturate
 
 
@@ -398,15 +499,35 @@ def test_chip_records_the_input_spec_and_predict_applies_it(trained, one_aoi, tm
         a[:3] = a[:3] * 10 + 500
         files.append(write_tif(tmp_path / "series" / f"scene_2020-0{k + 1}.tif", a))
     ckpt = torch.load(trained, map_location="cpu", weights_only=True)
-    ckpt["hyper_parameters"]["chip_meta"]["input"] = {"count": 4, "rgb": [1, 2, 3], "alpha": 4, "scaling": "fixed",
-                                                      "range": [500.0, 3050.0], "percentiles": [2.0, 98.0]}
+    ckpt["hyper_parameters"]["chip_meta"]["input"] = {
+        "count": 4,
+        "rgb": [1, 2, 3],
+        "alpha": 4,
+        "scaling": "fixed",
+        "range": [500.0, 3050.0],
+        "percentiles": [2.0, 98.0],
+    }
     torch.save(ckpt, tmp_path / "u16.ckpt")
     assert read_checkpoint(tmp_path / "u16.ckpt")[1]["chip_meta"]["input"]["scaling"] == "fixed"
     common = ["tta=false", "progress=false", "fusion=false", "tile=128", "overlap=32"]
-    predict.run(compose("predict", [f"checkpoint={tmp_path / 'u16.ckpt'}", f"images=[{','.join(map(str, files))}]",
-                                    "aoi=scene", f"out_dir={tmp_path / 'p16'}", *common]))
-    predict.run(compose("predict", [f"checkpoint={trained}", f"images=[{','.join(str(r.image) for r in recs)}]",
-                                    f"out_dir={tmp_path / 'p8'}", *common]))
+    predict.run(
+        compose(
+            "predict",
+            [
+                f"checkpoint={tmp_path / 'u16.ckpt'}",
+                f"images=[{','.join(map(str, files))}]",
+                "aoi=scene",
+                f"out_dir={tmp_path / 'p16'}",
+                *common,
+            ],
+        )
+    )
+    predict.run(
+        compose(
+            "predict",
+            [f"checkpoint={trained}", f"images=[{','.join(str(r.image) for r in recs)}]", f"out_dir={tmp_path / 'p8'}", *common],
+        )
+    )
     a = sorted((tmp_path / "p16" / "scene").glob("*.tif"))
     b = sorted((tmp_path / "p8" / aoi).glob("*.tif"))
     assert [p.name[:22] for p in a] == ["global_monthly_2020_01", "global_monthly_2020_02"]
@@ -420,10 +541,19 @@ def test_own_time_series_goes_through_predict_vectorize_export(trained, one_aoi,
     root, aoi = one_aoi
     names = ["kigali_2019-03.tif", "kigali_2019-01.tif", "kigali_2019-02.tif"]
     files = [shutil.copy(r.image, tmp_path / n) for r, n in zip(scan(root)[aoi][:3], names)]
-    for argv in (["predict", f"checkpoint={trained}", f"images=[{','.join(map(str, files))}]", "aoi=kigali", f"out_dir={tmp_path / 'p'}",
-                  "tta=false", "progress=false"],
-                 ["vectorize", f"pred_dir={tmp_path / 'p'}", f"out_dir={tmp_path / 'v'}"],
-                 ["export", f"vec_dir={tmp_path / 'v'}", f"out_dir={tmp_path / 'f'}", f"submission={tmp_path / 's.csv'}"]):
+    for argv in (
+        [
+            "predict",
+            f"checkpoint={trained}",
+            f"images=[{','.join(map(str, files))}]",
+            "aoi=kigali",
+            f"out_dir={tmp_path / 'p'}",
+            "tta=false",
+            "progress=false",
+        ],
+        ["vectorize", f"pred_dir={tmp_path / 'p'}", f"out_dir={tmp_path / 'v'}"],
+        ["export", f"vec_dir={tmp_path / 'v'}", f"out_dir={tmp_path / 'f'}", f"submission={tmp_path / 's.csv'}"],
+    ):
         code, err = cli(capsys, *argv)
         assert code == 0, err
     months = json.loads((tmp_path / "v" / "kigali.json").read_text())["months"]
@@ -462,8 +592,20 @@ def test_months_on_different_grids_are_aligned_by_predict(trained, one_aoi, tmp_
     udm = scan(root)[aoi][2].udm
     if udm is not None:
         udm.unlink()
-    predict.run(compose("predict", [f"checkpoint={trained}", f"data_root={root}", f"out_dir={tmp_path / 'p'}", "tta=false",
-                                    "progress=false", "tile=128", "overlap=32"]))
+    predict.run(
+        compose(
+            "predict",
+            [
+                f"checkpoint={trained}",
+                f"data_root={root}",
+                f"out_dir={tmp_path / 'p'}",
+                "tta=false",
+                "progress=false",
+                "tile=128",
+                "overlap=32",
+            ],
+        )
+    )
     grids = set()
     for p in sorted((tmp_path / "p" / aoi).glob("*.tif")):
         with rasterio.open(p) as ds:
@@ -482,8 +624,20 @@ def test_a_fully_masked_month_is_skipped_with_a_warning(trained, one_aoi, tmp_pa
     with rasterio.open(masked, "r+") as ds:
         ds.write(np.zeros((ds.height, ds.width), np.uint8), 4)
     with caplog.at_level("WARNING"):
-        written = predict.run(compose("predict", [f"checkpoint={trained}", f"data_root={root}", f"out_dir={tmp_path / 'p'}",
-                                                  "tta=false", "progress=false", "tile=128", "overlap=32"]))
+        written = predict.run(
+            compose(
+                "predict",
+                [
+                    f"checkpoint={trained}",
+                    f"data_root={root}",
+                    f"out_dir={tmp_path / 'p'}",
+                    "tta=false",
+                    "progress=false",
+                    "tile=128",
+                    "overlap=32",
+                ],
+            )
+        )
     assert len(written) == 5 and rec.stem not in {p.stem for p in written}
     assert any("no valid pixel" in r.getMessage() and rec.image.name in r.getMessage() for r in caplog.records)
 
@@ -523,8 +677,14 @@ def test_hydra_leaves_no_outputs_folder_where_it_runs_and_names_the_stage(synth_
     env = {**os.environ, "SPACENET7_LOG_DIR": str(tmp_path / "logs")}
     work = tmp_path / "cwd"
     work.mkdir()
-    r = subprocess.run([*EXE, "synth", f"out_dir={tmp_path / 's'}", "n_aois=1", "n_months=1", "size=64"], cwd=work,
-                       capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [*EXE, "synth", f"out_dir={tmp_path / 's'}", "n_aois=1", "n_months=1", "size=64"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert list(work.iterdir()) == []
     assert [p.name for p in (tmp_path / "logs").iterdir()] == ["synth"]
@@ -545,23 +705,60 @@ def _sub(argv: list[str], kill: str | None = None, cwd: Path | None = None) -> s
 
 KILLS = {
     # stage killed while writing <glob>: its argv, then the next stage's argv (both re-run)
-    "predict": ("global_monthly_*.tif",
-                lambda t, c: ["predict", f"checkpoint={c['ckpt']}", f"data_root={c['root']}", f"out_dir={t / 'pred'}",
-                              "tta=false", "progress=false", "tile=128", "overlap=32"],
-                lambda t, c: ["vectorize", f"pred_dir={t / 'pred'}", f"out_dir={t / 'vec'}"]),
-    "vectorize": ("*.parquet",
-                  lambda t, c: ["vectorize", f"pred_dir={c['pred']}", f"out_dir={t / 'vec'}"],
-                  lambda t, c: ["export", f"vec_dir={t / 'vec'}", f"out_dir={t / 'fp'}", f"submission={t / 'sub.csv'}"]),
-    "export": ("sub.csv",
-               lambda t, c: ["export", f"vec_dir={c['vec']}", f"out_dir={t / 'fp'}", f"submission={t / 'sub.csv'}"],
-               lambda t, c: ["evaluate", f"data_root={c['root']}", f"submission={t / 'sub.csv'}", f"out={t / 'm.json'}",
-                             f"aois=[{c['aoi']}]"]),
-    "chip": ("*_r00000_c00128.tif",
-             lambda t, c: ["chip", f"data_root={c['root']}", f"out_dir={t / 'chips'}", "chip_size=128", "overlap=0",
-                           "split=spatial", "val_frac=0.5", "progress=false"],
-             lambda t, c: ["train", f"chip_dir={t / 'chips'}", f"run_dir={t / 'train'}", "experiment=demo_cpu",
-                           "max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-                           "logger.wandb=false", "trainer.enable_progress_bar=false"]),
+    "predict": (
+        "global_monthly_*.tif",
+        lambda t, c: [
+            "predict",
+            f"checkpoint={c['ckpt']}",
+            f"data_root={c['root']}",
+            f"out_dir={t / 'pred'}",
+            "tta=false",
+            "progress=false",
+            "tile=128",
+            "overlap=32",
+        ],
+        lambda t, c: ["vectorize", f"pred_dir={t / 'pred'}", f"out_dir={t / 'vec'}"],
+    ),
+    "vectorize": (
+        "*.parquet",
+        lambda t, c: ["vectorize", f"pred_dir={c['pred']}", f"out_dir={t / 'vec'}"],
+        lambda t, c: ["export", f"vec_dir={t / 'vec'}", f"out_dir={t / 'fp'}", f"submission={t / 'sub.csv'}"],
+    ),
+    "export": (
+        "sub.csv",
+        lambda t, c: ["export", f"vec_dir={c['vec']}", f"out_dir={t / 'fp'}", f"submission={t / 'sub.csv'}"],
+        lambda t, c: [
+            "evaluate",
+            f"data_root={c['root']}",
+            f"submission={t / 'sub.csv'}",
+            f"out={t / 'm.json'}",
+            f"aois=[{c['aoi']}]",
+        ],
+    ),
+    "chip": (
+        "*_r00000_c00128.tif",
+        lambda t, c: [
+            "chip",
+            f"data_root={c['root']}",
+            f"out_dir={t / 'chips'}",
+            "chip_size=128",
+            "overlap=0",
+            "split=spatial",
+            "val_frac=0.5",
+            "progress=false",
+        ],
+        lambda t, c: [
+            "train",
+            f"chip_dir={t / 'chips'}",
+            f"run_dir={t / 'train'}",
+            "experiment=demo_cpu",
+            "max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "trainer.limit_val_batches=1",
+            "logger.wandb=false",
+            "trainer.enable_progress_bar=false",
+        ],
+    ),
 }
 
 
@@ -571,8 +768,13 @@ def test_sigkill_during_a_write_then_rerun_this_stage_and_the_next(stage, tiny_r
     root, aoi = one_aoi
     manifest = json.loads((run / "pipeline.json").read_text())
     held = manifest["test_aois"][0]
-    ctx = {"ckpt": run / "train" / "checkpoints" / "best.ckpt", "root": root, "aoi": aoi, "pred": run / "predictions",
-           "vec": run / "vectors"}
+    ctx = {
+        "ckpt": run / "train" / "checkpoints" / "best.ckpt",
+        "root": root,
+        "aoi": aoi,
+        "pred": run / "predictions",
+        "vec": run / "vectors",
+    }
     if stage in ("vectorize", "export"):  # the tiny run's own hand-offs, scored against its own data
         ctx["root"], ctx["aoi"] = Path(manifest["data_root"]), held
     glob, first, second = KILLS[stage]

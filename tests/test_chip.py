@@ -25,7 +25,20 @@ def chips(synth_root, tmp_path_factory):
 
 def test_index_columns_and_fractions(chips):
     _, _, index, meta = chips
-    for col in ("path", "aoi", "month", "row_off", "col_off", "height", "width", "crs", "transform", "valid_frac", "building_frac", "split"):
+    for col in (
+        "path",
+        "aoi",
+        "month",
+        "row_off",
+        "col_off",
+        "height",
+        "width",
+        "crs",
+        "transform",
+        "valid_frac",
+        "building_frac",
+        "split",
+    ):
         assert col in index.columns
     assert index["valid_frac"].between(0.5, 1).all()
     assert index["building_frac"].max() > 0.02
@@ -97,8 +110,16 @@ def test_upscaled_labels_are_rasterized_from_polygons_not_upsampled():
 
 def test_upscale_option_chips_on_the_finer_grid(synth_root, tmp_path):
     aoi = sorted(scan(synth_root))[0]
-    cfg = ChipConfig(data_root=str(synth_root), out_dir=str(tmp_path), aois=[aoi], chip_size=256, overlap=0,
-                     upscale=2.0, progress=False, month_stride=6)
+    cfg = ChipConfig(
+        data_root=str(synth_root),
+        out_dir=str(tmp_path),
+        aois=[aoi],
+        chip_size=256,
+        overlap=0,
+        upscale=2.0,
+        progress=False,
+        month_stride=6,
+    )
     chip.run(cfg)
     index, meta = chip.load_index(tmp_path)
     assert meta["upscale"] == 2.0
@@ -142,8 +163,7 @@ def test_missing_index_is_a_clear_error(tmp_path):
 
 
 def test_real_sample_spatial_split(real_sample, tmp_path):
-    cfg = ChipConfig(data_root=str(real_sample), out_dir=str(tmp_path), chip_size=256, overlap=0, split="spatial",
-                     progress=False)
+    cfg = ChipConfig(data_root=str(real_sample), out_dir=str(tmp_path), chip_size=256, overlap=0, split="spatial", progress=False)
     chip.run(cfg)
     index, _ = chip.load_index(tmp_path)
     assert set(index["aoi"]) == {REAL_AOI} and set(index["split"]) == {"train", "val"}

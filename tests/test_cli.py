@@ -50,15 +50,29 @@ def test_console_script_and_module_agree(synth_root, tmp_path):
 
     exe = shutil.which("spacenet7", path=str(__import__("pathlib").Path(sys.executable).parent))
     assert exe, "console script not installed"
-    a = subprocess.run([exe, "synth", f"out_dir={tmp_path / 'a'}", "n_aois=1", "n_months=2", "size=64", "seed=5"],
-                       capture_output=True, text=True, timeout=300)
+    a = subprocess.run(
+        [exe, "synth", f"out_dir={tmp_path / 'a'}", "n_aois=1", "n_months=2", "size=64", "seed=5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     b = _run("synth", f"out_dir={tmp_path / 'b'}", "n_aois=1", "n_months=2", "size=64", "seed=5")
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
-    assert (tmp_path / "a" / "sn7_train_ground_truth_pix.csv").read_bytes() == (tmp_path / "b" / "sn7_train_ground_truth_pix.csv").read_bytes()
+    assert (tmp_path / "a" / "sn7_train_ground_truth_pix.csv").read_bytes() == (
+        tmp_path / "b" / "sn7_train_ground_truth_pix.csv"
+    ).read_bytes()
 
 
 def test_hydra_multirun_runs_each_job(tmp_path):
-    r = _run("synth", "-m", f"out_dir={tmp_path}/s${{seed}}", "n_aois=1", "n_months=1", "size=64", "seed=1,2",
-             f"hydra.sweep.dir={tmp_path}/multirun")
+    r = _run(
+        "synth",
+        "-m",
+        f"out_dir={tmp_path}/s${{seed}}",
+        "n_aois=1",
+        "n_months=1",
+        "size=64",
+        "seed=1,2",
+        f"hydra.sweep.dir={tmp_path}/multirun",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "s1" / "train").is_dir() and (tmp_path / "s2" / "train").is_dir()

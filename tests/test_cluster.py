@@ -44,10 +44,30 @@ def ckpt(synth_root, tmp_path_factory) -> Path:
     """A briefly trained network (one AOI's chips)."""
     d = tmp_path_factory.mktemp("cluster_train")
     aoi = sorted(scan(synth_root))[0]
-    chip.run(ChipConfig(data_root=str(synth_root), out_dir=str(d / "chips"), aois=[aoi], chip_size=128, overlap=0,
-                        split="spatial", val_frac=0.5, progress=False))
-    cfg = compose("train", ["experiment=demo_cpu", f"chip_dir={d / 'chips'}", f"run_dir={d / 'train'}", "logger.wandb=false",
-                            "trainer.enable_progress_bar=false", "max_epochs=2", "batch_size=4"])
+    chip.run(
+        ChipConfig(
+            data_root=str(synth_root),
+            out_dir=str(d / "chips"),
+            aois=[aoi],
+            chip_size=128,
+            overlap=0,
+            split="spatial",
+            val_frac=0.5,
+            progress=False,
+        )
+    )
+    cfg = compose(
+        "train",
+        [
+            "experiment=demo_cpu",
+            f"chip_dir={d / 'chips'}",
+            f"run_dir={d / 'train'}",
+            "logger.wandb=false",
+            "trainer.enable_progress_bar=false",
+            "max_epochs=2",
+            "batch_size=4",
+        ],
+    )
     return train.run(cfg)["best"]
 
 
@@ -62,12 +82,23 @@ def dask_address():
 
 def _stages(ckpt: Path, root: Path, out: Path, cluster: ClusterConfig) -> None:
     """predict -> vectorize -> export -> evaluate of every AOI into ``out``."""
-    predict.run(PredictConfig(checkpoint=str(ckpt), data_root=str(root), out_dir=str(out / "pred"), tile=128, overlap=32,
-                              tta=False, progress=False, cluster=cluster))
+    predict.run(
+        PredictConfig(
+            checkpoint=str(ckpt),
+            data_root=str(root),
+            out_dir=str(out / "pred"),
+            tile=128,
+            overlap=32,
+            tta=False,
+            progress=False,
+            cluster=cluster,
+        )
+    )
     vectorize.run(VectorizeConfig(pred_dir=str(out / "pred"), out_dir=str(out / "vec"), threshold=0.3, cluster=cluster))
     export.run(ExportConfig(vec_dir=str(out / "vec"), out_dir=str(out / "fp"), submission=str(out / "sub.csv"), cluster=cluster))
-    evaluate.run(EvaluateConfig(data_root=str(root), submission=str(out / "sub.csv"), out=str(out / "metrics.json"),
-                                cluster=cluster))
+    evaluate.run(
+        EvaluateConfig(data_root=str(root), submission=str(out / "sub.csv"), out=str(out / "metrics.json"), cluster=cluster)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +139,9 @@ def test_two_workers_give_the_same_outputs_as_in_process(clean, ckpt, synth_root
         a, b = gpd.read_parquet(clean / "vec" / name), gpd.read_parquet(tmp_path / "vec" / name)
         pd.testing.assert_frame_equal(a, b)
         n_buildings += a["id"].nunique()
-        assert (clean / "vec" / name).with_suffix(".json").read_text() == (tmp_path / "vec" / name).with_suffix(".json").read_text()
+        assert (clean / "vec" / name).with_suffix(".json").read_text() == (tmp_path / "vec" / name).with_suffix(
+            ".json"
+        ).read_text()
     assert n_buildings > 0, "the comparison needs buildings"
     geojson = _files(clean / "fp", "*.geojson")
     assert len(geojson) == 18 and geojson == _files(tmp_path / "fp", "*.geojson")
@@ -118,8 +151,9 @@ def test_two_workers_give_the_same_outputs_as_in_process(clean, ckpt, synth_root
         layers = [layer for layer, _ in pyogrio.list_layers(clean / "fp" / name)]
         assert layers == [layer for layer, _ in pyogrio.list_layers(tmp_path / "fp" / name)]
         for layer in layers:
-            pd.testing.assert_frame_equal(gpd.read_file(clean / "fp" / name, layer=layer),
-                                          gpd.read_file(tmp_path / "fp" / name, layer=layer))
+            pd.testing.assert_frame_equal(
+                gpd.read_file(clean / "fp" / name, layer=layer), gpd.read_file(tmp_path / "fp" / name, layer=layer)
+            )
     assert (clean / "sub.csv").read_text() == (tmp_path / "sub.csv").read_text()
     assert json.loads((clean / "metrics.json").read_text()) == json.loads((tmp_path / "metrics.json").read_text())
     assert_no_leftovers(tmp_path)
@@ -132,7 +166,9 @@ def test_chip_on_two_workers_writes_the_same_index_and_files(synth_root, dask_ad
     kw = dict(data_root=str(synth_root), chip_size=128, overlap=0, progress=False, layout="rasters")
     chip.run(ChipConfig(out_dir=str(tmp_path / "a"), **kw))
     chip.run(ChipConfig(out_dir=str(tmp_path / "b"), cluster=ClusterConfig(mode=ClusterMode.address, address=dask_address), **kw))
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "index.parquet"), pd.read_parquet(tmp_path / "b" / "index.parquet"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "a" / "index.parquet"), pd.read_parquet(tmp_path / "b" / "index.parquet")
+    )
     targets = _files(tmp_path / "a", "*.tif")
     assert len(targets) == 18 and targets == _files(tmp_path / "b", "*.tif")
     for name in targets:
@@ -145,8 +181,18 @@ def test_a_worker_killed_mid_aoi_is_replaced_and_the_outputs_are_a_clean_runs(cl
     monkeypatch.setenv("SPACENET7_KILL_BEFORE_RENAME", "global_monthly_*.tif")  # a worker dies before its first rename,
     monkeypatch.setenv("SPACENET7_KILL_ONCE", str(marker))  # once: the AOI's next attempt goes through
     out = tmp_path / "run"
-    predict.run(PredictConfig(checkpoint=str(ckpt), data_root=str(synth_root), out_dir=str(out / "pred"), tile=128,
-                              overlap=32, tta=False, progress=False, cluster=ClusterConfig(mode=ClusterMode.local, workers=2)))
+    predict.run(
+        PredictConfig(
+            checkpoint=str(ckpt),
+            data_root=str(synth_root),
+            out_dir=str(out / "pred"),
+            tile=128,
+            overlap=32,
+            tta=False,
+            progress=False,
+            cluster=ClusterConfig(mode=ClusterMode.local, workers=2),
+        )
+    )
     assert marker.exists(), "no worker was killed"
     assert_same_predictions(clean / "pred", out / "pred")
     assert_no_leftovers(out)
@@ -160,18 +206,29 @@ def test_an_aoi_with_bad_data_is_named_the_others_finish_and_the_stage_fails(cle
     sorted((tmp_path / "pred" / bad).glob("*.tif"))[2].write_bytes(b"not a GeoTIFF")
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        main(["vectorize", f"pred_dir={tmp_path / 'pred'}", f"out_dir={tmp_path / 'vec'}", "threshold=0.3",
-              "cluster.mode=address", f"cluster.address={dask_address}"])
+        main(
+            [
+                "vectorize",
+                f"pred_dir={tmp_path / 'pred'}",
+                f"out_dir={tmp_path / 'vec'}",
+                "threshold=0.3",
+                "cluster.mode=address",
+                f"cluster.address={dask_address}",
+            ]
+        )
     assert exc.value.code == 1
-    err = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip() and not PROGRESS.search(line)]
+    err = [
+        line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip() and not PROGRESS.search(line)
+    ]
     assert len(err) == 1, err
     assert err[0].startswith("spacenet7 vectorize: error: 1 of 3 AOIs failed (2 finished): ")
     assert f"{bad}: " in err[0] and "not a readable raster" in err[0]
     assert sorted(p.stem for p in (tmp_path / "vec").glob("*.parquet")) == [a for a in aois if a != bad]
     for a in aois:
         if a != bad:
-            pd.testing.assert_frame_equal(gpd.read_parquet(tmp_path / "vec" / f"{a}.parquet"),
-                                          gpd.read_parquet(clean / "vec" / f"{a}.parquet"))
+            pd.testing.assert_frame_equal(
+                gpd.read_parquet(tmp_path / "vec" / f"{a}.parquet"), gpd.read_parquet(clean / "vec" / f"{a}.parquet")
+            )
     assert_no_leftovers(tmp_path)
 
 

@@ -58,8 +58,16 @@ def test_band_holdout_wires_a_spatial_split_the_last_checkpoint_and_the_region(t
 
 
 def test_stage_settings_need_no_plus_and_reach_their_stage(tmp_path):
-    cfg = _pipeline(tmp_path, "train.max_epochs=3", "predict.tile=512", "evaluate.beta=1", "export.crs=EPSG:4326",
-                    "vectorize.track.min_iou=0.3", "train.trainer.check_val_every_n_epoch=1", "chip.input.scaling=percentile")
+    cfg = _pipeline(
+        tmp_path,
+        "train.max_epochs=3",
+        "predict.tile=512",
+        "evaluate.beta=1",
+        "export.crs=EPSG:4326",
+        "vectorize.track.min_iou=0.3",
+        "train.trainer.check_val_every_n_epoch=1",
+        "chip.input.scaling=percentile",
+    )
     assert cfg.train.max_epochs == 3 and cfg.train.scheduler["T_max"] == 3  # the interpolation follows
     assert cfg.predict.tile == 512 and cfg.evaluate.beta == 1.0 and cfg.export.crs == "EPSG:4326"
     assert cfg.vectorize.track.min_iou == 0.3 and cfg.train.trainer.check_val_every_n_epoch == 1
@@ -75,8 +83,12 @@ def test_a_setting_equal_to_the_dataclass_default_still_wins_over_the_experiment
 
 def test_values_are_not_reparsed(tmp_path):
     """A value reaches its stage as it was given: no comma sweep, no "null" turning into None."""
-    cfg = _pipeline(tmp_path, "export.crs='+proj=utm +zone=33 +datum=WGS84'", "train.logger.project='null'",
-                    "train.model.encoder_weights='a,b'")
+    cfg = _pipeline(
+        tmp_path,
+        "export.crs='+proj=utm +zone=33 +datum=WGS84'",
+        "train.logger.project='null'",
+        "train.model.encoder_weights='a,b'",
+    )
     assert cfg.export.crs == "+proj=utm +zone=33 +datum=WGS84"
     assert cfg.train.logger.project == "null" and cfg.train.model["encoder_weights"] == "a,b"
 
@@ -101,8 +113,10 @@ def test_recipe_real_sample_chooses_its_experiment_and_a_pretraining_run(tmp_pat
     assert cfg.train.max_epochs == recipe["train"]["max_epochs"] and cfg.chip.layout == "rasters" and cfg.predict.fusion is False
     # the recipe's input scaling reaches both chip stages, its thresholds vectorize
     assert cfg.chip.input.scaling == recipe["chip"]["input"]["scaling"] == cfg.pretrain.chip.input.scaling
-    assert (cfg.vectorize.threshold, cfg.vectorize.seed_threshold) == (recipe["vectorize"]["threshold"],
-                                                                      recipe["vectorize"]["seed_threshold"])
+    assert (cfg.vectorize.threshold, cfg.vectorize.seed_threshold) == (
+        recipe["vectorize"]["threshold"],
+        recipe["vectorize"]["seed_threshold"],
+    )
     pre = cfg.pretrain
     assert pre is not None and pre.run_dir == str(tmp_path / "run" / "pretrain") and pre.stages == ["synth", "chip", "train"]
     assert pre.groups.train.experiment == "demo_cpu" and pre.synth.style == "planet" and pre.train.max_epochs == 32
@@ -112,18 +126,21 @@ def test_recipe_real_sample_chooses_its_experiment_and_a_pretraining_run(tmp_pat
     assert _pipeline(tmp_path, "recipe=real_sample", "pretrain.train.max_epochs=2").pretrain.train.max_epochs == 2
 
 
-@pytest.mark.parametrize("override, expect", [
-    ("predict.tiel=512", "Key 'tiel' not in 'PredictConfig'"),
-    ("train.max_epochs=abc", "'abc' of type 'str' could not be converted to Integer"),
-    ("train.trainer.precison=32", "Key 'precison' not in 'TrainerConfig'"),
-    ("train.model.encoder_nam=resnet34", "encoder_nam"),
-    ("train/model=unett", "Could not find 'train/model/unett'"),
-    ("predict.overlap=300", "overlap=300 must be >= 0 and smaller than tile=256"),
-    ("predict.grid=finer", "Invalid value 'finer', expected one of [source, upscaled]"),
-    ("chip.out_dir=/elsewhere", "chip.out_dir is wired by the pipeline"),
-    ("stages=[synth,chop]", "unknown stage(s) ['chop']"),
-    ("pretrain.train.max_epochs=2", "pipeline: bad config"),  # no pretraining node without a recipe that has one
-])
+@pytest.mark.parametrize(
+    "override, expect",
+    [
+        ("predict.tiel=512", "Key 'tiel' not in 'PredictConfig'"),
+        ("train.max_epochs=abc", "'abc' of type 'str' could not be converted to Integer"),
+        ("train.trainer.precison=32", "Key 'precison' not in 'TrainerConfig'"),
+        ("train.model.encoder_nam=resnet34", "encoder_nam"),
+        ("train/model=unett", "Could not find 'train/model/unett'"),
+        ("predict.overlap=300", "overlap=300 must be >= 0 and smaller than tile=256"),
+        ("predict.grid=finer", "Invalid value 'finer', expected one of [source, upscaled]"),
+        ("chip.out_dir=/elsewhere", "chip.out_dir is wired by the pipeline"),
+        ("stages=[synth,chop]", "unknown stage(s) ['chop']"),
+        ("pretrain.train.max_epochs=2", "pipeline: bad config"),  # no pretraining node without a recipe that has one
+    ],
+)
 def test_a_bad_setting_fails_when_the_tree_is_composed_in_under_2_s(tmp_path, override, expect):
     from spacenet7.config import compose_checked
 
@@ -144,11 +161,16 @@ def test_a_typo_in_the_recipes_pretrain_fails_at_compose_time(tmp_path):
 
 def test_the_cli_reports_a_pipeline_typo_in_one_line_before_any_work(tmp_path):
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "spacenet7", "pipeline", f"run_dir={tmp_path / 'run'}", "predict.tiel=512"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "spacenet7", "pipeline", f"run_dir={tmp_path / 'run'}", "predict.tiel=512"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.perf_counter() - t0
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
-        "spacenet7 pipeline: error: bad config: Could not override 'predict.tiel': Key 'tiel' not in 'PredictConfig'"]
+        "spacenet7 pipeline: error: bad config: Could not override 'predict.tiel': Key 'tiel' not in 'PredictConfig'"
+    ]
     assert not (tmp_path / "run").exists()
     assert elapsed < 20, elapsed  # the process, imports included (the old pipeline failed after chip and train had run)
 
@@ -214,8 +236,11 @@ def test_the_dataclass_defaults_are_what_a_stage_composes_to(tmp_path):
 
 
 def test_the_tuned_vectorize_thresholds_live_in_one_place():
-    hits = [p.relative_to(ROOT) for p in [*ROOT.glob("conf/**/*.yaml"), *ROOT.glob("spacenet7/**/*.py")]
-            if re.search(r"seed_threshold\b[^\n]*0\.55|\bthreshold\b[^\n]*\b0\.4\b", p.read_text())]
+    hits = [
+        p.relative_to(ROOT)
+        for p in [*ROOT.glob("conf/**/*.yaml"), *ROOT.glob("spacenet7/**/*.py")]
+        if re.search(r"seed_threshold\b[^\n]*0\.55|\bthreshold\b[^\n]*\b0\.4\b", p.read_text())
+    ]
     assert hits == [Path("spacenet7/config.py")], hits
 
 
@@ -223,7 +248,10 @@ def test_the_stage_order_is_defined_once():
     """STAGES in spacenet7/__init__.py: no other list of every pipeline stage in the code or the configs."""
     names = list(PIPELINE_STAGES)
     quoted = r"\s*,\s*".join(f"[\"']?{n}[\"']?" for n in names)
-    offenders = [p.relative_to(ROOT) for p in [*ROOT.glob("spacenet7/**/*.py"), *ROOT.glob("conf/**/*.yaml")]
-                 if re.search(quoted, p.read_text())]
+    offenders = [
+        p.relative_to(ROOT)
+        for p in [*ROOT.glob("spacenet7/**/*.py"), *ROOT.glob("conf/**/*.yaml")]
+        if re.search(quoted, p.read_text())
+    ]
     assert offenders == [], offenders
     assert list(spacenet7.STAGES)[: len(names)] == names

@@ -22,8 +22,18 @@ from spacenet7.data.sn7 import scan
 @pytest.fixture(scope="module")
 def chip_dir(synth_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp_chips")
-    chip.run(ChipConfig(data_root=str(synth_root), out_dir=str(out), aois=sorted(scan(synth_root))[:1], chip_size=128,
-                        overlap=0, split="spatial", val_frac=0.5, progress=False))
+    chip.run(
+        ChipConfig(
+            data_root=str(synth_root),
+            out_dir=str(out),
+            aois=sorted(scan(synth_root))[:1],
+            chip_size=128,
+            overlap=0,
+            split="spatial",
+            val_frac=0.5,
+            progress=False,
+        )
+    )
     return out
 
 
@@ -35,9 +45,21 @@ def test_ddp_cpu_config_is_two_gloo_processes():
 @pytest.mark.slow  # two runs of 2 processes each: ~40 s on 2 free cores, minutes on a busy machine
 def test_ddp_cpu_trains_writes_once_and_resumes(chip_dir, tmp_path):
     run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "spacenet7", "train", "experiment=demo_cpu", "trainer=ddp_cpu", f"chip_dir={chip_dir}",
-            f"run_dir={run_dir}", "logger.wandb=false", "trainer.enable_progress_bar=false", "batch_size=2",
-            "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+    args = [
+        sys.executable,
+        "-m",
+        "spacenet7",
+        "train",
+        "experiment=demo_cpu",
+        "trainer=ddp_cpu",
+        f"chip_dir={chip_dir}",
+        f"run_dir={run_dir}",
+        "logger.wandb=false",
+        "trainer.enable_progress_bar=false",
+        "batch_size=2",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+    ]
     env = {**os.environ, "SPACENET7_LOG_DIR": str(tmp_path / "logs")}
     r = subprocess.run([*args, "max_epochs=1"], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -21,8 +21,20 @@ def test_convexity_classification():
     ell = Polygon([(0, 0), (3, 0), (3, 1), (1, 1), (1, 3), (0, 3)])
     star = Polygon([(0, 0), (2, 6), (4, 0), (-1, 4), (5, 4)])  # self-intersecting pentagram: turns all one way
     repeated = Polygon([(0, 0), (2, 0), (2, 0), (2, 2), (1, 2), (0, 2)])  # a repeated and a collinear vertex
-    s = PolygonSet(np.array([square, square.reverse(), ell, star, repeated, MultiPolygon([square]), box(-1, -1, 4, 4).difference(box(1, 1, 2, 2))],
-                            dtype=object))
+    s = PolygonSet(
+        np.array(
+            [
+                square,
+                square.reverse(),
+                ell,
+                star,
+                repeated,
+                MultiPolygon([square]),
+                box(-1, -1, 4, 4).difference(box(1, 1, 2, 2)),
+            ],
+            dtype=object,
+        )
+    )
     conv = {int(g): int(s.convex[r]) for g, r in enumerate(s.ring_of) if r >= 0}
     assert abs(conv[0]) == 1 and conv[1] == -conv[0]
     assert conv[2] == 0 and conv[3] == 0
@@ -83,8 +95,10 @@ def test_pixel_staircases_use_the_rectilinear_kernel_and_match_geos():
     from spacenet7.polygonize import polygons
 
     rng = np.random.default_rng(1)
-    rot = [shapely.affinity.rotate(box(x, y, x + w, y + h), a) for x, y, w, h, a in
-           zip(*rng.uniform([2, 2, 2, 2, 0], [40, 40, 9, 9, 90], (80, 5)).T)]
+    rot = [
+        shapely.affinity.rotate(box(x, y, x + w, y + h), a)
+        for x, y, w, h, a in zip(*rng.uniform([2, 2, 2, 2, 0], [40, 40, 9, 9, 90], (80, 5)).T)
+    ]
     labels = [features.rasterize(((g, i + 1),), out_shape=(56, 56), dtype="int32") for i, g in enumerate(rot)]
     stairs = np.array([polygons(lab)[0] for lab in labels], dtype=object)
     s = PolygonSet(stairs)

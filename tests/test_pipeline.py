@@ -32,8 +32,9 @@ def test_pipeline_runs_every_stage_and_holds_out_an_aoi(tiny_run, tmp_path):
     # metrics.json is what evaluate says about the submission, and SCOT is the mean over AOIs of the per-AOI scores
     m = json.loads((run / "metrics.json").read_text())
     assert list(m["per_aoi"]) == [test_aoi]
-    again = evaluate.run(EvaluateConfig(data_root=str(data), aois=[test_aoi], submission=str(run / "submission.csv"),
-                                        out=str(tmp_path / "m.json")))
+    again = evaluate.run(
+        EvaluateConfig(data_root=str(data), aois=[test_aoi], submission=str(run / "submission.csv"), out=str(tmp_path / "m.json"))
+    )
     assert json.loads(again["metrics"].read_text()) == m
     assert m["scot"] == np.mean([a["scot"] for a in m["per_aoi"].values()])
     tp, nt, npr = (sum(r[k] for r in m["per_month"]) for k in ("tp50", "n_truth", "n_proposal"))
@@ -72,8 +73,9 @@ def test_oracle_probabilities_score_high_through_vectorize_export_evaluate(synth
     _oracle_predictions(synth_root, aoi, tmp_path / "pred")
     vectorize.run(VectorizeConfig(pred_dir=str(tmp_path / "pred"), out_dir=str(tmp_path / "vec")))
     export.run(ExportConfig(vec_dir=str(tmp_path / "vec"), out_dir=str(tmp_path / "fp"), submission=str(tmp_path / "sub.csv")))
-    evaluate.run(EvaluateConfig(data_root=str(synth_root), aois=[aoi], submission=str(tmp_path / "sub.csv"),
-                                out=str(tmp_path / "m.json")))
+    evaluate.run(
+        EvaluateConfig(data_root=str(synth_root), aois=[aoi], submission=str(tmp_path / "sub.csv"), out=str(tmp_path / "m.json"))
+    )
     m = json.loads((tmp_path / "m.json").read_text())
     a = m["per_aoi"][aoi]
     # measured 0.889 / 0.916 / 0.923 on this fixture; the rest is polygonize losing tiny touching buildings
@@ -97,15 +99,31 @@ def test_pipeline_band_holdout_trains_left_of_the_band_and_scores_only_it(synth_
     from spacenet7 import pipeline
     from spacenet7.config import compose
 
-    cfg = compose("pipeline", [
-        "recipe=real_sample", f"run_dir={tmp_path / 'run'}", f"data_root={synth_root}",
-        "pretrain.synth.size=128", "pretrain.synth.n_aois=3", "pretrain.synth.n_months=2",
-        "pretrain.train.max_epochs=1", "pretrain.train.logger.wandb=false",
-        "pretrain.train.trainer.enable_progress_bar=false", "pretrain.chip.chip_size=128",
-        "train.max_epochs=1", "train.logger.wandb=false", "chip.progress=false",
-        "train.windows.size=64", "train.windows.per_mosaic=2",
-        "train.trainer.enable_progress_bar=false", "predict.progress=false", "predict.tta=false",
-        "predict.tile=128", "predict.overlap=32"])
+    cfg = compose(
+        "pipeline",
+        [
+            "recipe=real_sample",
+            f"run_dir={tmp_path / 'run'}",
+            f"data_root={synth_root}",
+            "pretrain.synth.size=128",
+            "pretrain.synth.n_aois=3",
+            "pretrain.synth.n_months=2",
+            "pretrain.train.max_epochs=1",
+            "pretrain.train.logger.wandb=false",
+            "pretrain.train.trainer.enable_progress_bar=false",
+            "pretrain.chip.chip_size=128",
+            "train.max_epochs=1",
+            "train.logger.wandb=false",
+            "chip.progress=false",
+            "train.windows.size=64",
+            "train.windows.per_mosaic=2",
+            "train.trainer.enable_progress_bar=false",
+            "predict.progress=false",
+            "predict.tta=false",
+            "predict.tile=128",
+            "predict.overlap=32",
+        ],
+    )
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         pipeline.run(cfg)

@@ -189,5 +189,6 @@ def test_gap_under_clouds_is_not_filled_like_the_sn7_labels(tmp_path, fill_maske
     cfg.track.fill_masked = fill_masked
     rows = gpd.read_parquet(vectorize.run(cfg)[0])
     assert rows["id"].nunique() == 1
-    assert sorted(rows["month"]) == (["2020-01", "2020-02", "2020-03", "2020-04"] if fill_masked else
-                                     ["2020-01", "2020-03", "2020-04"])
+    assert sorted(rows["month"]) == (
+        ["2020-01", "2020-02", "2020-03", "2020-04"] if fill_masked else ["2020-01", "2020-03", "2020-04"]
+    )

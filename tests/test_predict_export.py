@@ -25,13 +25,32 @@ def run(synth_root, tmp_path_factory):
     """A briefly trained model, its predictions, vectors and exports for the last AOI."""
     d = tmp_path_factory.mktemp("run")
     aois = sorted(scan(synth_root))
-    chip.run(ChipConfig(data_root=str(synth_root), out_dir=str(d / "chips"), aois=aois[:2], chip_size=128, overlap=0,
-                        progress=False))
-    tcfg = compose("train", ["experiment=demo_cpu", f"chip_dir={d / 'chips'}", f"run_dir={d / 'train'}", "logger.wandb=false",
-                             "trainer.enable_progress_bar=false", "max_epochs=1", "trainer.limit_train_batches=2"])
+    chip.run(
+        ChipConfig(data_root=str(synth_root), out_dir=str(d / "chips"), aois=aois[:2], chip_size=128, overlap=0, progress=False)
+    )
+    tcfg = compose(
+        "train",
+        [
+            "experiment=demo_cpu",
+            f"chip_dir={d / 'chips'}",
+            f"run_dir={d / 'train'}",
+            "logger.wandb=false",
+            "trainer.enable_progress_bar=false",
+            "max_epochs=1",
+            "trainer.limit_train_batches=2",
+        ],
+    )
     ckpt = train.run(tcfg)["best"]
-    pcfg = PredictConfig(checkpoint=str(ckpt), data_root=str(synth_root), aois=[aois[-1]], out_dir=str(d / "pred"),
-                         tile=128, overlap=32, block=96, progress=False)
+    pcfg = PredictConfig(
+        checkpoint=str(ckpt),
+        data_root=str(synth_root),
+        aois=[aois[-1]],
+        out_dir=str(d / "pred"),
+        tile=128,
+        overlap=32,
+        block=96,
+        progress=False,
+    )
     predict.run(pcfg)
     vcfg = VectorizeConfig(pred_dir=str(d / "pred"), out_dir=str(d / "vec"), threshold=0.3)
     vectorize.run(vcfg)
@@ -108,8 +127,14 @@ def test_temporal_fusion_blends_with_the_valid_mean(run, tmp_path):
 
 
 def test_checkpoint_of_another_architecture_is_a_clear_error(run, tmp_path):
-    other = {"_target_": "segmentation_models_pytorch.create_model", "arch": "FPN", "encoder_name": "resnet18",
-             "encoder_weights": None, "in_channels": 3, "classes": 3}
+    other = {
+        "_target_": "segmentation_models_pytorch.create_model",
+        "arch": "FPN",
+        "encoder_name": "resnet18",
+        "encoder_weights": None,
+        "in_channels": 3,
+        "classes": 3,
+    }
     cfg = PredictConfig(**{**run["pcfg"].__dict__, "out_dir": str(tmp_path), "model": other})
     with pytest.raises(SN7DataError, match="do not fit the architecture FPN"):
         predict.run(cfg)
@@ -201,8 +226,9 @@ def test_area_is_true_ground_area():
 
 
 def test_export_to_wgs84_is_rfc7946(run, tmp_path):
-    cfg = ExportConfig(**{**run["ecfg"].__dict__, "out_dir": str(tmp_path), "crs": "EPSG:4326",
-                          "submission": str(tmp_path / "s.csv")})
+    cfg = ExportConfig(
+        **{**run["ecfg"].__dict__, "out_dir": str(tmp_path), "crs": "EPSG:4326", "submission": str(tmp_path / "s.csv")}
+    )
     export.run(cfg)
     gj = sorted((tmp_path / run["aoi"]).glob("*.geojson"))[0]
     doc = json.loads(gj.read_text())
@@ -215,13 +241,25 @@ def test_empty_month_writes_valid_empty_layers(tmp_path):
     stems = [f"global_monthly_2020_0{m}_mosaic_{aoi}" for m in (1, 2)]
     from shapely.geometry import box
 
-    g = gpd.GeoDataFrame({"id": [1], "stem": [stems[0]], "month": ["2020-01"], "first_seen": ["2020-01"],
-                          "last_seen": ["2020-01"], "n_months": [1], "filled": [False], "pix_wkt": [box(0, 0, 5, 5).wkt]},
-                         geometry=[box(0, 0, 20, 20)], crs="EPSG:3857")
+    g = gpd.GeoDataFrame(
+        {
+            "id": [1],
+            "stem": [stems[0]],
+            "month": ["2020-01"],
+            "first_seen": ["2020-01"],
+            "last_seen": ["2020-01"],
+            "n_months": [1],
+            "filled": [False],
+            "pix_wkt": [box(0, 0, 5, 5).wkt],
+        },
+        geometry=[box(0, 0, 20, 20)],
+        crs="EPSG:3857",
+    )
     (tmp_path / "vec").mkdir()
     g.to_parquet(tmp_path / "vec" / f"{aoi}.parquet")
-    (tmp_path / "vec" / f"{aoi}.json").write_text(json.dumps(
-        {"aoi": aoi, "months": [{"stem": s, "month": f"2020-0{i + 1}"} for i, s in enumerate(stems)]}))
+    (tmp_path / "vec" / f"{aoi}.json").write_text(
+        json.dumps({"aoi": aoi, "months": [{"stem": s, "month": f"2020-0{i + 1}"} for i, s in enumerate(stems)]})
+    )
     export.run(ExportConfig(vec_dir=str(tmp_path / "vec"), out_dir=str(tmp_path / "fp"), submission=str(tmp_path / "s.csv")))
     empty = gpd.read_file(tmp_path / "fp" / aoi / f"{stems[1]}.geojson")
     assert len(empty) == 0 and empty.crs.to_epsg() == 3857
@@ -233,8 +271,9 @@ def test_empty_month_writes_valid_empty_layers(tmp_path):
 def test_unknown_export_crs_fails_before_writing(run, tmp_path):
     from spacenet7.errors import SN7Error
 
-    cfg = ExportConfig(**{**run["ecfg"].__dict__, "out_dir": str(tmp_path / "fp"), "crs": "EPSG:99999999",
-                          "submission": str(tmp_path / "s.csv")})
+    cfg = ExportConfig(
+        **{**run["ecfg"].__dict__, "out_dir": str(tmp_path / "fp"), "crs": "EPSG:99999999", "submission": str(tmp_path / "s.csv")}
+    )
     with pytest.raises(SN7Error, match="crs='EPSG:99999999' is not a CRS"):
         export.run(cfg)
     assert not (tmp_path / "fp").exists() and not (tmp_path / "s.csv").exists()

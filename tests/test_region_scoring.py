@@ -62,11 +62,16 @@ def test_empty_region_is_an_error():
 
 
 def test_evaluate_region_writes_building_scores(tmp_path):
-    pd.DataFrame([(STEM, i, g.wkt) for i, g in enumerate([LEFT, RIGHT, EDGE])],
-                 columns=["filename", "id", "geometry"]).to_csv(tmp_path / "truth.csv", index=False)
+    pd.DataFrame([(STEM, i, g.wkt) for i, g in enumerate([LEFT, RIGHT, EDGE])], columns=["filename", "id", "geometry"]).to_csv(
+        tmp_path / "truth.csv", index=False
+    )
     pd.DataFrame([(STEM, 0, RIGHT.wkt)], columns=["filename", "id", "geometry"]).to_csv(tmp_path / "prop.csv", index=False)
-    cfg = EvaluateConfig(truth=str(tmp_path / "truth.csv"), proposal=str(tmp_path / "prop.csv"), out=str(tmp_path / "m.json"),
-                         region=[0, 100, 60, 100])
+    cfg = EvaluateConfig(
+        truth=str(tmp_path / "truth.csv"),
+        proposal=str(tmp_path / "prop.csv"),
+        out=str(tmp_path / "m.json"),
+        region=[0, 100, 60, 100],
+    )
     evaluate.run(cfg)
     m = json.loads((tmp_path / "m.json").read_text())
     assert (m["f1"], m["precision"], m["recall"], m["pixel_iou"]) == (1.0, 1.0, 1.0, 1.0)

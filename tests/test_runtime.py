@@ -27,10 +27,29 @@ ENGINES = [(Engine.onnxruntime, "onnx", ".onnx"), (Engine.openvino, "openvino", 
 def trained(synth_root, tmp_path_factory) -> Path:
     """A demo network trained briefly on the tiny data set: its best checkpoint."""
     d = tmp_path_factory.mktemp("runtime")
-    chip.run(ChipConfig(data_root=str(synth_root), out_dir=str(d / "chips"), chip_size=128, overlap=0, progress=False,
-                        val_frac=0.34, upscale=2.0))
-    cfg = compose("train", ["experiment=demo_cpu", f"chip_dir={d / 'chips'}", f"run_dir={d / 'train'}", "logger.wandb=false",
-                            "trainer.enable_progress_bar=false", "max_epochs=4", "trainer.limit_train_batches=12"])
+    chip.run(
+        ChipConfig(
+            data_root=str(synth_root),
+            out_dir=str(d / "chips"),
+            chip_size=128,
+            overlap=0,
+            progress=False,
+            val_frac=0.34,
+            upscale=2.0,
+        )
+    )
+    cfg = compose(
+        "train",
+        [
+            "experiment=demo_cpu",
+            f"chip_dir={d / 'chips'}",
+            f"run_dir={d / 'train'}",
+            "logger.wandb=false",
+            "trainer.enable_progress_bar=false",
+            "max_epochs=4",
+            "trainer.limit_train_batches=12",
+        ],
+    )
     return train.run(cfg)["best"]
 
 
@@ -38,8 +57,9 @@ def trained(synth_root, tmp_path_factory) -> Path:
 def compiled(trained) -> dict[str, Path]:
     out = {}
     for _, fmt, suffix in ENGINES:
-        out[fmt] = compile_stage.run(compose("compile", [f"checkpoint={trained}", f"format={fmt}",
-                                                         f"out={trained.parent / ('model' + suffix)}"]))["model_file"]
+        out[fmt] = compile_stage.run(
+            compose("compile", [f"checkpoint={trained}", f"format={fmt}", f"out={trained.parent / ('model' + suffix)}"])
+        )["model_file"]
     return out
 
 
@@ -78,9 +98,20 @@ def test_engine_matches_torch_fp32_on_the_same_tiles(trained, compiled, synth_ro
 
 def test_predict_engines_give_the_same_rasters_and_footprints(trained, compiled, synth_root, tmp_path):
     aoi = sorted(scan(synth_root))[-1]
-    common = [f"data_root={synth_root}", f"aois=[{aoi}]", "progress=false", "tta_views=flips", "amp=false", "tile=128", "overlap=32"]
-    runs = {"torch": [f"checkpoint={trained}"], "onnxruntime": [f"model_file={compiled['onnx']}"],
-            "openvino": [f"model_file={compiled['openvino']}"]}
+    common = [
+        f"data_root={synth_root}",
+        f"aois=[{aoi}]",
+        "progress=false",
+        "tta_views=flips",
+        "amp=false",
+        "tile=128",
+        "overlap=32",
+    ]
+    runs = {
+        "torch": [f"checkpoint={trained}"],
+        "onnxruntime": [f"model_file={compiled['onnx']}"],
+        "openvino": [f"model_file={compiled['openvino']}"],
+    }
     vectors = {}
     for name, args in runs.items():
         predict.run(compose("predict", [*common, *args, f"engine={name}", f"out_dir={tmp_path / name / 'pred'}"]))
@@ -110,8 +141,11 @@ def test_model_file_errors_are_one_line(trained, compiled, synth_root, tmp_path)
     del m.metadata_props[:]
     onnx.save(m, str(bare))
     with pytest.raises(SN7Error, match="no spacenet7 metadata"):
-        predict.run(compose("predict", [f"data_root={synth_root}", "engine=onnxruntime", f"model_file={bare}",
-                                        f"out_dir={tmp_path / 'p'}"]))
+        predict.run(
+            compose(
+                "predict", [f"data_root={synth_root}", "engine=onnxruntime", f"model_file={bare}", f"out_dir={tmp_path / 'p'}"]
+            )
+        )
     assert not (tmp_path / "p").exists()
     # metadata that disagrees with the data: a model exported for 5-band imagery
     wrong = tmp_path / "wrong.onnx"
@@ -121,8 +155,11 @@ def test_model_file_errors_are_one_line(trained, compiled, synth_root, tmp_path)
     onnx.helper.set_model_props(m, {META_KEY: json.dumps(doc)})
     onnx.save(m, str(wrong))
     with pytest.raises(SN7Error, match=r"has 4 band\(s\) but input.count=5.*wrong.onnx was exported for"):
-        predict.run(compose("predict", [f"data_root={synth_root}", "engine=onnxruntime", f"model_file={wrong}",
-                                        f"out_dir={tmp_path / 'p'}"]))
+        predict.run(
+            compose(
+                "predict", [f"data_root={synth_root}", "engine=onnxruntime", f"model_file={wrong}", f"out_dir={tmp_path / 'p'}"]
+            )
+        )
     doc["upscale"] = 0
     onnx.helper.set_model_props(m, {META_KEY: json.dumps(doc)})
     onnx.save(m, str(wrong))
@@ -137,11 +174,17 @@ def test_model_file_errors_are_one_line(trained, compiled, synth_root, tmp_path)
 
 
 def test_missing_runtime_package_names_the_extra(compiled, tmp_path):
-    code = ("import sys; sys.modules['onnxruntime'] = None\n"
-            "from spacenet7.config import Engine\nfrom spacenet7.models.inference import load_model_file\n"
-            f"load_model_file({str(compiled['onnx'])!r}, Engine.onnxruntime)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"})
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None\n"
+        "from spacenet7.config import Engine\nfrom spacenet7.models.inference import load_model_file\n"
+        f"load_model_file({str(compiled['onnx'])!r}, Engine.onnxruntime)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"},
+    )
     assert r.returncode != 0 and "onnxruntime package is not installed: pip install 'spacenet7[fast]'" in r.stderr
 
 

@@ -22,8 +22,12 @@ AOI = "L15-0001E-0001N_1_1_13"
 
 def table(rows):
     """rows: (month index, id, polygon) -> a checked table for one AOI."""
-    return check_table(pd.DataFrame([(f"global_monthly_2020_{m + 1:02d}_mosaic_{AOI}", i, g.wkt) for m, i, g in rows],
-                                    columns=["filename", "id", "geometry"]))
+    return check_table(
+        pd.DataFrame(
+            [(f"global_monthly_2020_{m + 1:02d}_mosaic_{AOI}", i, g.wkt) for m, i, g in rows],
+            columns=["filename", "id", "geometry"],
+        )
+    )
 
 
 B1, B2, B3 = box(0, 0, 10, 10), box(20, 0, 30, 10), box(40, 0, 50, 10)
@@ -153,8 +157,11 @@ def _csv(path, rows):
     return str(path)
 
 
-GOOD = [(f"global_monthly_2020_01_mosaic_{AOI}", 1, B1.wkt), (f"global_monthly_2020_02_mosaic_{AOI}", 1, B1.wkt),
-        (f"global_monthly_2020_02_mosaic_{AOI}", 2, B2.wkt)]
+GOOD = [
+    (f"global_monthly_2020_01_mosaic_{AOI}", 1, B1.wkt),
+    (f"global_monthly_2020_02_mosaic_{AOI}", 1, B1.wkt),
+    (f"global_monthly_2020_02_mosaic_{AOI}", 2, B2.wkt),
+]
 
 
 def test_evaluate_stage_writes_json_and_table(tmp_path, capsys):
@@ -167,12 +174,15 @@ def test_evaluate_stage_writes_json_and_table(tmp_path, capsys):
     assert AOI in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("rows,match_", [
-    ([(GOOD[0][0], 1, "POLYGON ((0 0, 1 0")], "row 2: malformed WKT"),
-    ([("mosaic_2020_01", 1, B1.wkt)], "row 2: unparseable filename"),
-    ([(GOOD[0][0], "x", B1.wkt)], "row 2: id 'x' is not an integer"),
-    ([(GOOD[0][0], 1, B1.wkt), (GOOD[0][0], 1, B2.wkt)], "id 1 appears more than once"),
-])
+@pytest.mark.parametrize(
+    "rows,match_",
+    [
+        ([(GOOD[0][0], 1, "POLYGON ((0 0, 1 0")], "row 2: malformed WKT"),
+        ([("mosaic_2020_01", 1, B1.wkt)], "row 2: unparseable filename"),
+        ([(GOOD[0][0], "x", B1.wkt)], "row 2: id 'x' is not an integer"),
+        ([(GOOD[0][0], 1, B1.wkt), (GOOD[0][0], 1, B2.wkt)], "id 1 appears more than once"),
+    ],
+)
 def test_bad_proposal_rows_name_file_and_row(tmp_path, rows, match_):
     t = _csv(tmp_path / "t.csv", GOOD)
     p = _csv(tmp_path / "p.csv", rows)
@@ -194,6 +204,8 @@ def test_missing_columns_and_empty_truth(tmp_path):
 
 def test_evaluate_defaults_to_dataset_ground_truth(synth_root, tmp_path):
     out = tmp_path / "m.json"
-    evaluate.run(EvaluateConfig(data_root=str(synth_root), submission=str(synth_root / "sn7_train_ground_truth_pix.csv"), out=str(out)))
+    evaluate.run(
+        EvaluateConfig(data_root=str(synth_root), submission=str(synth_root / "sn7_train_ground_truth_pix.csv"), out=str(out))
+    )
     d = json.loads(out.read_text())
     assert d["n_aois"] == 3 and d["tracking"] == 1.0

@@ -70,6 +70,7 @@ def _export(run: Path, aoi: str, stem: str) -> gpd.GeoDataFrame:
 
 # -- the map page's data ---------------------------------------------------------------------------------
 
+
 def test_page_loads_leaflet_from_this_server_only(client):
     html = client.get("/").text
     assert '<script src="/vendor/leaflet/leaflet.js">' in html and "/vendor/leaflet/leaflet.css" in html
@@ -101,7 +102,12 @@ def test_month_layers_are_the_exports_features(client, run, months):
         new = {f["properties"]["id"] for f in feats if f["properties"]["new"]}
         assert new == (set(exp.loc[exp["first_seen"] == m["month"], "id"]) if k else set()) and len(new) == m["n_new"]
         xy = np.array([c for f in feats for c in f["geometry"]["coordinates"][0]])
-        assert (xy[:, 0] >= w - 1e-6).all() and (xy[:, 0] <= e + 1e-6).all() and (xy[:, 1] >= s - 1e-6).all() and (xy[:, 1] <= n + 1e-6).all()
+        assert (
+            (xy[:, 0] >= w - 1e-6).all()
+            and (xy[:, 0] <= e + 1e-6).all()
+            and (xy[:, 1] >= s - 1e-6).all()
+            and (xy[:, 1] <= n + 1e-6).all()
+        )
     assert any(m["n_new"] for m in a["months"]) and len({m["n_buildings"] for m in a["months"]}) > 1
 
 
@@ -134,6 +140,7 @@ def test_tiles_are_pngs_within_the_aoi_only(client, months):
 
 # -- security: files only from the run and its data root ---------------------------------------------------
 
+
 def _raw_get(base: str, path: str) -> int:
     """GET ``path`` exactly as written (no client-side normalization of ``..`` or ``%2e``)."""
     host, port = base.split("//")[1].rstrip("/").split(":")
@@ -159,15 +166,33 @@ def test_path_traversal_is_404(run, manifest, months, tmp_path):
         assert _raw_get(base, "/files/run/metrics.json") == 200
         assert _raw_get(base, f"/files/data/{label}") == 200
         attempts = [
-            "/files/run/../secret.txt", "/files/run/../../etc/passwd", "/files/run/%2e%2e/secret.txt",
-            "/files/run/%2e%2e%2fsecret.txt", "/files/run/..%2f..%2fetc%2fpasswd", "/files/run/%2E%2E/%2E%2E/etc/passwd",
-            "/files/run//etc/passwd", "/files/run/%2fetc%2fpasswd", f"/files/run/{secret}", "/files/run/link_out.txt",
-            "/files/run/dir_out/secret.txt", "/files/run/vectors/../../secret.txt", "/files/run/..\\secret.txt",
-            "/files/run/%00", "/files/data/../../../etc/passwd", "/files/data/%2e%2e/%2e%2e/etc/passwd",
-            "/files/data//etc/passwd", "/static/../app.py", "/static/%2e%2e/app.py", "/static/%2e%2e%2fapp.py",
-            "/vendor/leaflet/%2e%2e/%2e%2e/%2e%2e/package.json", "/vendor/leaflet/../../package.json",
-            f"/api/aois/%2e%2e/{recs[0].month_key}/footprints.geojson", f"/api/aois/{aoi}/%2e%2e%2f%2e%2e/footprints.geojson",
-            f"/tiles/mosaic/%2e%2e/{recs[0].month_key}/1/0/0.png", "/files/run/train", "/files/run/",
+            "/files/run/../secret.txt",
+            "/files/run/../../etc/passwd",
+            "/files/run/%2e%2e/secret.txt",
+            "/files/run/%2e%2e%2fsecret.txt",
+            "/files/run/..%2f..%2fetc%2fpasswd",
+            "/files/run/%2E%2E/%2E%2E/etc/passwd",
+            "/files/run//etc/passwd",
+            "/files/run/%2fetc%2fpasswd",
+            f"/files/run/{secret}",
+            "/files/run/link_out.txt",
+            "/files/run/dir_out/secret.txt",
+            "/files/run/vectors/../../secret.txt",
+            "/files/run/..\\secret.txt",
+            "/files/run/%00",
+            "/files/data/../../../etc/passwd",
+            "/files/data/%2e%2e/%2e%2e/etc/passwd",
+            "/files/data//etc/passwd",
+            "/static/../app.py",
+            "/static/%2e%2e/app.py",
+            "/static/%2e%2e%2fapp.py",
+            "/vendor/leaflet/%2e%2e/%2e%2e/%2e%2e/package.json",
+            "/vendor/leaflet/../../package.json",
+            f"/api/aois/%2e%2e/{recs[0].month_key}/footprints.geojson",
+            f"/api/aois/{aoi}/%2e%2e%2f%2e%2e/footprints.geojson",
+            f"/tiles/mosaic/%2e%2e/{recs[0].month_key}/1/0/0.png",
+            "/files/run/train",
+            "/files/run/",
         ]
         answers = {p: _raw_get(base, p) for p in attempts}
         assert all(code == 404 for code in answers.values()), answers
@@ -176,10 +201,14 @@ def test_path_traversal_is_404(run, manifest, months, tmp_path):
 
 # -- the inference API -------------------------------------------------------------------------------------
 
+
 def _post(client, route: str, files: list[tuple[str, bytes]], months: list[str] | None = None):
     field = "image" if route == "/api/predict" else "images"
-    return client.post(route, files=[(field, (name, data, "image/tiff")) for name, data in files],
-                       data={"months": months} if months is not None else None)
+    return client.post(
+        route,
+        files=[(field, (name, data, "image/tiff")) for name, data in files],
+        data={"months": months} if months is not None else None,
+    )
 
 
 def _reference(run: Path, files: list[Path], tmp: Path) -> gpd.GeoDataFrame:
@@ -219,18 +248,32 @@ def test_predict_and_track_match_the_pipeline(client, run, months, uploads, tmp_
     series = gpd.read_file(r.content)
     ref = _reference(run, [(rec.image, k) for rec, k in zip(recs, keys)], tmp_path / "series")
     assert len(series) == len(ref) and set(series["month"]) <= set(keys)
-    assert sorted(zip(series["id"], series["month"], series["first_seen"], series["last_seen"])) == \
-        sorted(zip(ref["id"], ref["month"], ref["first_seen"], ref["last_seen"]))
+    assert sorted(zip(series["id"], series["month"], series["first_seen"], series["last_seen"])) == sorted(
+        zip(ref["id"], ref["month"], ref["first_seen"], ref["last_seen"])
+    )
     assert not list(uploads.iterdir()), "a request left files behind"
 
 
-def _geotiff(path: Path, count: int = 4, dtype: str = "uint8", crs: str | None = "EPSG:3857", size: int = 64,
-             compress: str | None = "deflate", driver: str = "GTiff") -> bytes:
+def _geotiff(
+    path: Path,
+    count: int = 4,
+    dtype: str = "uint8",
+    crs: str | None = "EPSG:3857",
+    size: int = 64,
+    compress: str | None = "deflate",
+    driver: str = "GTiff",
+) -> bytes:
     import warnings
 
     arr = np.random.default_rng(0).integers(1, 250, (count, size, size)).astype(dtype)
-    prof = {"driver": driver, "width": size, "height": size, "count": count, "dtype": dtype,
-            "transform": rasterio.Affine(4.78, 0, 1e6, 0, -4.78, 2e6)}
+    prof = {
+        "driver": driver,
+        "width": size,
+        "height": size,
+        "count": count,
+        "dtype": dtype,
+        "transform": rasterio.Affine(4.78, 0, 1e6, 0, -4.78, 2e6),
+    }
     if crs:
         prof["crs"] = crs
     if compress:
@@ -248,14 +291,30 @@ def test_bad_requests_are_4xx_with_one_message_and_leave_nothing(client, months,
     cases = [  # (route, files, months, status, words in the message)
         ("/api/predict", [("empty.tif", b"")], None, 400, "empty.tif: empty file"),
         ("/api/predict", [("notes.txt", b"hello, not a raster")], None, 415, "notes.txt: not a GeoTIFF"),
-        ("/api/predict", [("tile.png", _geotiff(tmp_path / "a.png", 3, driver="PNG", crs=None, compress=None))], None, 415,
-         "tile.png: not a GeoTIFF (a PNG raster)"),
+        (
+            "/api/predict",
+            [("tile.png", _geotiff(tmp_path / "a.png", 3, driver="PNG", crs=None, compress=None))],
+            None,
+            415,
+            "tile.png: not a GeoTIFF (a PNG raster)",
+        ),
         ("/api/predict", [("nocrs.tif", _geotiff(tmp_path / "b.tif", crs=None))], None, 400, "nocrs.tif: GeoTIFF has no CRS"),
         ("/api/predict", [("rgb.tif", _geotiff(tmp_path / "c.tif", 3))], None, 400, "rgb.tif: has 3 band(s) but input.count=4"),
         ("/api/predict", [("u16.tif", _geotiff(tmp_path / "d.tif", dtype="uint16"))], None, 400, "u16.tif: is uint16"),
-        ("/api/predict", [("big.tif", _geotiff(tmp_path / "e.tif", size=400, compress=None))], None, 413, "over the limit of 0.5 MB"),
-        ("/api/predict", [("wide.tif", _geotiff(tmp_path / "f.tif", size=256, compress="deflate"))], None, 413,
-         "wide.tif: 256x256 px is 262144 px on the model's grid"),
+        (
+            "/api/predict",
+            [("big.tif", _geotiff(tmp_path / "e.tif", size=400, compress=None))],
+            None,
+            413,
+            "over the limit of 0.5 MB",
+        ),
+        (
+            "/api/predict",
+            [("wide.tif", _geotiff(tmp_path / "f.tif", size=256, compress="deflate"))],
+            None,
+            413,
+            "wide.tif: 256x256 px is 262144 px on the model's grid",
+        ),
         ("/api/predict", [("cut.tif", good[: len(good) // 2])], None, 422, "cut.tif: truncated or corrupt raster"),
         ("/api/predict", [], None, 400, "image: Field required"),
         ("/api/track", [("a.tif", good), ("b.tif", good)], ["2018-01"], 400, "2 image(s) but 1 month(s)"),
@@ -269,7 +328,11 @@ def test_bad_requests_are_4xx_with_one_message_and_leave_nothing(client, months,
         r = _post(client, route, files, mon)
         detail = r.json()["detail"]
         answers.append((route, [f for f, _ in files], r.status_code, detail))
-        assert r.status_code == status and isinstance(detail, str) and words in detail and "\n" not in detail, (words, r.status_code, detail)
+        assert r.status_code == status and isinstance(detail, str) and words in detail and "\n" not in detail, (
+            words,
+            r.status_code,
+            detail,
+        )
         assert "/tmp" not in detail and "spacenet7-serve" not in detail  # the client's names, never the server's paths
         assert not list(uploads.iterdir()), f"{words}: a request left files behind"
     print("\n".join(f"{route} {names}: {code} {detail}" for route, names, code, detail in answers))
@@ -281,8 +344,13 @@ def test_chunked_upload_without_length_is_refused(app, months):
     with serve_in_thread(app) as base:
         host, port = base.split("//")[1].rstrip("/").split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=10)
-        conn.request("POST", "/api/predict", body=iter([recs[0].image.read_bytes()]),
-                     headers={"Content-Type": "multipart/form-data; boundary=x", "Transfer-Encoding": "chunked"}, encode_chunked=True)
+        conn.request(
+            "POST",
+            "/api/predict",
+            body=iter([recs[0].image.read_bytes()]),
+            headers={"Content-Type": "multipart/form-data; boundary=x", "Transfer-Encoding": "chunked"},
+            encode_chunked=True,
+        )
         r = conn.getresponse()
         assert r.status == 411 and "Content-Length" in json.loads(r.read())["detail"]
 
@@ -310,10 +378,16 @@ def test_load_burst_answers_200_or_503_and_the_server_survives(app, months):
 
 # -- the command ------------------------------------------------------------------------------------------
 
+
 def test_cli_serves_on_127_0_0_1_and_prints_the_url(run, tmp_path):
     env = {**os.environ, "SPACENET7_LOG_DIR": str(tmp_path / "logs")}
-    proc = subprocess.Popen([sys.executable, "-m", "spacenet7", "serve", f"run_dir={run}", "port=0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spacenet7", "serve", f"run_dir={run}", "port=0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 120
         line = ""
@@ -330,11 +404,14 @@ def test_cli_serves_on_127_0_0_1_and_prints_the_url(run, tmp_path):
 
 
 def test_cli_bad_run_dir_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "spacenet7", "serve", f"run_dir={tmp_path / 'nope'}"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "spacenet7", "serve", f"run_dir={tmp_path / 'nope'}"], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 1
     err = [line for line in r.stderr.splitlines() if "error" in line]
-    assert err == [f"spacenet7 serve: error: {tmp_path / 'nope'}: run folder not found (run `spacenet7 pipeline run_dir=...` first)"]
+    assert err == [
+        f"spacenet7 serve: error: {tmp_path / 'nope'}: run folder not found (run `spacenet7 pipeline run_dir=...` first)"
+    ]
 
 
 def test_serve_config_is_checked_when_composed():

@@ -10,8 +10,16 @@ import geopandas as gpd
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "serve_map.png"
 LARGE_MONTH = 20_000  # footprints in the stress month
 RENDER_BUDGET_S = 2.0  # the bound for drawing that month
@@ -19,8 +27,10 @@ RENDER_BUDGET_S = 2.0  # the issue's bound for drawing that month
 pytest.importorskip("fastapi", reason="spacenet7 serve needs the serve extra: pip install '.[serve]'")
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (pip install playwright)")
 if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} not found: the browser test needs Debian's chromium (apt-get install chromium; .ci/run installs it)",
-                allow_module_level=True)
+    pytest.skip(
+        f"{CHROMIUM} not found: the browser test needs Debian's chromium (apt-get install chromium; .ci/run installs it)",
+        allow_module_level=True,
+    )
 
 from spacenet7.config import ServeConfig  # noqa: E402
 from spacenet7.serve.app import create_app  # noqa: E402
@@ -104,7 +114,12 @@ def test_map_page_draws_each_months_export_and_shows_a_building(browser, served_
         assert tiles, "no imagery tile was requested"
         for r in tiles:
             body = r.body()
-            assert r.status == 200 and r.headers["content-type"] == "image/png" and body[:8] == b"\x89PNG\r\n\x1a\n" and len(body) > 100
+            assert (
+                r.status == 200
+                and r.headers["content-type"] == "image/png"
+                and body[:8] == b"\x89PNG\r\n\x1a\n"
+                and len(body) > 100
+            )
         hosts = {urlparse(u).hostname for u in page.requests if not u.startswith("data:")}
         assert hosts == {"127.0.0.1"}, f"the page reached beyond the server: {hosts}"
         assert not page.errors, page.errors

@@ -224,7 +224,9 @@ def test_same_seed_gives_identical_files(tmp_path):
     assert all(filecmp.cmp(f, tmp_path / "b" / f.relative_to(tmp_path / "a"), shallow=False) for f in files)
     assert same(cmp)
     synth.run(SynthConfig(out_dir=str(tmp_path / "c"), **{**kw, "seed": 12}))
-    assert (tmp_path / "a" / "sn7_train_ground_truth_pix.csv").read_bytes() != (tmp_path / "c" / "sn7_train_ground_truth_pix.csv").read_bytes()
+    assert (tmp_path / "a" / "sn7_train_ground_truth_pix.csv").read_bytes() != (
+        tmp_path / "c" / "sn7_train_ground_truth_pix.csv"
+    ).read_bytes()
 
 
 def test_preview_png(tmp_path):
@@ -242,8 +244,9 @@ def styles(tmp_path_factory):
     """The same seed rendered in the demo style and the planet style."""
     out = {}
     for style in ("demo", "planet"):
-        cfg = SynthConfig(out_dir=str(tmp_path_factory.mktemp(style)), n_aois=1, n_months=2, size=384, seed=7,
-                          cloud_prob=0.0, style=style)
+        cfg = SynthConfig(
+            out_dir=str(tmp_path_factory.mktemp(style)), n_aois=1, n_months=2, size=384, seed=7, cloud_prob=0.0, style=style
+        )
         synth.run(cfg)
         rec = next(iter(scan(cfg.out_dir).values()))[0]
         out[style] = (_rgb(rec.image), read_labels_pix(rec))
@@ -263,7 +266,10 @@ def test_planet_style_is_softer_darker_and_muted(styles):
 
     def fine_over_coarse(rgb):
         g = rgb.mean(0)
-        return np.abs(g - ndimage.gaussian_filter(g, 1)).mean() / np.abs(ndimage.gaussian_filter(g, 1) - ndimage.gaussian_filter(g, 4)).mean()
+        return (
+            np.abs(g - ndimage.gaussian_filter(g, 1)).mean()
+            / np.abs(ndimage.gaussian_filter(g, 1) - ndimage.gaussian_filter(g, 4)).mean()
+        )
 
     assert fine_over_coarse(planet) < 0.85 * fine_over_coarse(demo)
     assert planet.mean() < 0.85 * demo.mean()

@@ -22,8 +22,19 @@ def chip_dir(synth_root, tmp_path_factory):
 
 
 def _cfg(chip_dir, run_dir, *extra):
-    return compose("train", ["experiment=demo_cpu", f"chip_dir={chip_dir}", f"run_dir={run_dir}", "logger.wandb=false",
-                             "trainer.enable_progress_bar=false", "max_epochs=1", "batch_size=4", *extra])
+    return compose(
+        "train",
+        [
+            "experiment=demo_cpu",
+            f"chip_dir={chip_dir}",
+            f"run_dir={run_dir}",
+            "logger.wandb=false",
+            "trainer.enable_progress_bar=false",
+            "max_epochs=1",
+            "batch_size=4",
+            *extra,
+        ],
+    )
 
 
 def test_train_writes_checkpoints_config_and_metrics(chip_dir, tmp_path):
@@ -81,9 +92,20 @@ def test_loss_ignores_masked_pixels(chip_dir, tmp_path):
 
 def test_resume_after_kill_reaches_the_same_final_epoch(chip_dir, tmp_path):
     run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "spacenet7", "train", "experiment=demo_cpu", f"chip_dir={chip_dir}", f"run_dir={run_dir}",
-            "logger.wandb=false", "trainer.enable_progress_bar=false", "max_epochs=3", "batch_size=2",
-            f"hydra.run.dir={tmp_path / 'hydra'}"]
+    args = [
+        sys.executable,
+        "-m",
+        "spacenet7",
+        "train",
+        "experiment=demo_cpu",
+        f"chip_dir={chip_dir}",
+        f"run_dir={run_dir}",
+        "logger.wandb=false",
+        "trainer.enable_progress_bar=false",
+        "max_epochs=3",
+        "batch_size=2",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -105,10 +127,23 @@ def test_resume_after_kill_reaches_the_same_final_epoch(chip_dir, tmp_path):
 
 
 def test_multirun_over_encoders_runs_two_jobs(chip_dir, tmp_path):
-    args = [sys.executable, "-m", "spacenet7", "train", "-m", "model.encoder_name=resnet18,efficientnet-b0",
-            "experiment=demo_cpu", f"chip_dir={chip_dir}", "logger.wandb=false", "trainer.enable_progress_bar=false",
-            "max_epochs=1", "batch_size=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
-            f"hydra.sweep.dir={tmp_path}"]
+    args = [
+        sys.executable,
+        "-m",
+        "spacenet7",
+        "train",
+        "-m",
+        "model.encoder_name=resnet18,efficientnet-b0",
+        "experiment=demo_cpu",
+        f"chip_dir={chip_dir}",
+        "logger.wandb=false",
+        "trainer.enable_progress_bar=false",
+        "max_epochs=1",
+        "batch_size=2",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=2",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     r = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     metrics = sorted(tmp_path.glob("*/metrics.json"))
@@ -131,9 +166,20 @@ def test_demo_cpu_learns(tmp_path_factory):
 
     aois = sorted(scan(root))[:-1]
     chips = root / "chips"
-    chip.run(compose("chip", [f"data_root={root}", f"out_dir={chips}", f"aois=[{','.join(aois)}]", "overlap=0", "progress=false"]))
-    cfg = compose("train", ["experiment=demo_cpu", f"chip_dir={chips}", f"run_dir={root / 'run'}", "logger.wandb=false",
-                            "trainer.enable_progress_bar=false", "max_epochs=16"])  # the budget it was measured with
+    chip.run(
+        compose("chip", [f"data_root={root}", f"out_dir={chips}", f"aois=[{','.join(aois)}]", "overlap=0", "progress=false"])
+    )
+    cfg = compose(
+        "train",
+        [
+            "experiment=demo_cpu",
+            f"chip_dir={chips}",
+            f"run_dir={root / 'run'}",
+            "logger.wandb=false",
+            "trainer.enable_progress_bar=false",
+            "max_epochs=16",
+        ],
+    )  # the budget it was measured with
     m = json.loads(train.run(cfg)["metrics"].read_text())
     assert m["val_iou"] >= 0.5, m
 
@@ -171,8 +217,7 @@ def test_drop_empty_chips_thins_only_empty_training_chips():
     from spacenet7.errors import SN7Error
     from spacenet7.train import drop_empty_chips
 
-    index = pd.DataFrame({"split": ["train"] * 80 + ["val"] * 20,
-                          "building_frac": [0.0] * 40 + [0.1] * 40 + [0.0] * 20})
+    index = pd.DataFrame({"split": ["train"] * 80 + ["val"] * 20, "building_frac": [0.0] * 40 + [0.1] * 40 + [0.0] * 20})
     kept = drop_empty_chips(index, 0.25, seed=0)
     assert (kept["split"] == "val").sum() == 20
     assert ((kept["split"] == "train") & (kept["building_frac"] > 0)).sum() == 40
@@ -192,8 +237,11 @@ def test_init_from_loads_weights_but_not_the_optimizer_or_epoch(chip_dir, tmp_pa
     for key, value in task.net.state_dict().items():
         assert torch.equal(value, src["state_dict"][f"net.{key}"]), key
     # a full run from it starts at epoch 0 and trains its own max_epochs, with a fresh optimizer
-    out = train.run(_cfg(chip_dir, tmp_path / "c", f"init_from={first['last']}", "trainer.limit_train_batches=2",
-                         "trainer.limit_val_batches=1"))
+    out = train.run(
+        _cfg(
+            chip_dir, tmp_path / "c", f"init_from={first['last']}", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"
+        )
+    )
     ckpt = torch.load(out["last"], map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == 2
     # a fresh AdamW has seen only this run's 2 steps, not the 4 of both runs
@@ -258,8 +306,9 @@ def test_ema_checkpoints_hold_the_average_of_the_step_weights(chip_dir, tmp_path
     step (not the last step's), and ``current_model_state`` keeps the raw ones for resume."""
     extra = ("trainer.limit_train_batches=3", "trainer.limit_val_batches=1")
     plain = torch.load(train.run(_cfg(chip_dir, tmp_path / "plain", *extra))["last"], map_location="cpu", weights_only=True)
-    ema = torch.load(train.run(_cfg(chip_dir, tmp_path / "ema", *extra, "ema_decay=0.5"))["last"],
-                     map_location="cpu", weights_only=True)
+    ema = torch.load(
+        train.run(_cfg(chip_dir, tmp_path / "ema", *extra, "ema_decay=0.5"))["last"], map_location="cpu", weights_only=True
+    )
     raw = ema["current_model_state"]
     key = next(k for k, v in raw.items() if k.startswith("net.") and v.is_floating_point() and v.ndim == 4)
     # same seed, so the raw weights are those of the run without EMA; the averaged ones differ

@@ -14,8 +14,13 @@ from spacenet7 import chip, train, tune
 from spacenet7.config import ChipConfig, compose
 from spacenet7.errors import SN7Error
 
-FAST = ["+train.batch_size=4", "+train.trainer.limit_train_batches=3", "+train.trainer.limit_val_batches=2",
-        "+train.trainer.enable_progress_bar=false", "train.max_epochs=2"]
+FAST = [
+    "+train.batch_size=4",
+    "+train.trainer.limit_train_batches=3",
+    "+train.trainer.limit_val_batches=2",
+    "+train.trainer.enable_progress_bar=false",
+    "train.max_epochs=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +63,9 @@ def test_study_prunes_resumes_and_its_best_trains(chip_dir, tmp_path, capsys):
     assert best == run_dir / "experiment" / "best.yaml"
     doc = yaml.safe_load(best.read_text())
     assert doc["optimizer"]["lr"] == pytest.approx(study.best_trial.params["lr"])
-    tcfg = compose("train", ["experiment=best", f"hydra.searchpath=[file://{run_dir}]", f"run_dir={tmp_path / 'again'}",
-                             "max_epochs=1"])
+    tcfg = compose(
+        "train", ["experiment=best", f"hydra.searchpath=[file://{run_dir}]", f"run_dir={tmp_path / 'again'}", "max_epochs=1"]
+    )
     assert tcfg.optimizer["lr"] == pytest.approx(study.best_trial.params["lr"])
     assert tcfg.chip_dir == str(chip_dir) and tcfg.trainer.limit_train_batches == 3 and tcfg.scheduler["T_max"] == 1
     m = json.loads(train.run(tcfg)["metrics"].read_text())
@@ -81,10 +87,23 @@ def test_two_processes_share_one_sqlite_study(chip_dir, tmp_path):
     run_dir = tmp_path / "shared"
     run_dir.mkdir()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "spacenet7", "tune", "tune=lr", f"run_dir={run_dir}", f"train.chip_dir={chip_dir}", *FAST,
-           "n_trials=3", "plots=false", "pruner=none"]
-    procs = [subprocess.Popen([*cmd, f"seed={i}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in (1, 2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spacenet7",
+        "tune",
+        "tune=lr",
+        f"run_dir={run_dir}",
+        f"train.chip_dir={chip_dir}",
+        *FAST,
+        "n_trials=3",
+        "plots=false",
+        "pruner=none",
+    ]
+    procs = [
+        subprocess.Popen([*cmd, f"seed={i}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in (1, 2)
+    ]
     logs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     study = optuna.load_study(study_name="spacenet7", storage=f"sqlite:///{run_dir / 'study.db'}")

@@ -19,8 +19,22 @@ def both_layouts(synth_root, tmp_path_factory):
     out = {}
     for layout in ("chips", "rasters"):
         d = tmp_path_factory.mktemp(layout)
-        chip.run(compose("chip", [f"data_root={synth_root}", f"out_dir={d}", f"layout={layout}", "upscale=2",
-                                  "chip_size=96", "overlap=0", "split=spatial", "progress=false", "min_valid_frac=0"]))
+        chip.run(
+            compose(
+                "chip",
+                [
+                    f"data_root={synth_root}",
+                    f"out_dir={d}",
+                    f"layout={layout}",
+                    "upscale=2",
+                    "chip_size=96",
+                    "overlap=0",
+                    "split=spatial",
+                    "progress=false",
+                    "min_valid_frac=0",
+                ],
+            )
+        )
         out[layout] = (d, *chip.load_index(d))
     return out
 
@@ -135,8 +149,17 @@ def test_geometric_augment_with_windows_is_refused(both_layouts, tmp_path):
     from spacenet7 import train
 
     root = both_layouts["rasters"][0]
-    cfg = compose("train", ["experiment=demo_cpu", f"chip_dir={root}", f"run_dir={tmp_path}", "logger.wandb=false",
-                            "augment=default", "max_epochs=1"])
+    cfg = compose(
+        "train",
+        [
+            "experiment=demo_cpu",
+            f"chip_dir={root}",
+            f"run_dir={tmp_path}",
+            "logger.wandb=false",
+            "augment=default",
+            "max_epochs=1",
+        ],
+    )
     with pytest.raises(SN7Error, match="augment=planet"):
         train.run(cfg)
 
@@ -145,9 +168,21 @@ def test_train_on_windows_runs_and_records_the_layout(both_layouts, tmp_path):
     from spacenet7 import train
 
     root = both_layouts["rasters"][0]
-    cfg = compose("train", ["experiment=demo_cpu", f"chip_dir={root}", f"run_dir={tmp_path}", "logger.wandb=false",
-                            "augment=planet", "max_epochs=1", "windows.size=64", "windows.per_mosaic=4",
-                            "windows.scale_jitter=0.2", "trainer.enable_progress_bar=false"])
+    cfg = compose(
+        "train",
+        [
+            "experiment=demo_cpu",
+            f"chip_dir={root}",
+            f"run_dir={tmp_path}",
+            "logger.wandb=false",
+            "augment=planet",
+            "max_epochs=1",
+            "windows.size=64",
+            "windows.per_mosaic=4",
+            "windows.scale_jitter=0.2",
+            "trainer.enable_progress_bar=false",
+        ],
+    )
     out = train.run(cfg)
     ckpt = torch.load(out["best"], map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["chip_meta"]["layout"] == "rasters"
@@ -164,11 +199,25 @@ def test_sn7_full_recipe_trains_a_few_steps_on_cpu(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("sn7_full")
     synth.run(SynthConfig(out_dir=str(d / "data"), n_aois=3, n_months=2, size=128, seed=1))
-    chip.run(compose("chip", [f"data_root={d / 'data'}", f"out_dir={d / 'chips'}", "layout=rasters", "upscale=3",
-                              "progress=false"]))
-    cfg = compose("train", ["experiment=sn7_full", "trainer=cpu", f"chip_dir={d / 'chips'}", f"run_dir={d / 'run'}",
-                            "num_workers=2", "batch_size=2", "max_epochs=1", "windows.size=64", "windows.per_mosaic=2",
-                            "logger.wandb=false", "trainer.enable_progress_bar=false"])
+    chip.run(
+        compose("chip", [f"data_root={d / 'data'}", f"out_dir={d / 'chips'}", "layout=rasters", "upscale=3", "progress=false"])
+    )
+    cfg = compose(
+        "train",
+        [
+            "experiment=sn7_full",
+            "trainer=cpu",
+            f"chip_dir={d / 'chips'}",
+            f"run_dir={d / 'run'}",
+            "num_workers=2",
+            "batch_size=2",
+            "max_epochs=1",
+            "windows.size=64",
+            "windows.per_mosaic=2",
+            "logger.wandb=false",
+            "trainer.enable_progress_bar=false",
+        ],
+    )
     assert cfg.model["encoder_name"] == "efficientnet-b3" and cfg.windows.scale_jitter > 0
     out = train.run(cfg)
     ckpt = torch.load(out["last"], map_location="cpu", weights_only=True)

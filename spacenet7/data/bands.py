@@ -76,8 +76,13 @@ class InputSpec:
     def to_dict(self) -> dict:
         """Plain types, for ``chips.json`` and checkpoints."""
         d = asdict(self)
-        return {**d, "rgb": [int(b) for b in d["rgb"]], "scaling": self.scaling.value,
-                "range": [float(v) for v in d["range"]], "percentiles": [float(v) for v in d["percentiles"]]}
+        return {
+            **d,
+            "rgb": [int(b) for b in d["rgb"]],
+            "scaling": self.scaling.value,
+            "range": [float(v) for v in d["range"]],
+            "percentiles": [float(v) for v in d["percentiles"]],
+        }
 
     @classmethod
     def from_dict(cls, d: dict | None) -> InputSpec:
@@ -88,16 +93,24 @@ class InputSpec:
 def check_fits(ds, spec: InputSpec, path: str | Path) -> None:
     """Raise a one-line :class:`SN7DataError` unless the open raster ``ds`` fits ``spec``."""
     if spec.count is not None and ds.count != spec.count:
-        raise SN7DataError(path, f"has {ds.count} band(s) but input.count={spec.count} (for other imagery set input.count, "
-                                 "input.rgb and input.alpha to its layout)")
+        raise SN7DataError(
+            path,
+            f"has {ds.count} band(s) but input.count={spec.count} (for other imagery set input.count, "
+            "input.rgb and input.alpha to its layout)",
+        )
     if ds.count < spec.bands_needed:
         hint = " (set input.alpha=null for a file without an alpha band)" if spec.alpha and ds.count < spec.alpha else ""
-        raise SN7DataError(path, f"has {ds.count} band(s) but input.rgb={list(spec.rgb)}, input.alpha={spec.alpha} "
-                                 f"need {spec.bands_needed}{hint}")
+        raise SN7DataError(
+            path,
+            f"has {ds.count} band(s) but input.rgb={list(spec.rgb)}, input.alpha={spec.alpha} need {spec.bands_needed}{hint}",
+        )
     dtype = ds.dtypes[spec.rgb[0] - 1]
     if spec.scaling == Scaling.none and dtype != "uint8":
-        raise SN7DataError(path, f"is {dtype}, but input.scaling=none reads 8-bit imagery only; set "
-                                 "input.scaling=percentile, or input.scaling=fixed with input.range=[lo,hi]")
+        raise SN7DataError(
+            path,
+            f"is {dtype}, but input.scaling=none reads 8-bit imagery only; set "
+            "input.scaling=percentile, or input.scaling=fixed with input.range=[lo,hi]",
+        )
 
 
 def band_limits(ds, spec: InputSpec) -> np.ndarray | None:
@@ -106,13 +119,15 @@ def band_limits(ds, spec: InputSpec) -> np.ndarray | None:
         return None
     if spec.scaling == Scaling.fixed:
         return np.tile(np.asarray(spec.range, np.float64), (3, 1))
-    return _percentile_limits(str(ds.name), Path(ds.name).stat().st_mtime_ns, tuple(spec.rgb), spec.alpha,
-                              tuple(spec.percentiles))
+    return _percentile_limits(
+        str(ds.name), Path(ds.name).stat().st_mtime_ns, tuple(spec.rgb), spec.alpha, tuple(spec.percentiles)
+    )
 
 
 @functools.lru_cache(maxsize=256)
-def _percentile_limits(path: str, _mtime: int, rgb: tuple[int, ...], alpha: int | None,
-                       percentiles: tuple[float, float]) -> np.ndarray:
+def _percentile_limits(
+    path: str, _mtime: int, rgb: tuple[int, ...], alpha: int | None, percentiles: tuple[float, float]
+) -> np.ndarray:
     import rasterio
 
     with rasterio.open(path) as ds:

@@ -26,8 +26,9 @@ class ChipDataset(Dataset):
     are used whole): fewer pixels per step, so more steps in the same time on a CPU.
     """
 
-    def __init__(self, chip_dir: str | Path, index: pd.DataFrame, augment: Any = None, cache: bool = False,
-                 crop: int | None = None) -> None:
+    def __init__(
+        self, chip_dir: str | Path, index: pd.DataFrame, augment: Any = None, cache: bool = False, crop: int | None = None
+    ) -> None:
         self.chip_dir = Path(chip_dir)
         self.paths = index["path"].tolist()
         self.augment = augment
@@ -68,8 +69,17 @@ class ChipDataset(Dataset):
 class ChipDataModule(L.LightningDataModule):
     """Train/val loaders from the chip index (``split`` column)."""
 
-    def __init__(self, chip_dir: str | Path, index: pd.DataFrame, batch_size: int, num_workers: int = 0,
-                 augment: Any = None, seed: int = 0, cache: bool = False, crop: int | None = None) -> None:
+    def __init__(
+        self,
+        chip_dir: str | Path,
+        index: pd.DataFrame,
+        batch_size: int,
+        num_workers: int = 0,
+        augment: Any = None,
+        seed: int = 0,
+        cache: bool = False,
+        crop: int | None = None,
+    ) -> None:
         super().__init__()
         self.crop = crop
         self.chip_dir, self.index = Path(chip_dir), index
@@ -79,13 +89,24 @@ class ChipDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self._datasets:
-            self._datasets[split] = ChipDataset(self.chip_dir, self.index[self.index["split"] == split],
-                                                self.augment if train else None, self.cache, self.crop if train else None)
+            self._datasets[split] = ChipDataset(
+                self.chip_dir,
+                self.index[self.index["split"] == split],
+                self.augment if train else None,
+                self.cache,
+                self.crop if train else None,
+            )
         ds = self._datasets[split]
         gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
-                          drop_last=train and len(ds) > self.batch_size, generator=gen,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            drop_last=train and len(ds) > self.batch_size,
+            generator=gen,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training chips (augmented)."""

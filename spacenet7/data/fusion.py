@@ -90,8 +90,24 @@ def _aligned(srcs: list) -> list:
         if _grid(src) == _grid(ref):
             out.append(src)
             continue
-        log.warning("fusion: %s is %dx%d on another grid than %s (%dx%d); resampled onto the latter",
-                    Path(src.name).name, src.height, src.width, Path(ref.name).name, ref.height, ref.width)
-        out.append(WarpedVRT(src, crs=ref.crs, transform=ref.transform, width=ref.width, height=ref.height,
-                             nodata=NODATA, resampling=Resampling.nearest))
+        log.warning(
+            "fusion: %s is %dx%d on another grid than %s (%dx%d); resampled onto the latter",
+            Path(src.name).name,
+            src.height,
+            src.width,
+            Path(ref.name).name,
+            ref.height,
+            ref.width,
+        )
+        out.append(
+            WarpedVRT(
+                src,
+                crs=ref.crs,
+                transform=ref.transform,
+                width=ref.width,
+                height=ref.height,
+                nodata=NODATA,
+                resampling=Resampling.nearest,
+            )
+        )
     return out

@@ -55,8 +55,17 @@ class Style:
 
 STYLES: dict[str, Style] = {
     "demo": Style(),
-    "planet": Style(building_scale=0.6, hood_density=1.6, psf_sigma=0.9, gamma=1.5, saturation=0.7, contrast=1.45,
-                    balance=(1.0, 0.97, 0.8), haze_prob=0.6, haze=(0.05, 0.2)),
+    "planet": Style(
+        building_scale=0.6,
+        hood_density=1.6,
+        psf_sigma=0.9,
+        gamma=1.5,
+        saturation=0.7,
+        contrast=1.45,
+        balance=(1.0, 0.97, 0.8),
+        haze_prob=0.6,
+        haze=(0.05, 0.2),
+    ),
 }
 
 
@@ -97,7 +106,9 @@ class Scene:
     landcover: np.ndarray  # (H, W) int class index into LANDCOVER
     roads: list[tuple[Polygon, np.ndarray]]
     buildings: list[Building]
-    instance: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0), np.int32))  # (H, W) int32, index+1 of building
+    instance: np.ndarray = field(
+        repr=False, default_factory=lambda: np.zeros((0, 0), np.int32)
+    )  # (H, W) int32, index+1 of building
 
 
 def make_scene(rng: np.random.Generator, size: int, n_months: int, style: Style = STYLES["demo"]) -> Scene:
@@ -110,13 +121,25 @@ def make_scene(rng: np.random.Generator, size: int, n_months: int, style: Style 
     for k in range(n_hoods):
         # every AOI has an existing town (k = 0) and an industrial area (k = 1); the rest is random
         kind = ("dense", "industrial")[k] if k < 2 else None
-        _neighbourhood(rng, size, n_months, buildings, roads, road_union, kind=kind, developing=False if k == 0 else None,
-                       scale=style.building_scale)
+        _neighbourhood(
+            rng,
+            size,
+            n_months,
+            buildings,
+            roads,
+            road_union,
+            kind=kind,
+            developing=False if k == 0 else None,
+            scale=style.building_scale,
+        )
     for i, b in enumerate(buildings):
         b.id = i + 1
     scene = Scene(size, n_months, summer, winter, classes, roads, buildings)
-    scene.instance = features.rasterize(
-        ((b.poly, i + 1) for i, b in enumerate(buildings)), out_shape=(size, size), dtype="int32") if buildings else np.zeros((size, size), "int32")
+    scene.instance = (
+        features.rasterize(((b.poly, i + 1) for i, b in enumerate(buildings)), out_shape=(size, size), dtype="int32")
+        if buildings
+        else np.zeros((size, size), "int32")
+    )
     return scene
 
 
@@ -205,7 +228,9 @@ def _neighbourhood(rng, size, n_months, buildings, roads, road_union, kind=None,
         v += depth_rng[1] + street
         if len(new) == n_before:
             continue
-        line = LineString([np.array([-radius, v - street / 2]) @ rot.T + centre, np.array([radius, v - street / 2]) @ rot.T + centre])
+        line = LineString(
+            [np.array([-radius, v - street / 2]) @ rot.T + centre, np.array([radius, v - street / 2]) @ rot.T + centre]
+        )
         local_streets.append(line.buffer(street / 2 - 0.5, cap_style="flat"))
     dirt = rng.random() < 0.5
     for s in local_streets:
@@ -230,7 +255,9 @@ def _neighbourhood(rng, size, n_months, buildings, roads, road_union, kind=None,
             t_demolish = int(rng.integers(2, n_months))
         lot = poly.buffer(rng.uniform(*PAD_MARGIN), join_style="mitre") if t_built > 0 or t_demolish < n_months else None
         lot_rgb = PAD_RGB * rng.uniform(0.9, 1.1) + rng.normal(0, 6, 3)
-        buildings.append(Building(0, poly, roof, tuple(sun * height), max(t_pad, 0), t_built, t_demolish, str(kind), lot, lot_rgb))
+        buildings.append(
+            Building(0, poly, roof, tuple(sun * height), max(t_pad, 0), t_built, t_demolish, str(kind), lot, lot_rgb)
+        )
 
 
 @dataclass

@@ -188,8 +188,11 @@ def check_not_too_deep(root: str | Path, split: str = "train") -> None:
     """Raise a clear error when ``root`` is itself the ``<split>`` folder (it holds AOI folders)."""
     root = Path(root)
     if root.is_dir() and any((p / "images").is_dir() for p in root.iterdir() if p.is_dir()):
-        raise SN7DataError(root, f"holds AOI folders itself, so it is the {split}/ folder, one level too deep; "
-                                 f"give the data root above it: data_root={root.parent}")
+        raise SN7DataError(
+            root,
+            f"holds AOI folders itself, so it is the {split}/ folder, one level too deep; "
+            f"give the data root above it: data_root={root.parent}",
+        )
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -245,8 +248,11 @@ def records_from_files(paths: Sequence[str | Path], aoi: str | None = None) -> d
     found = [file_month(p) for p in files]
     if any(m is None for m in found) and not all(m is None for m in found):
         first = files[found.index(None)]
-        raise SN7DataError(first, "no date in its name or TIFF tags, but other files have one; name every month "
-                                  "(e.g. area_2019-03.tif) or none (the list order is then the month order)")
+        raise SN7DataError(
+            first,
+            "no date in its name or TIFF tags, but other files have one; name every month "
+            "(e.g. area_2019-03.tif) or none (the list order is then the month order)",
+        )
     dated = [m for m in found if m is not None]  # every file's month, or none at all (checked above)
     months = dated or [(1 + i // 12, 1 + i % 12) for i in range(len(files))]
     out: dict[str, list[MonthRecord]] = {}
@@ -279,8 +285,7 @@ class Image:
         return self.valid.shape
 
 
-def read_image(record: MonthRecord, *, window: Window | None = None, upscale: float = 1,
-               spec: InputSpec | None = None) -> Image:
+def read_image(record: MonthRecord, *, window: Window | None = None, upscale: float = 1, spec: InputSpec | None = None) -> Image:
     """Read 8-bit RGB and the valid mask (alpha of ``images_masked`` > 0, not UDM, not nodata).
 
     Args:
@@ -375,8 +380,9 @@ def read_labels_pix(record: MonthRecord) -> gpd.GeoDataFrame:
     return _footprints(gdf.set_crs(None, allow_override=True), path)
 
 
-def rasterize_footprints(geoms, shape: tuple[int, int], transform: Affine = IDENTITY,
-                         values: np.ndarray | None = None, dtype: str = "uint8") -> np.ndarray:
+def rasterize_footprints(
+    geoms, shape: tuple[int, int], transform: Affine = IDENTITY, values: np.ndarray | None = None, dtype: str = "uint8"
+) -> np.ndarray:
     """Burn polygons into a (H, W) raster; pixel centres inside a polygon are set.
 
     Args:

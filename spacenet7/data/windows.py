@@ -82,8 +82,9 @@ class MosaicReader:
         spec: the mosaic's band layout and scaling (SN7's RGBA uint8 when ``None``).
     """
 
-    def __init__(self, image: str | Path, target: str | Path, upscale: float, in_memory: bool = False,
-                 spec: InputSpec | None = None) -> None:
+    def __init__(
+        self, image: str | Path, target: str | Path, upscale: float, in_memory: bool = False, spec: InputSpec | None = None
+    ) -> None:
         self.image, self.target, self.upscale = Path(image), Path(target), float(upscale)
         self.spec = spec or InputSpec()
         self._handles: dict[int, tuple[Any, Any]] = {}
@@ -156,8 +157,9 @@ def _regions(index: pd.DataFrame, split: str) -> list[tuple[int, Region]]:
 
 
 class _WindowBase(Dataset):
-    def __init__(self, root: str | Path, index: pd.DataFrame, split: str, size: int, in_memory: bool,
-                 spec: InputSpec | None = None) -> None:
+    def __init__(
+        self, root: str | Path, index: pd.DataFrame, split: str, size: int, in_memory: bool, spec: InputSpec | None = None
+    ) -> None:
         self.root, self.size, self.index = Path(root), int(size), index.reset_index(drop=True)
         self.spec = spec
         self.regions = _regions(self.index, split)
@@ -175,7 +177,9 @@ class _WindowBase(Dataset):
             self._readers.move_to_end(row)
             return self._readers[row]
         rec = self.index.iloc[row]
-        self._readers[row] = MosaicReader(rec["image"], self.root / rec["target"], float(rec["upscale"]), self.in_memory, self.spec)
+        self._readers[row] = MosaicReader(
+            rec["image"], self.root / rec["target"], float(rec["upscale"]), self.in_memory, self.spec
+        )
         if not self.in_memory and len(self._readers) > MAX_OPEN:
             self._readers.popitem(last=False)[1].close()
         return self._readers[row]
@@ -201,8 +205,18 @@ class RandomWindows(_WindowBase):
         spec: the mosaics' band layout and scaling (``chips.json``'s ``input``).
     """
 
-    def __init__(self, root: str | Path, index: pd.DataFrame, size: int, per_mosaic: int, augment: Any = None,
-                 d4: bool = True, scale_jitter: float = 0.0, in_memory: bool = False, spec: InputSpec | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        index: pd.DataFrame,
+        size: int,
+        per_mosaic: int,
+        augment: Any = None,
+        d4: bool = True,
+        scale_jitter: float = 0.0,
+        in_memory: bool = False,
+        spec: InputSpec | None = None,
+    ) -> None:
         super().__init__(root, index, "train", size, in_memory, spec)
         self.per_mosaic, self.augment, self.d4, self.scale_jitter = int(per_mosaic), augment, d4, float(scale_jitter)
 
@@ -258,8 +272,9 @@ def _pad(rgb: np.ndarray, packed: np.ndarray, size: int) -> tuple[np.ndarray, np
 class GridWindows(_WindowBase):
     """A fixed grid of ``size`` windows over every validation region (the last one flush to the region's edge)."""
 
-    def __init__(self, root: str | Path, index: pd.DataFrame, size: int, in_memory: bool = False,
-                 spec: InputSpec | None = None) -> None:
+    def __init__(
+        self, root: str | Path, index: pd.DataFrame, size: int, in_memory: bool = False, spec: InputSpec | None = None
+    ) -> None:
         super().__init__(root, index, "val", size, in_memory, spec)
         self.items: list[tuple[int, int, int, int, int]] = []
         for row, reg in self.regions:
@@ -293,18 +308,36 @@ class WindowDataModule(L.LightningDataModule):
         spec: the mosaics' band layout and scaling.
     """
 
-    def __init__(self, root: str | Path, index: pd.DataFrame, size: int, per_mosaic: int, batch_size: int,
-                 num_workers: int = 0, augment: Any = None, d4: bool = True, scale_jitter: float = 0.0,
-                 seed: int = 0, in_memory: bool = False, spec: InputSpec | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        index: pd.DataFrame,
+        size: int,
+        per_mosaic: int,
+        batch_size: int,
+        num_workers: int = 0,
+        augment: Any = None,
+        d4: bool = True,
+        scale_jitter: float = 0.0,
+        seed: int = 0,
+        in_memory: bool = False,
+        spec: InputSpec | None = None,
+    ) -> None:
         super().__init__()
         self.train_set = RandomWindows(root, index, size, per_mosaic, augment, d4, scale_jitter, in_memory, spec)
         self.val_set = GridWindows(root, index, size, in_memory, spec)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
     def _loader(self, ds: RandomWindows | GridWindows, train: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
-                          drop_last=train and len(ds) > self.batch_size,
-                          generator=torch.Generator().manual_seed(self.seed), persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            drop_last=train and len(ds) > self.batch_size,
+            generator=torch.Generator().manual_seed(self.seed),
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         """Random windows, reshuffled every epoch."""

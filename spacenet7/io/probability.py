@@ -36,8 +36,18 @@ def profile(crs, transform, width: int, height: int) -> dict:
     """The GeoTIFF profile of a probability raster (tiled, deflate; copied to a COG when complete)."""
     from spacenet7.io.raster import cog_profile
 
-    return cog_profile({"crs": crs, "transform": transform, "width": width, "height": height, "count": len(CHANNELS),
-                        "dtype": "uint8", "nodata": NODATA}, predictor=1)
+    return cog_profile(
+        {
+            "crs": crs,
+            "transform": transform,
+            "width": width,
+            "height": height,
+            "count": len(CHANNELS),
+            "dtype": "uint8",
+            "nodata": NODATA,
+        },
+        predictor=1,
+    )
 
 
 def describe(dst, upscale: float, grid: str) -> None:

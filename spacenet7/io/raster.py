@@ -75,8 +75,9 @@ def cog_profile(profile: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     return out
 
 
-def write_raster(path: str | Path, array: np.ndarray, profile: dict[str, Any],
-                 descriptions: tuple[str, ...] | None = None) -> Path:
+def write_raster(
+    path: str | Path, array: np.ndarray, profile: dict[str, Any], descriptions: tuple[str, ...] | None = None
+) -> Path:
     """Write a (bands, H, W) array with ``profile`` to a temporary file, then rename it into place."""
     try:
         with atomic_path(path) as tmp:

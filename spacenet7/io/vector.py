@@ -37,8 +37,15 @@ def read_vector(path: str | Path, *, layer: str | None = None) -> gpd.GeoDataFra
         raise SN7DataError(path, f"not a readable vector file ({str(exc).splitlines()[0][:200]})") from None
 
 
-def write_vector(gdf: gpd.GeoDataFrame, path: str | Path, *, layer: str | None = None, driver: str | None = None,
-                 append_layer: bool = False, layer_options: dict[str, str] | None = None) -> Path:
+def write_vector(
+    gdf: gpd.GeoDataFrame,
+    path: str | Path,
+    *,
+    layer: str | None = None,
+    driver: str | None = None,
+    append_layer: bool = False,
+    layer_options: dict[str, str] | None = None,
+) -> Path:
     """Write a GeoDataFrame; an empty frame still writes a valid, typed (Polygon) layer.
 
     Single-layer files are written to a temporary file and renamed. For multi-layer GPKGs
@@ -46,7 +53,9 @@ def write_vector(gdf: gpd.GeoDataFrame, path: str | Path, *, layer: str | None =
     """
     path = Path(path)
     driver = driver or {".geojson": "GeoJSON", ".gpkg": "GPKG", ".json": "GeoJSON"}[path.suffix.lower()]
-    kwargs = dict(driver=driver, layer=layer or path.stem, geometry_type="Polygon", promote_to_multi=False, **(layer_options or {}))
+    kwargs = dict(
+        driver=driver, layer=layer or path.stem, geometry_type="Polygon", promote_to_multi=False, **(layer_options or {})
+    )
     if append_layer:
         with warnings.catch_warnings():  # the caller's temporary file ends in .partial, not .gpkg
             warnings.filterwarnings("ignore", message=".*non conformant file extension")

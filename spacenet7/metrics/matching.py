@@ -50,8 +50,9 @@ def pairwise_iou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return ia, ib, iou
 
 
-def match(a: np.ndarray, b: np.ndarray, threshold: float = 0.25, *, inclusive: bool = False,
-          method: str = "hungarian") -> Matches:
+def match(
+    a: np.ndarray, b: np.ndarray, threshold: float = 0.25, *, inclusive: bool = False, method: str = "hungarian"
+) -> Matches:
     """Match polygons ``a`` to ``b`` one-to-one.
 
     Args:
@@ -66,8 +67,17 @@ def match(a: np.ndarray, b: np.ndarray, threshold: float = 0.25, *, inclusive: b
     return match_above(*pairwise_iou(a, b), len(a), len(b), threshold, inclusive=inclusive, method=method)
 
 
-def match_above(ia: np.ndarray, ib: np.ndarray, iou: np.ndarray, na: int, nb: int, threshold: float, *,
-                inclusive: bool = False, method: str = "hungarian") -> Matches:
+def match_above(
+    ia: np.ndarray,
+    ib: np.ndarray,
+    iou: np.ndarray,
+    na: int,
+    nb: int,
+    threshold: float,
+    *,
+    inclusive: bool = False,
+    method: str = "hungarian",
+) -> Matches:
     """:func:`match` on precomputed candidate pairs (reuse one :func:`pairwise_iou` for several thresholds)."""
     keep = iou >= threshold if inclusive else iou > threshold
     return match_pairs(ia[keep], ib[keep], iou[keep], na, nb, method)

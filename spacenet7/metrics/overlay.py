@@ -65,8 +65,9 @@ def _ring_convexity(xy: np.ndarray, start: np.ndarray, out: np.ndarray) -> None:
 
 
 @numba.njit(cache=True)
-def _clip_areas(xy: np.ndarray, start: np.ndarray, convex: np.ndarray, pa: np.ndarray, pb: np.ndarray,
-                out: np.ndarray, done: np.ndarray) -> None:
+def _clip_areas(
+    xy: np.ndarray, start: np.ndarray, convex: np.ndarray, pa: np.ndarray, pb: np.ndarray, out: np.ndarray, done: np.ndarray
+) -> None:
     """Intersection area of ring pairs ``(pa[k], pb[k])`` where one of them is convex."""
     longest = 0
     for k in range(len(start) - 1):
@@ -148,8 +149,9 @@ def _ring_rectilinear(xy: np.ndarray, start: np.ndarray, out: np.ndarray) -> Non
 
 
 @numba.njit(cache=True)
-def _active_xs(ex: np.ndarray, elo: np.ndarray, ehi: np.ndarray, s: int, e: int, ptr: int, act: np.ndarray, n: int,
-               ym: float, xs: np.ndarray) -> tuple[int, int]:
+def _active_xs(
+    ex: np.ndarray, elo: np.ndarray, ehi: np.ndarray, s: int, e: int, ptr: int, act: np.ndarray, n: int, ym: float, xs: np.ndarray
+) -> tuple[int, int]:
     """Sweep step for one ring: admit the edges (sorted by ``elo``) starting below ``ym``, drop those
     ending below it, and write the active edges' x, sorted, to ``xs``. Returns (ptr, n)."""
     while ptr < e and elo[ptr] < ym:
@@ -172,8 +174,9 @@ def _active_xs(ex: np.ndarray, elo: np.ndarray, ehi: np.ndarray, s: int, e: int,
 
 
 @numba.njit(cache=True)
-def _rectilinear_areas(ex: np.ndarray, elo: np.ndarray, ehi: np.ndarray, estart: np.ndarray,
-                       pa: np.ndarray, pb: np.ndarray, out: np.ndarray) -> None:
+def _rectilinear_areas(
+    ex: np.ndarray, elo: np.ndarray, ehi: np.ndarray, estart: np.ndarray, pa: np.ndarray, pb: np.ndarray, out: np.ndarray
+) -> None:
     """Intersection area of rectilinear ring pairs by a sweep over horizontal slabs.
 
     Each ring is given by its vertical edges ``(x, ylo, yhi)`` sorted by ``ylo``. Between two
@@ -260,8 +263,10 @@ def geos_intersection_area(a: np.ndarray, b: np.ndarray, threads: int = 2, min_c
         return shapely.area(shapely.intersection(a, b))
     bounds = np.linspace(0, len(a), threads + 1).astype(int)
     with ThreadPoolExecutor(threads) as pool:
-        parts = pool.map(lambda k: shapely.area(shapely.intersection(a[bounds[k]:bounds[k + 1]], b[bounds[k]:bounds[k + 1]])),
-                         range(threads))
+        parts = pool.map(
+            lambda k: shapely.area(shapely.intersection(a[bounds[k] : bounds[k + 1]], b[bounds[k] : bounds[k + 1]])),
+            range(threads),
+        )
         return np.concatenate(list(parts))
 
 

@@ -55,7 +55,12 @@ def pixel_counts(truth: pd.DataFrame, proposal: pd.DataFrame, region: Sequence[f
         p = p_groups.get(key)
         pg = p["geometry"].values if p is not None else np.array([], dtype=object)
         if region is not None:
-            r0, r1, c0, c1 = (int(np.floor(region[0])), int(np.ceil(region[1])), int(np.floor(region[2])), int(np.ceil(region[3])))
+            r0, r1, c0, c1 = (
+                int(np.floor(region[0])),
+                int(np.ceil(region[1])),
+                int(np.floor(region[2])),
+                int(np.ceil(region[3])),
+            )
         else:
             both = np.concatenate([tg, pg])
             both = both[~shapely.is_empty(both)] if len(both) else both

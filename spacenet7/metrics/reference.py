@@ -46,7 +46,7 @@ def reference_scot(truth: pd.DataFrame, proposal: pd.DataFrame, min_truth_area: 
             pairs = _match(list(t.geometry), list(p.geometry))
             gids, pids = list(t.id), list(p.id)
             matched = [(gids[a], pids[b]) for a, b in pairs]
-            bad = sum(1 for g, q in matched if bool (g in g_past and g_past[g] != q) or (q in p_past and p_past[q] != g))
+            bad = sum(1 for g, q in matched if bool(g in g_past and g_past[g] != q) or (q in p_past and p_past[q] != g))
             for g, q in matched:
                 g_past[g], p_past[q] = q, g
             tp += len(matched) - bad

@@ -78,8 +78,7 @@ def _prf(tp: int, n_truth: int, n_prop: int) -> tuple[float, float, float]:
     return p, r, (2 * p * r / (p + r) if p + r else 0.0)
 
 
-def score_aoi(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshold: float = 0.25,
-              beta: float = 2.0) -> AOIScore:
+def score_aoi(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshold: float = 0.25, beta: float = 2.0) -> AOIScore:
     """Score one AOI. Both frames have ``month``, ``id``, ``geometry`` (pixel coordinates)."""
     month_keys = sorted(set(truth["month"].unique()) | set(proposal["month"].unique()))
     t_groups = {k: g for k, g in truth.groupby("month")}
@@ -127,12 +126,14 @@ def score_aoi(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshol
         t_seen.update(tid)
         p_seen.update(pid)
         m50 = match_above(*pairs, len(tg), len(pg), 0.5, inclusive=True)
-        month_scores.append(MonthScore(aoi, month_key, len(tid), len(pid), n, *_prf(n, len(tid), len(pid)),
-                                       len(m50), *_prf(len(m50), len(tid), len(pid))))
+        month_scores.append(
+            MonthScore(
+                aoi, month_key, len(tid), len(pid), n, *_prf(n, len(tid), len(pid)), len(m50), *_prf(len(m50), len(tid), len(pid))
+            )
+        )
     tracking = f_score(tp, fp, fn)
     change = f_score(ctp, cfp, cfn)
-    return AOIScore(aoi, combine(change, tracking, beta), tracking, change, tp, fp, fn, mism, ctp, cfp, cfn,
-                    n_new, month_scores)
+    return AOIScore(aoi, combine(change, tracking, beta), tracking, change, tp, fp, fn, mism, ctp, cfp, cfn, n_new, month_scores)
 
 
 @dataclass
@@ -157,10 +158,23 @@ class ScotResult:
             d = {k: v for k, v in asdict(a).items() if k not in ("aoi", "months")}
             d["no_new_buildings"] = a.no_new_buildings
             per_aoi[a.aoi] = d
-        per_month = [{("month" if k == "month_key" else k): v for k, v in asdict(m).items()} for a in self.per_aoi for m in a.months]
-        return {"scot": self.scot, "tracking": self.tracking, "change": self.change, "f1": self.f1,
-                "precision": self.precision, "recall": self.recall, "f1_iou25": self.f1_25,
-                "precision_iou25": self.precision_25, "recall_iou25": self.recall_25, "n_aois": len(self.per_aoi), "per_aoi": per_aoi, "per_month": per_month}
+        per_month = [
+            {("month" if k == "month_key" else k): v for k, v in asdict(m).items()} for a in self.per_aoi for m in a.months
+        ]
+        return {
+            "scot": self.scot,
+            "tracking": self.tracking,
+            "change": self.change,
+            "f1": self.f1,
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1_iou25": self.f1_25,
+            "precision_iou25": self.precision_25,
+            "recall_iou25": self.recall_25,
+            "n_aois": len(self.per_aoi),
+            "per_aoi": per_aoi,
+            "per_month": per_month,
+        }
 
 
 def drop_small(truth: pd.DataFrame, min_area: float = 4.0) -> pd.DataFrame:
@@ -169,8 +183,9 @@ def drop_small(truth: pd.DataFrame, min_area: float = 4.0) -> pd.DataFrame:
     return truth[(area >= min_area) & ~shapely.is_empty(truth["geometry"].values)]
 
 
-def scot(truth: pd.DataFrame, proposal: pd.DataFrame, *, threshold: float = 0.25, beta: float = 2.0,
-         min_truth_area: float = 4.0) -> ScotResult:
+def scot(
+    truth: pd.DataFrame, proposal: pd.DataFrame, *, threshold: float = 0.25, beta: float = 2.0, min_truth_area: float = 4.0
+) -> ScotResult:
     """Score proposals against truth over every AOI of the truth table (mean over AOIs).
 
     Both frames come from :func:`spacenet7.metrics.table.read_table`. Months without any
@@ -181,19 +196,23 @@ def scot(truth: pd.DataFrame, proposal: pd.DataFrame, *, threshold: float = 0.25
     for aoi in sorted(months_t["aoi"].unique()):
         t = truth[truth["aoi"] == aoi]
         p = proposal[proposal["aoi"] == aoi]
-        per_aoi.append(score_aoi_months(t, p, aoi, set(months_t.loc[months_t["aoi"] == aoi, "month"]),
-                                        threshold=threshold, beta=beta))
+        per_aoi.append(
+            score_aoi_months(t, p, aoi, set(months_t.loc[months_t["aoi"] == aoi, "month"]), threshold=threshold, beta=beta)
+        )
     return summarize(per_aoi)
 
 
-def prepare(truth: pd.DataFrame, proposal: pd.DataFrame, min_truth_area: float = 4.0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def prepare(
+    truth: pd.DataFrame, proposal: pd.DataFrame, min_truth_area: float = 4.0
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The (aoi, month) pairs of the truth, the truth without small polygons, the proposal without empty ones."""
     months_t = truth[["aoi", "month"]].drop_duplicates()
     return months_t, drop_small(truth, min_truth_area), proposal[~shapely.is_empty(proposal["geometry"].values)]
 
 
-def score_aoi_months(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, months: set[str], *, threshold: float = 0.25,
-                     beta: float = 2.0) -> AOIScore:
+def score_aoi_months(
+    truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, months: set[str], *, threshold: float = 0.25, beta: float = 2.0
+) -> AOIScore:
     """:func:`score_aoi`, with an empty score for each of the truth's ``months`` that has no polygon."""
     score = score_aoi(truth, proposal, aoi, threshold=threshold, beta=beta)
     have = {m.month_key for m in score.months}
@@ -209,10 +228,21 @@ def summarize(per_aoi: list[AOIScore]) -> ScotResult:
     tp25 = sum(m.tp for a in per_aoi for m in a.months)
     nt = sum(m.n_truth for a in per_aoi for m in a.months)
     npr = sum(m.n_proposal for a in per_aoi for m in a.months)
+
     def mean(xs: list[float]) -> float:
         return float(np.mean(xs)) if xs else 0.0
 
     p50, r50, f50 = _prf(tp50, nt, npr)
     p25, r25, f25 = _prf(tp25, nt, npr)
-    return ScotResult(mean([a.scot for a in per_aoi]), mean([a.tracking for a in per_aoi]),
-                      mean([a.change for a in per_aoi]), f50, f25, per_aoi, p50, r50, p25, r25)
+    return ScotResult(
+        mean([a.scot for a in per_aoi]),
+        mean([a.tracking for a in per_aoi]),
+        mean([a.change for a in per_aoi]),
+        f50,
+        f25,
+        per_aoi,
+        p50,
+        r50,
+        p25,
+        r25,
+    )

@@ -53,8 +53,9 @@ def check_table(df: pd.DataFrame, path: str | Path = "<table>") -> pd.DataFrame:
     bad = parts[0].isna()
     if bad.any():
         i = int(np.flatnonzero(bad.values)[0])
-        raise SN7DataError(path, f"row {i + 2}: unparseable filename {df['filename'].iloc[i]!r} "
-                                 "(expected global_monthly_YYYY_MM_mosaic_<AOI>)")
+        raise SN7DataError(
+            path, f"row {i + 2}: unparseable filename {df['filename'].iloc[i]!r} (expected global_monthly_YYYY_MM_mosaic_<AOI>)"
+        )
     month = parts[1].astype(int)
     bad = ~month.between(1, 12)
     if bad.any():
@@ -80,13 +81,15 @@ def check_table(df: pd.DataFrame, path: str | Path = "<table>") -> pd.DataFrame:
     if invalid.any():
         geoms[invalid] = shapely.make_valid(geoms[invalid])
         log.info("%s: repaired %d invalid polygon(s) of %d (shapely.make_valid)", path, int(invalid.sum()), len(geoms))
-    out = pd.DataFrame({
-        "filename": names.values,
-        "aoi": parts[2].values,
-        "month": (parts[0] + "-" + parts[1]).values,
-        "id": ids.astype(np.int64).values,
-        "geometry": geoms,
-    })
+    out = pd.DataFrame(
+        {
+            "filename": names.values,
+            "aoi": parts[2].values,
+            "month": (parts[0] + "-" + parts[1]).values,
+            "id": ids.astype(np.int64).values,
+            "geometry": geoms,
+        }
+    )
     return out
 
 

@@ -61,17 +61,27 @@ def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: st
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0][:160]
-        raise SN7DataError(path, f"weights do not fit the architecture {cfg.get('arch')}/{cfg.get('encoder_name')} "
-                                 f"(checkpoint was trained as {hp['model'].get('arch')}/{hp['model'].get('encoder_name')}): {first}") from None
+        raise SN7DataError(
+            path,
+            f"weights do not fit the architecture {cfg.get('arch')}/{cfg.get('encoder_name')} "
+            f"(checkpoint was trained as {hp['model'].get('arch')}/{hp['model'].get('encoder_name')}): {first}",
+        ) from None
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     meta = hp.get("chip_meta") or {}
     net = net.eval().to(dev).to(memory_format=torch.channels_last)
-    return LoadedModel(net, float(meta.get("upscale", 1.0)), InputSpec.from_dict(meta.get("input")), dev, autocast_dtype(dev, amp),
-                       stride=net_stride(net))
+    return LoadedModel(
+        net,
+        float(meta.get("upscale", 1.0)),
+        InputSpec.from_dict(meta.get("input")),
+        dev,
+        autocast_dtype(dev, amp),
+        stride=net_stride(net),
+    )
 
 
-def load_model_file(model_file: str | Path, engine: Engine, *, amp: bool = False, threads: int = 0,
-                    device: str = "auto") -> LoadedModel:
+def load_model_file(
+    model_file: str | Path, engine: Engine, *, amp: bool = False, threads: int = 0, device: str = "auto"
+) -> LoadedModel:
     """An exported model file (``spacenet7 compile``) in ONNX Runtime or OpenVINO.
 
     Args:
@@ -87,8 +97,16 @@ def load_model_file(model_file: str | Path, engine: Engine, *, amp: bool = False
     meta = read_meta(model_file)
     dev = "cpu" if device == "auto" else device
     runtime = make_runtime(engine, model_file, threads=threads, bf16=amp and cpu_has_fast_bf16(), device=dev)
-    return LoadedModel(None, float(meta.upscale), InputSpec.from_dict(meta.input), torch.device("cpu"), None,
-                       runtime=runtime, stride=int(meta.stride))
+    return LoadedModel(
+        None,
+        float(meta.upscale),
+        InputSpec.from_dict(meta.input),
+        torch.device("cpu"),
+        None,
+        runtime=runtime,
+        stride=int(meta.stride),
+    )
+
 
 def window_weights(tile: int) -> np.ndarray:
     """A smooth 2-D blending window (squared sine), never exactly zero."""
@@ -97,8 +115,9 @@ def window_weights(tile: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def sliding_window(model: LoadedModel, rgb: np.ndarray, tile: int, overlap: int, batch_size: int = 8,
-                   tta: str | None = None) -> np.ndarray:
+def sliding_window(
+    model: LoadedModel, rgb: np.ndarray, tile: int, overlap: int, batch_size: int = 8, tta: str | None = None
+) -> np.ndarray:
     """Blended sliding-window probabilities for a (3, H, W) uint8 image -> (C, H, W) float32.
 
     ``tta``: a key of ``TTA_VIEWS`` to average over those views, or None for one view.
@@ -113,7 +132,9 @@ def sliding_window(model: LoadedModel, rgb: np.ndarray, tile: int, overlap: int,
     wins = list(iter_windows(ph, pw, tile, tile - overlap))
     for i in range(0, len(wins), batch_size):
         chunk = wins[i : i + batch_size]
-        batch = torch.stack([x[:, int(wn.row_off) : int(wn.row_off) + tile, int(wn.col_off) : int(wn.col_off) + tile] for wn in chunk])
+        batch = torch.stack(
+            [x[:, int(wn.row_off) : int(wn.row_off) + tile, int(wn.col_off) : int(wn.col_off) + tile] for wn in chunk]
+        )
         prob = predict_batch(model, batch, tta)
         for wn, p in zip(chunk, prob):
             r, c = int(wn.row_off), int(wn.col_off)

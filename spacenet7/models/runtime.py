@@ -154,8 +154,11 @@ class ModelMeta:
         except (ValueError, TypeError, KeyError, AttributeError, SN7Error) as exc:
             raise SN7DataError(path, f"bad spacenet7 metadata in the model file ({str(exc).splitlines()[0][:160]})") from None
         if not (meta.upscale > 0 and int(meta.stride) >= 1 and list(meta.classes) == list(CHANNELS)):
-            raise SN7DataError(path, f"bad spacenet7 metadata in the model file (upscale {meta.upscale}, stride {meta.stride}, "
-                                     f"classes {meta.classes}; this version predicts {list(CHANNELS)})")
+            raise SN7DataError(
+                path,
+                f"bad spacenet7 metadata in the model file (upscale {meta.upscale}, stride {meta.stride}, "
+                f"classes {meta.classes}; this version predicts {list(CHANNELS)})",
+            )
         return meta
 
 
@@ -191,8 +194,16 @@ def export_onnx(net: torch.nn.Module, meta: ModelMeta, out: Path, tile: int = 25
     example = torch.rand(1, meta.in_channels, side, side)
     wrapped = _Probabilities(copy.deepcopy(net).float().to(memory_format=torch.contiguous_format)).eval()  # net untouched
     dims = {0: "batch", 2: "height", 3: "width"}
-    torch.onnx.export(wrapped, (example,), str(out), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
-                      dynamic_axes={INPUT_NAME: dims, OUTPUT_NAME: dims}, dynamo=False)
+    torch.onnx.export(
+        wrapped,
+        (example,),
+        str(out),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamic_axes={INPUT_NAME: dims, OUTPUT_NAME: dims},
+        dynamo=False,
+    )
     model = onnx.load(str(out))
     onnx.helper.set_model_props(model, {META_KEY: meta.to_json()})
     onnx.checker.check_model(model)
@@ -221,8 +232,15 @@ def quantize_int8(onnx_in: Path, onnx_out: Path, tiles: list[np.ndarray]) -> Pat
             t = next(self.it, None)
             return None if t is None else {INPUT_NAME: t}
 
-    quantize_static(str(onnx_in), str(onnx_out), Tiles(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(onnx_in),
+        str(onnx_out),
+        Tiles(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     onnx = require("onnx", "onnx")
     model = onnx.load(str(onnx_out))  # the quantizer drops metadata_props: put them back
     props = {p.key: p.value for p in onnx.load(str(onnx_in), load_external_data=False).metadata_props}
@@ -267,13 +285,14 @@ def read_meta(path: str | Path) -> ModelMeta:
     else:
         raise SN7DataError(path, "model_file must be an .onnx file or an OpenVINO .xml (spacenet7 compile writes them)")
     if not text:
-        raise SN7DataError(path, "the model file has no spacenet7 metadata (upscale, input bands); "
-                                 "export it with `spacenet7 compile checkpoint=...`")
+        raise SN7DataError(
+            path,
+            "the model file has no spacenet7 metadata (upscale, input bands); export it with `spacenet7 compile checkpoint=...`",
+        )
     return ModelMeta.from_json(text, path)
 
 
-def make_runtime(engine: Engine, model_file: str | Path, *, threads: int = 0, bf16: bool = False,
-                 device: str = "cpu") -> Runtime:
+def make_runtime(engine: Engine, model_file: str | Path, *, threads: int = 0, bf16: bool = False, device: str = "cpu") -> Runtime:
     """The runtime for an exported model file (``engine`` other than torch)."""
     path = Path(model_file)
     if engine is Engine.onnxruntime:
@@ -287,8 +306,15 @@ def make_runtime(engine: Engine, model_file: str | Path, *, threads: int = 0, bf
     raise SN7Error(f"predict: engine={engine} does not run model files")
 
 
-def write_model_files(net: torch.nn.Module, meta: ModelMeta, fmt: ModelFormat, out: Path, tile: int = 256,
-                      opset: int = 17, int8_tiles: list[np.ndarray] | None = None) -> list[Path]:
+def write_model_files(
+    net: torch.nn.Module,
+    meta: ModelMeta,
+    fmt: ModelFormat,
+    out: Path,
+    tile: int = 256,
+    opset: int = 17,
+    int8_tiles: list[np.ndarray] | None = None,
+) -> list[Path]:
     """Export to ``out`` (``.onnx``, or ``.xml`` + ``.bin``) atomically: nothing is left at ``out`` on failure.
 
     ``int8_tiles``: quantize to int8, calibrated on these tiles (:func:`quantize_int8`).
@@ -306,4 +332,3 @@ def write_model_files(net: torch.nn.Module, meta: ModelMeta, fmt: ModelFormat, o
         xml.with_suffix(".bin").replace(binary)  # the weights first: an .xml never points at a missing .bin
         xml.replace(out)
         return [out, binary]
-

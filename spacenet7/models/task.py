@@ -25,7 +25,9 @@ def build_net(model_cfg: dict[str, Any]) -> torch.nn.Module:
         cause = exc.__cause__ or exc
         msg = str(cause).splitlines()[0][:300]
         if "encoder" in msg.lower():
-            raise SN7Error(f"model.encoder_name={model_cfg.get('encoder_name')!r} is not a known smp/timm encoder ({msg})") from None
+            raise SN7Error(
+                f"model.encoder_name={model_cfg.get('encoder_name')!r} is not a known smp/timm encoder ({msg})"
+            ) from None
         raise SN7Error(f"cannot build model {model_cfg.get('arch')!r}: {msg}") from None
 
 
@@ -45,9 +47,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     except Exception as exc:
         raise SN7DataError(path, f"not a loadable checkpoint ({str(exc).splitlines()[0][:160]})") from None
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(ckpt.get("state_dict") if isinstance(ckpt, dict) else None, dict) or not isinstance(hp, dict) or "model" not in hp:
+    if (
+        not isinstance(ckpt.get("state_dict") if isinstance(ckpt, dict) else None, dict)
+        or not isinstance(hp, dict)
+        or "model" not in hp
+    ):
         raise SN7DataError(path, "not a spacenet7 checkpoint (no state_dict / model hyper-parameters)")
-    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     return state, hp
 
 
@@ -62,8 +68,9 @@ class SegmentationTask(L.LightningModule):
         chip_meta: chip metadata (upscale, bands) that prediction must reproduce.
     """
 
-    def __init__(self, model: dict, loss: dict, optimizer: dict, scheduler: dict | None = None,
-                 chip_meta: dict | None = None) -> None:
+    def __init__(
+        self, model: dict, loss: dict, optimizer: dict, scheduler: dict | None = None, chip_meta: dict | None = None
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = build_net(model).to(memory_format=torch.channels_last)  # faster convolutions: bench/bench_precision.py
@@ -80,8 +87,10 @@ class SegmentationTask(L.LightningModule):
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["target"])
         if not torch.isfinite(loss):
-            raise SN7Error(f"train: loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
-                           "(lower optimizer.lr, enable trainer.gradient_clip_val, or check the chips)")
+            raise SN7Error(
+                f"train: loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
+                "(lower optimizer.lr, enable trainer.gradient_clip_val, or check the chips)"
+            )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
 

@@ -86,7 +86,9 @@ def run_checkpoint(run_dir: Path, predict_cfg: PredictConfig) -> Path | None:
 class Inference:
     """One loaded model serving footprint requests (:meth:`predict`); thread-safe when called by one thread at a time."""
 
-    def __init__(self, checkpoint: str | Path, predict_cfg: PredictConfig, vectorize_cfg: VectorizeConfig, limits: Limits) -> None:
+    def __init__(
+        self, checkpoint: str | Path, predict_cfg: PredictConfig, vectorize_cfg: VectorizeConfig, limits: Limits
+    ) -> None:
         """Load ``checkpoint`` once, as ``spacenet7 predict`` does with ``predict_cfg``.
 
         Raises:
@@ -107,11 +109,21 @@ class Inference:
     def describe(self) -> dict[str, Any]:
         """What the API does with an upload: the checkpoint, input spec, views and thresholds."""
         p, v = self.predict_cfg, self.vectorize_cfg
-        return {"checkpoint": str(self.checkpoint), "input": self.model.spec.to_dict(), "upscale": self.model.upscale,
-                "tile": p.tile, "overlap": p.overlap, "tta": p.tta_views.value if p.tta else None, "grid": p.grid.value,
-                "fusion": p.fusion_weight if p.fusion else None, "threshold": v.threshold, "seed_threshold": v.seed_threshold,
-                "max_upload_mb": self.limits.max_bytes / 2**20, "max_pixels": self.limits.max_pixels,
-                "max_files": self.limits.max_files}
+        return {
+            "checkpoint": str(self.checkpoint),
+            "input": self.model.spec.to_dict(),
+            "upscale": self.model.upscale,
+            "tile": p.tile,
+            "overlap": p.overlap,
+            "tta": p.tta_views.value if p.tta else None,
+            "grid": p.grid.value,
+            "fusion": p.fusion_weight if p.fusion else None,
+            "threshold": v.threshold,
+            "seed_threshold": v.seed_threshold,
+            "max_upload_mb": self.limits.max_bytes / 2**20,
+            "max_pixels": self.limits.max_pixels,
+            "max_files": self.limits.max_files,
+        }
 
     def check(self, path: Path, name: str) -> None:
         """Refuse an upload that the model cannot read, before any work.
@@ -124,7 +136,9 @@ class Inference:
         if size == 0:
             raise UploadError(400, f"{name}: empty file")
         if size > self.limits.max_bytes:
-            raise UploadError(413, f"{name}: {size / 2**20:.1f} MB is over the limit of {self.limits.max_bytes / 2**20:g} MB (max_upload_mb)")
+            raise UploadError(
+                413, f"{name}: {size / 2**20:.1f} MB is over the limit of {self.limits.max_bytes / 2**20:g} MB (max_upload_mb)"
+            )
         try:
             with warnings.catch_warnings():  # a raster without georeferencing is reported below, not warned about
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
@@ -142,8 +156,11 @@ class Inference:
                 raise UploadError(400, str(exc)) from None
             pixels = ds.width * ds.height * self.model.upscale**2
             if pixels > self.limits.max_pixels:
-                raise UploadError(413, f"{name}: {ds.width}x{ds.height} px is {pixels:.0f} px on the model's grid "
-                                       f"(x{self.model.upscale:g}), over the limit of {self.limits.max_pixels} (max_pixels)")
+                raise UploadError(
+                    413,
+                    f"{name}: {ds.width}x{ds.height} px is {pixels:.0f} px on the model's grid "
+                    f"(x{self.model.upscale:g}), over the limit of {self.limits.max_pixels} (max_pixels)",
+                )
 
     def predict(self, files: list[tuple[Path, str]], months: list[str] | None, work: Path) -> bytes:
         """Footprints of uploaded GeoTIFFs as an RFC 7946 FeatureCollection (EPSG:4326).
@@ -173,12 +190,17 @@ class Inference:
                 message = message.replace(saved, name)
             raise UploadError(422, message.replace(str(work), "upload")) from None
         gdf["area_m2"] = area_m2(gdf)
-        columns = ["id", "area_m2"] if months is None else ["id", "month", "first_seen", "last_seen", "n_months", "filled", "area_m2"]
+        columns = (
+            ["id", "area_m2"] if months is None else ["id", "month", "first_seen", "last_seen", "n_months", "filled", "area_m2"]
+        )
         out = gpd.GeoDataFrame({c: gdf[c].to_numpy() for c in columns}, geometry=list(gdf.geometry), crs=gdf.crs)
         out["area_m2"] = np.round(out["area_m2"].astype(float), 1)
         path = work / "footprints.geojson"
-        write_vector(out.to_crs("EPSG:4326") if len(out) else out.set_crs("EPSG:4326", allow_override=True), path,
-                     layer_options={"RFC7946": "YES"})
+        write_vector(
+            out.to_crs("EPSG:4326") if len(out) else out.set_crs("EPSG:4326", allow_override=True),
+            path,
+            layer_options={"RFC7946": "YES"},
+        )
         return path.read_bytes()
 
 
@@ -189,7 +211,9 @@ def series_names(months: list[str], n_files: int) -> list[str]:
         UploadError: (400) a count that differs from the files', a month not ``YYYY-MM``, a month given twice.
     """
     if len(months) != n_files:
-        raise UploadError(400, f"{n_files} image(s) but {len(months)} month(s): give one months=YYYY-MM field per image, in order")
+        raise UploadError(
+            400, f"{n_files} image(s) but {len(months)} month(s): give one months=YYYY-MM field per image, in order"
+        )
     for m in months:
         if not MONTH_RE.match(m):
             raise UploadError(400, f"month {m!r} is not YYYY-MM")

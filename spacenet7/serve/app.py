@@ -59,8 +59,10 @@ def npm_package(name: str, probe: str) -> Path:
     """
     folder = Path(os.environ.get("SPACENET7_NODE_MODULES", REPO / "node_modules")) / name
     if not (folder / probe).is_file():
-        raise SN7Error(f"serve: {folder / probe} not found: run `make install` (it runs `npm ci` for the page's JavaScript), "
-                       "or set SPACENET7_NODE_MODULES to a node_modules folder with leaflet and swagger-ui-dist")
+        raise SN7Error(
+            f"serve: {folder / probe} not found: run `make install` (it runs `npm ci` for the page's JavaScript), "
+            "or set SPACENET7_NODE_MODULES to a node_modules folder with leaflet and swagger-ui-dist"
+        )
     return folder
 
 
@@ -76,8 +78,11 @@ class Gate:
     async def admit(self) -> AsyncIterator[None]:
         """Hold a place, or raise a 503 when every place is taken."""
         if self.active >= self.limit:
-            raise HTTPException(503, f"busy: {self.active} prediction(s) running or queued (workers + queue = {self.limit}); "
-                                     "retry later", headers={"Retry-After": "5"})
+            raise HTTPException(
+                503,
+                f"busy: {self.active} prediction(s) running or queued (workers + queue = {self.limit}); retry later",
+                headers={"Retry-After": "5"},
+            )
         self.active += 1
         try:
             yield
@@ -105,8 +110,13 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         tmp_root.mkdir(parents=True, exist_ok=True)
     timings: dict[str, list[float]] = {"predict": [], "track": []}
 
-    app = FastAPI(title="spacenet7 serve", version=__version__, docs_url=None, redoc_url=None,
-                  description=f"Tracked building footprints of `{catalog.run_dir}` month by month, and footprints of new imagery.")
+    app = FastAPI(
+        title="spacenet7 serve",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        description=f"Tracked building footprints of `{catalog.run_dir}` month by month, and footprints of new imagery.",
+    )
     app.state.catalog, app.state.inference, app.state.gate, app.state.timings = catalog, inference, gate, timings
 
     @app.exception_handler(UploadError)
@@ -115,7 +125,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = [f"{'.'.join(str(x) for x in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', 'invalid')}" for e in exc.errors()]
+        parts = [
+            f"{'.'.join(str(x) for x in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', 'invalid')}" for e in exc.errors()
+        ]
         return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=400)
 
     @app.middleware("http")
@@ -125,8 +137,10 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             if length is None:
                 return JSONResponse({"detail": "a Content-Length header is required (no chunked uploads)"}, status_code=411)
             if not length.isdigit() or int(length) > limits.max_bytes:
-                return JSONResponse({"detail": f"request body of {length} bytes is over the limit of "
-                                               f"{cfg.max_upload_mb:g} MB (max_upload_mb)"}, status_code=413)
+                return JSONResponse(
+                    {"detail": f"request body of {length} bytes is over the limit of {cfg.max_upload_mb:g} MB (max_upload_mb)"},
+                    status_code=413,
+                )
         return await call_next(request)
 
     # -- the map page and its data ------------------------------------------------------------------
@@ -140,10 +154,13 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:  # FastAPI's Swagger UI, its JavaScript from node_modules instead of a CDN
-        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - API docs",
-                                   swagger_js_url="/vendor/swagger/swagger-ui-bundle.js",
-                                   swagger_css_url="/vendor/swagger/swagger-ui.css",
-                                   swagger_favicon_url="/vendor/swagger/favicon-32x32.png")
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API docs",
+            swagger_js_url="/vendor/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/vendor/swagger/swagger-ui.css",
+            swagger_favicon_url="/vendor/swagger/favicon-32x32.png",
+        )
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> FileResponse:
@@ -194,15 +211,25 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         return _serve_file(catalog.data_root, path)
 
     # -- the inference API ------------------------------------------------------------------------
-    @app.post("/api/predict", summary="Footprints of one GeoTIFF (RFC 7946 GeoJSON, EPSG:4326)",
-              response_class=Response, responses={200: {"content": {GEOJSON: {}}}})
+    @app.post(
+        "/api/predict",
+        summary="Footprints of one GeoTIFF (RFC 7946 GeoJSON, EPSG:4326)",
+        response_class=Response,
+        responses={200: {"content": {GEOJSON: {}}}},
+    )
     async def predict(image: Annotated[UploadFile, File(description="a GeoTIFF mosaic with a CRS")]) -> Response:
         return await _footprints("predict", [image], None)
 
-    @app.post("/api/track", summary="Tracked footprints of a time series: ids, first and last month",
-              response_class=Response, responses={200: {"content": {GEOJSON: {}}}})
-    async def track(images: Annotated[list[UploadFile], File(description="GeoTIFFs of one area")],
-                    months: Annotated[list[str], Form(description="YYYY-MM of each image, in the same order")]) -> Response:
+    @app.post(
+        "/api/track",
+        summary="Tracked footprints of a time series: ids, first and last month",
+        response_class=Response,
+        responses={200: {"content": {GEOJSON: {}}}},
+    )
+    async def track(
+        images: Annotated[list[UploadFile], File(description="GeoTIFFs of one area")],
+        months: Annotated[list[str], Form(description="YYYY-MM of each image, in the same order")],
+    ) -> Response:
         return await _footprints("track", images, months)
 
     async def _footprints(kind: str, uploads: list[UploadFile], months: list[str] | None) -> Response:

@@ -78,8 +78,11 @@ class Catalog:
         self.metrics: dict[str, Any] = _read_json(self.run_dir / "metrics.json")
         vec = sorted(p for p in (self.run_dir / "vectors").glob("*.parquet") if not p.name.startswith("."))
         if not vec:
-            raise SN7DataError(self.run_dir / "vectors", "no vectorize outputs (<AOI>.parquet): nothing to show; "
-                                                         "run `spacenet7 pipeline` (or predict, vectorize) into this run first")
+            raise SN7DataError(
+                self.run_dir / "vectors",
+                "no vectorize outputs (<AOI>.parquet): nothing to show; "
+                "run `spacenet7 pipeline` (or predict, vectorize) into this run first",
+            )
         self.aois: dict[str, AOI] = {}
         for path in vec:
             aoi = self._index_aoi(path)
@@ -88,7 +91,9 @@ class Catalog:
     def _index_aoi(self, path: Path) -> AOI:
         meta = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else None
         if meta is None:
-            raise SN7DataError(path.with_suffix(".json"), "month list of the vectorize output not found; re-run `spacenet7 vectorize`")
+            raise SN7DataError(
+                path.with_suffix(".json"), "month list of the vectorize output not found; re-run `spacenet7 vectorize`"
+            )
         name = meta["aoi"]
         records = self._records(name)
         per_month = {(r.get("aoi"), r.get("month")): r for r in self.metrics.get("per_month", [])}
@@ -96,8 +101,16 @@ class Catalog:
         for m in meta["months"]:
             rec = records.get(m["month"])
             pred = self.run_dir / "predictions" / name / f"{m['stem']}.tif"
-            months.append(Month(m["month"], m["stem"], rec.image if rec is not None and rec.image.is_file() else None,
-                                pred if pred.is_file() else None, rec, per_month.get((name, m["month"]), {})))
+            months.append(
+                Month(
+                    m["month"],
+                    m["stem"],
+                    rec.image if rec is not None and rec.image.is_file() else None,
+                    pred if pred.is_file() else None,
+                    rec,
+                    per_month.get((name, m["month"]), {}),
+                )
+            )
         return AOI(name, months, path, self.metrics.get("per_aoi", {}).get(name, {}))
 
     def _records(self, aoi: str) -> dict[str, MonthRecord]:
@@ -136,10 +149,18 @@ class Catalog:
         first_month = self.aois[aoi].months[0].month
         text = {k: json.dumps(str(k)) for k in set(g["first_seen"]) | set(g["last_seen"])} if len(g) else {}
         true_false = ("false", "true")
-        props = [f'{{"id":{i},"first_seen":{text[f]},"last_seen":{text[last]},"n_months":{n},"area_m2":{a},'
-                 f'"filled":{true_false[fl]},"new":{true_false[f == month and month != first_month]}}}'
-                 for i, f, last, n, a, fl in zip(g["id"].tolist(), g["first_seen"].tolist(), g["last_seen"].tolist(),
-                                                 g["n_months"].tolist(), g["area_m2"].tolist(), g["filled"].tolist())]
+        props = [
+            f'{{"id":{i},"first_seen":{text[f]},"last_seen":{text[last]},"n_months":{n},"area_m2":{a},'
+            f'"filled":{true_false[fl]},"new":{true_false[f == month and month != first_month]}}}'
+            for i, f, last, n, a, fl in zip(
+                g["id"].tolist(),
+                g["first_seen"].tolist(),
+                g["last_seen"].tolist(),
+                g["n_months"].tolist(),
+                g["area_m2"].tolist(),
+                g["filled"].tolist(),
+            )
+        ]
         return feature_collection(g.geometry.to_numpy(), props)
 
     @functools.lru_cache(maxsize=64)  # noqa: B019
@@ -159,15 +180,26 @@ class Catalog:
             gdf = self.buildings(name)
             counts = gdf.groupby("stem").size().to_dict() if len(gdf) else {}
             new = gdf[gdf["first_seen"] == gdf["month"]].groupby("stem").size().to_dict() if len(gdf) else {}
-            aois.append({
-                "aoi": name,
-                **self.extent(name),
-                "scot": aoi.scot,
-                "months": [{"month": m.month, "stem": m.stem, "n_buildings": int(counts.get(m.stem, 0)),
-                            "n_new": int(new.get(m.stem, 0)) if k else 0, "image": m.image is not None,
-                            "probability": m.prediction is not None, "truth": m.truth is not None, "scores": m.scores}
-                           for k, m in enumerate(aoi.months)],
-            })
+            aois.append(
+                {
+                    "aoi": name,
+                    **self.extent(name),
+                    "scot": aoi.scot,
+                    "months": [
+                        {
+                            "month": m.month,
+                            "stem": m.stem,
+                            "n_buildings": int(counts.get(m.stem, 0)),
+                            "n_new": int(new.get(m.stem, 0)) if k else 0,
+                            "image": m.image is not None,
+                            "probability": m.prediction is not None,
+                            "truth": m.truth is not None,
+                            "scores": m.scores,
+                        }
+                        for k, m in enumerate(aoi.months)
+                    ],
+                }
+            )
         overall = {k: v for k, v in self.metrics.items() if not isinstance(v, (dict, list))}
         return {"run_dir": str(self.run_dir), "aois": aois, "metrics": overall}
 

@@ -52,8 +52,14 @@ def is_loopback(host: str) -> bool:
 
 
 def _server(app: FastAPI, log_level: str) -> uvicorn.Server:
-    config = uvicorn.Config(app, log_level=log_level, limit_concurrency=LIMIT_CONCURRENCY, timeout_graceful_shutdown=5,
-                            access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        limit_concurrency=LIMIT_CONCURRENCY,
+        timeout_graceful_shutdown=5,
+        access_log=False,
+        lifespan="off",
+    )
     return uvicorn.Server(config)
 
 
