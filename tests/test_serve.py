@@ -225,8 +225,9 @@ def _reference(run: Path, files: list[Path], tmp: Path) -> gpd.GeoDataFrame:
 
 def test_settings_are_the_pipelines(app, manifest):
     d = app.state.inference.describe()
-    assert "grid=upscaled" in manifest["stages"]["predict"] and d["grid"] == "upscaled"
-    assert "threshold=0.3" in manifest["stages"]["vectorize"] and d["threshold"] == 0.3
+    tree = manifest["config"]  # the pipeline's resolved config
+    assert tree["predict"]["grid"] == "upscaled" and d["grid"] == "upscaled"
+    assert tree["vectorize"]["threshold"] == 0.3 and d["threshold"] == 0.3
     assert d["tta"] is None  # OVERRIDES on top of the run's tta=true
     assert Path(d["checkpoint"]).name == "best.ckpt" and d["upscale"] == 2.0
 

@@ -23,6 +23,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import rasterio
+from omegaconf import OmegaConf
 
 from spacenet7.config import PredictConfig, VectorizeConfig, compose_checked, to_overrides
 from spacenet7.data.bands import InputSpec, check_fits
@@ -61,16 +62,27 @@ class Limits:
 def run_settings(run_dir: Path, overrides: dict[str, Any] | None = None) -> tuple[PredictConfig, VectorizeConfig]:
     """The ``predict`` and ``vectorize`` settings that ``spacenet7 pipeline`` used for this run.
 
-    They are read back from ``pipeline.json`` (each stage's command line) and composed as that
-    stage's config, with ``overrides.predict`` / ``overrides.vectorize`` on top; a run without a
-    manifest gets the stage defaults.
+    They are read back from ``pipeline.json`` (its resolved config tree; a manifest of an older
+    version holds each stage's command line instead), with ``overrides.predict`` /
+    ``overrides.vectorize`` on top; a run without a manifest gets the stage defaults.
+
+    Raises:
+        SN7Error: a setting that is not a key of the stage's config, or of the wrong type.
     """
     manifest = run_dir / "pipeline.json"
-    stages = json.loads(manifest.read_text()).get("stages", {}) if manifest.exists() else {}
-    out = []
-    for stage in ("predict", "vectorize"):
-        args = shlex.split(stages.get(stage, ""))[2:]  # "spacenet7 <stage> k=v ..."
-        out.append(compose_checked(stage, args + to_overrides((overrides or {}).get(stage) or {})))
+    doc = json.loads(manifest.read_text()) if manifest.exists() else {}
+    out: list[Any] = []
+    for stage, schema in (("predict", PredictConfig), ("vectorize", VectorizeConfig)):
+        extra = (overrides or {}).get(stage) or {}
+        if "config" not in doc and "stages" in doc:  # written before the pipeline recorded its config tree
+            args = shlex.split(doc["stages"].get(stage, ""))[2:]  # "spacenet7 <stage> k=v ..."
+            out.append(compose_checked(stage, args + to_overrides(extra)))
+            continue
+        try:
+            node = OmegaConf.merge(OmegaConf.structured(schema), (doc.get("config") or {}).get(stage) or {}, extra)
+            out.append(OmegaConf.to_object(node))
+        except Exception as exc:  # omegaconf's validation errors: unknown key, wrong type
+            raise SN7Error(f"serve: bad {stage} settings for {run_dir} ({str(exc).splitlines()[0]})") from None
     return out[0], out[1]
 
 
