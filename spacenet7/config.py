@@ -415,7 +415,7 @@ class TuneConfig:
     """``spacenet7 tune``: an Optuna study over training settings (``conf/tune.yaml``, space in ``conf/tune/``)."""
 
     run_dir: str = "runs/tune"
-    # train settings every trial shares, as pipeline's overrides.train (other keys: +train.batch_size=4)
+    # train settings every trial shares, as `spacenet7 train` overrides (other keys: +train.batch_size=4)
     train: Dict[str, Any] = field(
         default_factory=lambda: {
             "experiment": "demo_cpu",
