@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +95,18 @@ def load_study(cfg: TuneConfig) -> Any:
 
     url = storage_url(cfg)
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}  # concurrent writers wait, not fail
-    storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    study = optuna.create_study(
-        study_name=cfg.study_name, storage=storage, direction="maximize", load_if_exists=True, pruner=_pruner(cfg)
-    )
+    for attempt in range(5):  # processes starting together race to create the tables and the study: retry
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            study = optuna.create_study(
+                study_name=cfg.study_name, storage=storage, direction="maximize", load_if_exists=True, pruner=_pruner(cfg)
+            )
+            break
+        except Exception as exc:  # sqlalchemy IntegrityError / OperationalError of the race
+            if attempt == 4:
+                raise SN7Error(f"tune: cannot open study {cfg.study_name!r} at {url}: {str(exc).splitlines()[0][:200]}") from None
+            log.warning("tune: opening the study failed (%s); retrying", str(exc).splitlines()[0][:120])
+            time.sleep(1.0 + attempt + random.random())
     done = len(study.trials)  # a resumed study draws new random start-up points, not the first run's again
     study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + done, n_startup_trials=cfg.startup_trials)
     return study
