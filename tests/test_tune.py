@@ -108,7 +108,7 @@ def test_two_processes_share_one_sqlite_study(chip_dir, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], logs
     study = optuna.load_study(study_name="spacenet7", storage=f"sqlite:///{run_dir / 'study.db'}")
     assert len(study.trials) == 6 and sorted(t.number for t in study.trials) == list(range(6))
-    assert len({t.params["lr"] for t in study.trials}) == 6
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
 
 
 @pytest.mark.slow
