@@ -226,9 +226,15 @@ def test_the_pipeline_yaml_sets_only_what_differs_from_the_dataclasses():
 def test_the_dataclass_defaults_are_what_a_stage_composes_to(tmp_path):
     """Composing a stage with no settings gives its dataclass's defaults (no YAML value disagrees)."""
     for stage, schema in SCHEMAS.items():
-        if stage in ("train", "pipeline"):
+        if stage in ("train", "pipeline", "tune"):
             continue
         assert compose(stage) == schema(), stage
+    # tune: its search space comes from the group tune/ (the dataclass has none, which it refuses)
+    tune = compose("tune")
+    for f in dataclasses.fields(SCHEMAS["tune"]):
+        if f.name != "space":
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            assert getattr(tune, f.name) == default, f.name
     train = compose("train", ["run_dir=x"])
     for f in dataclasses.fields(SCHEMAS["train"]):
         if f.name not in ("run_dir", "model", "loss", "optimizer", "scheduler", "augment", "trainer"):
