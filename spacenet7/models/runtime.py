@@ -82,23 +82,37 @@ class OnnxRuntime:
 
 
 class OpenVinoRuntime:
-    """An OpenVINO IR or ONNX file compiled for the CPU, in fp32 or bf16 (``INFERENCE_PRECISION_HINT``)."""
+    """An OpenVINO IR or ONNX file compiled for the CPU, in fp32 or bf16 (``INFERENCE_PRECISION_HINT``).
+
+    It is compiled for throughput (``PERFORMANCE_HINT=THROUGHPUT``): OpenVINO picks a number of
+    streams for the cores it may use, and each batch of tiles is split into that many parts run
+    concurrently (``AsyncInferQueue``), then put back in order. On 2 cores that is 2 streams, about
+    1.4x the tiles per second of one latency-compiled request in bf16 (``bench/bench_runtimes.py``).
+    """
 
     def __init__(self, path: Path, threads: int = 0, bf16: bool = False) -> None:
         ov = require("openvino", "openvino")
         core = ov.Core()
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "THROUGHPUT"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self.queue = ov.AsyncInferQueue(self.compiled, self.streams)
         self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Probabilities of a batch (on the CPU)."""
+        """Probabilities of a batch (on the CPU), its parts run on the streams at once."""
         x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        out = self.request.infer({0: x})
-        return torch.from_numpy(np.array(next(iter(out.values())), dtype=np.float32))
+        parts = np.array_split(np.arange(len(x)), min(self.streams, len(x)))
+        out: dict[int, np.ndarray] = {}
+        self.queue.set_callback(
+            lambda request, k: out.__setitem__(k, np.array(request.get_output_tensor(0).data, dtype=np.float32))
+        )
+        for k, idx in enumerate(parts):
+            self.queue.start_async({0: np.ascontiguousarray(x[idx[0] : idx[-1] + 1])}, k)
+        self.queue.wait_all()
+        return torch.from_numpy(np.concatenate([out[k] for k in range(len(parts))]))
 
 
 def require(module: str, package: str) -> Any:
