@@ -6,7 +6,7 @@ Every engine runs the same blended sliding window (``spacenet7.models.inference.
 tile 256, overlap 64, batch 8, one view) over the same mosaic, read at the checkpoint's upscale,
 with 2 threads: torch eager fp32; torch bf16 autocast + channels-last (predict's default where the
 CPU runs bf16 natively); ONNX Runtime (fp32); OpenVINO fp32 and, where the CPU has native bf16,
-OpenVINO bf16; OpenVINO int8 (``compile int8=true``: static QDQ quantization calibrated on 32
+OpenVINO bf16 (its streams, and for comparison one latency-compiled request); OpenVINO int8 (``compile int8=true``: static QDQ quantization calibrated on 32
 tiles of ``--calibration``, default the benchmarked mosaic itself), alone and with bf16. Rounds are interleaved and the best of them is kept. Footprints: watershed
 instances at the vectorize defaults (0.4 / 0.55) matched to torch fp32's at IoU >= 0.5 (F1).
 """
@@ -26,7 +26,7 @@ from spacenet7.io.raster import iter_windows
 from spacenet7.metrics.matching import match
 from spacenet7.models.inference import LoadedModel, load_model, load_model_file, sliding_window
 from spacenet7.models.precision import cpu_has_fast_bf16
-from spacenet7.models.runtime import ModelMeta, net_stride, write_model_files
+from spacenet7.models.runtime import ModelMeta, OpenVinoRuntime, net_stride, write_model_files
 from spacenet7.polygonize import instances, polygons
 
 TILE, OVERLAP, BATCH, THREADS = 256, 64, 8, 2
@@ -85,6 +85,10 @@ def main() -> None:
         }
         if bf16:
             engines["openvino bf16"] = load_model_file(xml, Engine.openvino, threads=THREADS, amp=True)
+            # the same, as one latency-compiled request instead of one per stream (what the streams add)
+            latency = load_model_file(xml, Engine.openvino, threads=THREADS, amp=True)
+            latency.runtime = OpenVinoRuntime(xml, THREADS, bf16=True, throughput=False)
+            engines["openvino bf16, one latency request"] = latency
         engines["openvino int8"] = load_model_file(int8_xml, Engine.openvino, threads=THREADS, amp=False)
         if bf16:
             engines["openvino int8 + bf16"] = load_model_file(int8_xml, Engine.openvino, threads=THREADS, amp=True)

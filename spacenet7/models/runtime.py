@@ -86,14 +86,15 @@ class OpenVinoRuntime:
 
     It is compiled for throughput (``PERFORMANCE_HINT=THROUGHPUT``): OpenVINO picks a number of
     streams for the cores it may use, and each batch of tiles is split into that many parts run
-    concurrently (``AsyncInferQueue``), then put back in order. On 2 cores that is 2 streams, about
-    1.4x the tiles per second of one latency-compiled request in bf16 (``bench/bench_runtimes.py``).
+    concurrently (``AsyncInferQueue``), then put back in order. On 2 cores that is 2 streams: 183
+    against 175 tiles/s for one latency-compiled request in bf16, 1.05x (``bench/bench_runtimes.py``).
     """
 
-    def __init__(self, path: Path, threads: int = 0, bf16: bool = False) -> None:
+    def __init__(self, path: Path, threads: int = 0, bf16: bool = False, throughput: bool = True) -> None:
         ov = require("openvino", "openvino")
         core = ov.Core()
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "THROUGHPUT"}
+        hint = "THROUGHPUT" if throughput else "LATENCY"  # LATENCY: one request on all cores (the bench's baseline)
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": hint}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
