@@ -11,6 +11,13 @@ L15-1201E-1203N_4805_3379_13; its held-out AOI is listed in runs/demo/pipeline.j
     spacenet7 predict checkpoint=runs/demo/train/checkpoints/best.ckpt grid=upscaled \\
         aois=[L15-1201E-1203N_4805_3379_13] out_dir=runs/val_pred
     python bench/tune_vectorize.py runs/val_pred L15-1201E-1203N_4805_3379_13 threshold=0.4,0.5 seed_threshold=0.3,0.55
+
+``--region ROW0 ROW1 COL0 COL1`` scores only that pixel box, as ``evaluate region=`` does, and adds
+the building F1 / precision / recall at IoU >= 0.5 and > 0.25 and the pixel IoU: how the real
+recipe's thresholds were chosen on the sample's validation band (``make real`` first):
+
+    python bench/tune_vectorize.py runs/real/predictions L15-1615E-1205N_6460_3370_13 \\
+        threshold=0.2,0.25,0.3,0.4 seed_threshold=0.3 --data-root ../shared/data/sn7_real_sample --region 0 512 768 1024
 """
 
 import argparse
@@ -22,6 +29,7 @@ from pathlib import Path
 from spacenet7 import export, vectorize
 from spacenet7.config import compose
 from spacenet7.evaluate import ground_truth_table
+from spacenet7.metrics.pixel import clip_to_region, pixel_iou
 from spacenet7.metrics.scot import scot
 from spacenet7.metrics.table import read_table
 
@@ -33,9 +41,12 @@ def main() -> None:
     ap.add_argument("grid", nargs="*", help="vectorize overrides key=v1,v2,...")
     ap.add_argument("--data-root", default="data/synthetic")
     ap.add_argument("--split-dir", default="train")
+    ap.add_argument("--region", nargs=4, type=float, default=None, metavar=("ROW0", "ROW1", "COL0", "COL1"))
     args = ap.parse_args()
     logging.disable(logging.INFO)
     truth = ground_truth_table(args.data_root, args.split_dir, [args.aoi])
+    if args.region:
+        truth = clip_to_region(truth, args.region)
     keys = [g.split("=", 1)[0] for g in args.grid]
     values = [g.split("=", 1)[1].split(",") for g in args.grid]
     with tempfile.TemporaryDirectory() as tmp:
@@ -46,8 +57,18 @@ def main() -> None:
                 compose("vectorize", [f"pred_dir={args.pred_dir}", f"out_dir={out / 'vec'}", f"aois=[{args.aoi}]", *overrides])
             )
             export.run(compose("export", [f"vec_dir={out / 'vec'}", f"out_dir={out / 'fp'}", f"submission={out / 'sub.csv'}"]))
-            r = scot(truth, read_table(out / "sub.csv"))
+            proposal = read_table(out / "sub.csv")
+            if args.region:
+                proposal = clip_to_region(proposal, args.region)
+            r = scot(truth, proposal)
             a = r.per_aoi[0]
+            if args.region:
+                print(
+                    f"{' '.join(overrides) or '(defaults)'}: F1@0.5 {r.f1:.4f} (P {r.precision:.3f} R {r.recall:.3f}) "
+                    f"F1@0.25 {r.f1_25:.4f} pixel IoU {pixel_iou(truth, proposal, args.region):.4f}",
+                    flush=True,
+                )
+                continue
             print(
                 f"{' '.join(overrides) or '(defaults)'}: SCOT {r.scot:.3f} tracking {r.tracking:.3f} "
                 f"change {r.change:.3f} | tp {a.tp} fp {a.fp} fn {a.fn} mismatches {a.mismatches} "
