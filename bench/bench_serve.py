@@ -27,18 +27,9 @@ from serve_fixtures import large_month_run, load_burst, oracle_run, percentiles 
 from spacenet7.config import ServeConfig, compose  # noqa: E402
 from spacenet7.data.sn7 import scan  # noqa: E402
 from spacenet7.serve.app import create_app  # noqa: E402
+from spacenet7.serve.headless import ARGS, CHROMIUM  # noqa: E402
 from spacenet7.serve.server import serve_in_thread  # noqa: E402
 
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 N = 20_000
 REPEATS = 5
 
@@ -98,7 +89,7 @@ def main() -> None:
             print(
                 f"server: {N} footprints as GeoJSON in {time.perf_counter() - t0:.2f} s (once per server), {len(body) / 2**20:.1f} MiB"
             )
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
             canvas = render_times(browser, url, "canvas")
             svg = render_times(browser, url, "svg")
             browser.close()

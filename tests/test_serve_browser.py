@@ -10,17 +10,8 @@ from urllib.parse import urlparse
 import geopandas as gpd
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from spacenet7.serve.headless import ARGS, CHROMIUM  # noqa: E402 (no FastAPI needed)
+
 # the README's screenshot: SPACENET7_SCREENSHOT=docs/serve_map.png pytest tests/test_serve_browser.py
 # refreshes it; otherwise the test writes into its tmp folder, not the source tree
 SCREENSHOT_ENV = "SPACENET7_SCREENSHOT"
@@ -31,7 +22,7 @@ pytest.importorskip("fastapi", reason="spacenet7 serve needs the serve extra: pi
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (pip install playwright)")
 if not CHROMIUM.exists():
     pytest.skip(
-        f"{CHROMIUM} not found: the browser test needs Debian's chromium (apt-get install chromium; .ci/run installs it)",
+        f"{CHROMIUM} not found: the browser test needs Debian's chromium (apt-get install chromium; make test installs it when run as root)",
         allow_module_level=True,
     )
 
