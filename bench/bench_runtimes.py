@@ -6,9 +6,16 @@ Every engine runs the same blended sliding window (``spacenet7.models.inference.
 tile 256, overlap 64, batch 8, one view) over the same mosaic, read at the checkpoint's upscale,
 with 2 threads: torch eager fp32; torch bf16 autocast + channels-last (predict's default where the
 CPU runs bf16 natively); ONNX Runtime (fp32); OpenVINO fp32 and, where the CPU has native bf16,
-OpenVINO bf16 (its streams, and for comparison one latency-compiled request); OpenVINO int8 (``compile int8=true``: static QDQ quantization calibrated on 32
-tiles of ``--calibration``, default the benchmarked mosaic itself), alone and with bf16. Rounds are interleaved and the best of them is kept. Footprints: watershed
-instances at the vectorize defaults (0.4 / 0.55) matched to torch fp32's at IoU >= 0.5 (F1).
+OpenVINO bf16 (its streams, and for comparison one latency-compiled request); OpenVINO int8
+(``compile int8=true``: NNCF's static quantization calibrated on 64 tiles of ``--calibration``,
+default the benchmarked mosaic itself) with every layer int8, and with accuracy control
+(``int8_max_drop``: layers return to float until the footprints on the calibration tiles agree with
+fp32's within ``--max-drop`` F1), each alone and with bf16 for the float layers. Rounds are
+interleaved and the best of them is kept. Footprints: watershed instances at the vectorize defaults
+(0.4 / 0.55) matched to torch fp32's at IoU >= 0.5 (F1).
+
+Use ``--calibration`` with another AOI than ``--image``: the bench then measures what a user gets on
+imagery the quantizer has not seen.
 """
 
 import argparse
@@ -19,33 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spacenet7.compile import calibration_tiles
-from spacenet7.config import Engine, ModelFormat, VectorizeConfig
+from spacenet7.compile import calibration_tiles, footprint_agreement, footprint_f1, footprints
+from spacenet7.config import Engine, ModelFormat
 from spacenet7.data.sn7 import read_image, records_from_files
 from spacenet7.io.raster import iter_windows
-from spacenet7.metrics.matching import match
 from spacenet7.models.inference import LoadedModel, load_model, load_model_file, sliding_window
 from spacenet7.models.precision import cpu_has_fast_bf16
 from spacenet7.models.runtime import ModelMeta, OpenVinoRuntime, net_stride, write_model_files
-from spacenet7.polygonize import instances, polygons
 
 TILE, OVERLAP, BATCH, THREADS = 256, 64, 8, 2
-
-
-def footprints(prob: np.ndarray) -> np.ndarray:
-    """Polygons at the vectorize defaults."""
-    v = VectorizeConfig()
-    return polygons(
-        instances(prob, threshold=v.threshold, seed_threshold=v.seed_threshold, min_seed_px=v.min_seed_px), min_area=v.min_area_px
-    )
-
-
-def f1(a: np.ndarray, b: np.ndarray) -> float:
-    """Building F1 of ``b`` against ``a`` at IoU >= 0.5."""
-    if len(a) == 0 and len(b) == 0:
-        return 1.0
-    tp = len(match(a, b, 0.5, inclusive=True))
-    return 2 * tp / (len(a) + len(b))
 
 
 def main() -> None:
@@ -54,6 +43,7 @@ def main() -> None:
     ap.add_argument("--image", default=None, help="a mosaic (default: the first of data/synthetic)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--calibration", nargs="*", default=None, help="mosaics for int8 calibration (default: --image)")
+    ap.add_argument("--max-drop", type=float, default=0.01, help="int8 accuracy control: footprint F1 drop allowed")
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     image = Path(args.image) if args.image else sorted(Path("data/synthetic/train").glob("*/images/*.tif"))[0]
@@ -68,14 +58,20 @@ def main() -> None:
         onnx_path, xml = Path(tmp) / "m.onnx", Path(tmp) / "m.xml"
         write_model_files(base.net, meta, ModelFormat.onnx, onnx_path)
         write_model_files(base.net, meta, ModelFormat.openvino, xml)
-        int8_xml = Path(tmp) / "int8.xml"
+        tiles = calibration_tiles(args.calibration or [str(image)], base, 64, TILE)
+        int8_xml, controlled_xml = Path(tmp) / "int8.xml", Path(tmp) / "int8_controlled.xml"
+        write_model_files(base.net, meta, ModelFormat.openvino, int8_xml, int8_tiles=tiles)
+        t = time.perf_counter()
         write_model_files(
             base.net,
             meta,
             ModelFormat.openvino,
-            int8_xml,
-            int8_tiles=calibration_tiles(args.calibration or [str(image)], base, 32, TILE),
+            controlled_xml,
+            int8_tiles=tiles,
+            int8_max_drop=args.max_drop,
+            int8_validate=footprint_agreement(base.net, tiles),
         )
+        print(f"int8 with accuracy control (max drop {args.max_drop}) quantized in {time.perf_counter() - t:.0f} s")
         bf16 = cpu_has_fast_bf16()
         engines: dict[str, LoadedModel] = {
             "torch eager fp32": base,
@@ -90,8 +86,14 @@ def main() -> None:
             latency.runtime = OpenVinoRuntime(xml, THREADS, bf16=True, throughput=False)
             engines["openvino bf16, one latency request"] = latency
         engines["openvino int8"] = load_model_file(int8_xml, Engine.openvino, threads=THREADS, amp=False)
-        if bf16:
+        engines[f"openvino int8, max drop {args.max_drop:g}"] = load_model_file(
+            controlled_xml, Engine.openvino, threads=THREADS, amp=False
+        )
+        if bf16:  # the layers left in float run in bf16
             engines["openvino int8 + bf16"] = load_model_file(int8_xml, Engine.openvino, threads=THREADS, amp=True)
+            engines[f"openvino int8, max drop {args.max_drop:g} + bf16"] = load_model_file(
+                controlled_xml, Engine.openvino, threads=THREADS, amp=True
+            )
         best = {k: float("inf") for k in engines}
         probs: dict[str, np.ndarray] = {}
         for m in engines.values():  # warm-up (graph compilation, allocations) on one tile
@@ -115,7 +117,7 @@ def main() -> None:
         diff = float(np.abs(probs[k] - probs[ref_key]).max())
         print(
             f"| {k} | {rate:.2f} | {best[ref_key] / best[k]:.2f}x | {best[today] / best[k]:.2f}x | {diff:.1e} | "
-            f"{f1(ref_fp, footprints(probs[k])):.4f} |"
+            f"{footprint_f1(ref_fp, footprints(probs[k])):.4f} |"
         )
 
 

@@ -10,17 +10,29 @@ Run them with ``spacenet7 predict engine=onnxruntime|openvino model_file=...``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from spacenet7.config import CompileConfig, Engine, ModelFormat
+from spacenet7.config import CompileConfig, Engine, ModelFormat, VectorizeConfig
 from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import ensure_writable_dir
+from spacenet7.metrics.matching import match
 from spacenet7.models.inference import LoadedModel, load_model
-from spacenet7.models.runtime import ModelMeta, make_runtime, net_stride, read_meta, require, write_model_files
+from spacenet7.models.runtime import (
+    ModelMeta,
+    int8_convolutions,
+    make_runtime,
+    net_stride,
+    read_meta,
+    require,
+    write_model_files,
+)
+from spacenet7.polygonize import instances, polygons
 
 log = logging.getLogger(__name__)
 VERIFY_TOLERANCE = 1e-3  # fp32 export vs torch fp32, max absolute probability difference on a random tile
@@ -62,7 +74,10 @@ def run(cfg: CompileConfig) -> dict[str, Path]:
     out = Path(cfg.out) if cfg.out else default_out(cfg.checkpoint, cfg.format)
     ensure_writable_dir(out.parent)
     tiles = calibration_tiles(cfg.calibration or [], model, cfg.calibration_tiles, cfg.tile) if cfg.int8 else None
-    files = write_model_files(net, meta, cfg.format, out, cfg.tile, cfg.opset, tiles)
+    validate = footprint_agreement(net, tiles) if tiles and cfg.int8_max_drop is not None else None
+    files = write_model_files(
+        net, meta, cfg.format, out, cfg.tile, cfg.opset, tiles, int8_max_drop=cfg.int8_max_drop, int8_validate=validate
+    )
     read_meta(out)  # the metadata reads back
     if cfg.verify:
         diff = verify(net, out, cfg.format, meta.stride)
@@ -74,6 +89,9 @@ def run(cfg: CompileConfig) -> dict[str, Path]:
                 f"compile: the exported model differs from the checkpoint by {diff:.3g} (> {VERIFY_TOLERANCE}) "
                 "on a random tile; nothing written"
             )
+    if cfg.int8 and cfg.format is ModelFormat.openvino:
+        n_int8, n_conv = int8_convolutions(out)
+        print(f"compile: {n_int8} of {n_conv} convolutions run in int8, the rest in float (bf16 where the CPU has it)")
     print(
         f"compile: wrote {', '.join(map(str, files))} (stride {meta.stride}, upscale {meta.upscale:g}); run it with\n"
         f"  spacenet7 predict engine={'onnxruntime' if cfg.format is ModelFormat.onnx else 'openvino'} model_file={out} ..."
@@ -101,6 +119,38 @@ def calibration_tiles(images: list[str], model: LoadedModel, n: int, tile: int) 
     if not found:
         raise SN7Error(f"compile: no calibration tile of {tile}^2 with valid pixels in {images}")
     return found[:n]
+
+
+def footprints(prob: np.ndarray) -> np.ndarray:
+    """Building polygons of a (3, H, W) probability array at the vectorize defaults (watershed, no tracking)."""
+    v = VectorizeConfig()
+    labels = instances(prob, threshold=v.threshold, seed_threshold=v.seed_threshold, min_seed_px=v.min_seed_px)
+    return polygons(labels, min_area=v.min_area_px)
+
+
+def footprint_f1(reference: np.ndarray, other: np.ndarray) -> float:
+    """Building F1 of the polygons ``other`` against ``reference`` at IoU >= 0.5 (1 when both are empty)."""
+    if len(reference) == 0 and len(other) == 0:
+        return 1.0
+    return 2 * len(match(reference, other, 0.5, inclusive=True)) / (len(reference) + len(other))
+
+
+@torch.no_grad()
+def footprint_agreement(net: torch.nn.Module, tiles: list[np.ndarray]) -> Callable[[Any, Iterable[np.ndarray]], float]:
+    """int8 accuracy control's score: pooled building F1 of a compiled model's footprints against ``net``'s (fp32)
+    on the same ``tiles``, in order (NNCF's ``validation_fn``: ``(compiled model, tiles) -> F1``)."""
+    net = net.float().eval()
+    reference = [footprints(net(torch.from_numpy(t)).sigmoid()[0].numpy()) for t in tiles]
+
+    def score(compiled: Any, data: Iterable[np.ndarray]) -> float:
+        matched = total = 0
+        for ref, tile in zip(reference, data, strict=True):
+            other = footprints(np.asarray(compiled(tile)[0])[0])
+            matched += len(match(ref, other, 0.5, inclusive=True))
+            total += len(ref) + len(other)
+        return 2 * matched / total if total else 1.0
+
+    return score
 
 
 @torch.no_grad()

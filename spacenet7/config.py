@@ -340,9 +340,12 @@ class CompileConfig:
     opset: int = 17
     tile: int = 256  # side of the example input traced (batch, height and width stay dynamic)
     verify: bool = True  # run the export once in its runtime and compare with torch on a random tile
-    int8: bool = False  # static int8 quantization (OpenVINO runs it with int8 kernels), calibrated on `calibration`
+    int8: bool = False  # static int8 quantization calibrated on `calibration`: NNCF for openvino, ONNX Runtime's QDQ for onnx
     calibration: Optional[List[str]] = None  # int8: mosaics to draw calibration tiles from
-    calibration_tiles: int = 32
+    calibration_tiles: int = 64
+    # openvino int8: layers return to float, most sensitive first, until the footprints on the calibration
+    # tiles agree with fp32's within this building F1 (e.g. 0.01); None: every layer int8
+    int8_max_drop: Optional[float] = None
 
     def __post_init__(self) -> None:
         self.format = choice(self.format, ModelFormat, "compile", "format")
@@ -353,6 +356,12 @@ class CompileConfig:
             "compile",
             "int8=true needs calibration=[mosaic.tif,...] (tiles to calibrate on)",
         )
+        check(
+            self.int8_max_drop is None or (self.int8 and self.format is ModelFormat.openvino and 0 <= self.int8_max_drop < 1),
+            "compile",
+            f"int8_max_drop={self.int8_max_drop} needs int8=true and format=openvino, and must be within [0, 1)",
+        )
+        check(self.calibration_tiles > 0, "compile", f"calibration_tiles={self.calibration_tiles} must be > 0")
         want = ".onnx" if self.format is ModelFormat.onnx else ".xml"
         check(
             self.out is None or Path(self.out).suffix == want,

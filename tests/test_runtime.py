@@ -135,6 +135,43 @@ def test_predict_engines_give_the_same_rasters_and_footprints(trained, compiled,
             assert 2 * tp / (len(ref) + len(got)) >= 0.99
 
 
+def test_openvino_int8_is_quantized_and_accuracy_control_keeps_fp32_footprints(trained, synth_root, tmp_path):
+    """compile int8=true (NNCF) quantizes the convolutions; int8_max_drop=0 puts layers back in float until the
+    footprints on the calibration tiles agree with the torch fp32 network's as well as the float export's do
+    (both run in fp32, as NNCF's accuracy control runs them)."""
+    from spacenet7.compile import calibration_tiles, footprint_agreement
+    from spacenet7.models.runtime import int8_convolutions
+
+    mosaics = sorted(str(p) for p in synth_root.glob("train/*/images/*.tif"))[:3]
+    common = [f"checkpoint={trained}", "format=openvino", "int8=true", f"calibration=[{','.join(mosaics)}]"]
+    common += ["calibration_tiles=6", "tile=128"]
+    plain = compile_stage.run(compose("compile", [*common, f"out={tmp_path / 'int8.xml'}"]))["model_file"]
+    controlled = compile_stage.run(compose("compile", [*common, "int8_max_drop=0", f"out={tmp_path / 'ctl.xml'}"]))["model_file"]
+    n_plain, n_conv = int8_convolutions(plain)
+    n_controlled, _ = int8_convolutions(controlled)
+    assert n_conv > 8 and n_plain >= n_conv - 2  # all but at most the first and last layers' inputs
+    assert n_controlled <= n_plain
+    ref = load_model(trained, device="cpu", amp=False)
+    tiles = calibration_tiles(mosaics, ref, 6, 128)
+    import openvino as ov
+
+    fp = compile_stage.run(compose("compile", [f"checkpoint={trained}", "format=openvino", f"out={tmp_path / 'fp.xml'}"]))
+    score, core = footprint_agreement(ref.net, tiles), ov.Core()
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    float_score = score(core.compile_model(str(fp["model_file"]), "CPU", f32), tiles)
+    assert score(core.compile_model(str(controlled), "CPU", f32), tiles) >= float_score > 0.9
+    x = torch.from_numpy(np.concatenate(tiles))
+    p_ref = predict_batch(ref, x, None)
+    p_int8 = predict_batch(load_model_file(plain, Engine.openvino, amp=False), x, None)
+    assert 0 < (p_int8 - p_ref).abs().mean().item() < 0.05  # int8 differs, but little on average
+    assert read_meta(plain).upscale == read_meta(controlled).upscale == 2.0
+
+
+def test_int8_max_drop_needs_openvino_int8():
+    with pytest.raises(SN7Error, match="int8_max_drop"):
+        compose("compile", ["format=onnx", "int8=true", "calibration=[a.tif]", "int8_max_drop=0.01"])
+
+
 def test_model_file_errors_are_one_line(trained, compiled, synth_root, tmp_path):
     bare = tmp_path / "bare.onnx"
     m = onnx.load(str(compiled["onnx"]))

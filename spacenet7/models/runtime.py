@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -229,7 +231,8 @@ def export_onnx(net: torch.nn.Module, meta: ModelMeta, out: Path, tile: int = 25
 def quantize_int8(onnx_in: Path, onnx_out: Path, tiles: list[np.ndarray]) -> Path:
     """Static int8 quantization (QDQ: per-channel int8 weights, uint8 activations) calibrated on ``tiles``.
 
-    ONNX Runtime's quantizer writes the QDQ graph; OpenVINO runs it (or its IR) with int8 kernels.
+    ONNX Runtime's quantizer writes the QDQ graph (``compile format=onnx int8=true``); OpenVINO IRs are
+    quantized with NNCF instead (:func:`quantize_openvino_int8`).
 
     Args:
         onnx_in: the fp32 export.
@@ -262,6 +265,68 @@ def quantize_int8(onnx_in: Path, onnx_out: Path, tiles: list[np.ndarray]) -> Pat
     onnx.helper.set_model_props(model, props)
     onnx.save(model, str(onnx_out))
     return onnx_out
+
+
+def quantize_openvino_int8(
+    xml_in: Path,
+    xml_out: Path,
+    meta: ModelMeta,
+    tiles: list[np.ndarray],
+    *,
+    max_drop: float | None = None,
+    validate: Callable[[Any, Iterable[np.ndarray]], float] | None = None,
+) -> Path:
+    """Static int8 quantization of an OpenVINO IR with NNCF, calibrated on ``tiles``.
+
+    NNCF's ``MIXED`` preset (symmetric int8 weights, asymmetric activations) with its full bias
+    correction: on the real recipe's network its footprints agree better with fp32 than ONNX
+    Runtime's QDQ quantizer's (F1 0.970 against 0.947, ``bench/bench_runtimes.py``).
+
+    Args:
+        xml_in: the fp32 IR.
+        xml_out: the quantized IR (``.xml`` + ``.bin``; written directly, callers make it atomic).
+        meta: stored again in its rt_info.
+        tiles: calibration inputs, each (1, 3, h, w) float32 in [0, 1].
+        max_drop: accuracy control (``nncf.quantize_with_accuracy_control``): layers go back to
+            floating point, most sensitive first, until ``validate`` of the int8 model is within
+            ``max_drop`` (absolute) of the float model's, both run in fp32 (with bf16 inference the float
+            layers differ as bf16 does). None: every layer int8.
+        validate: ``(compiled model, tiles) -> score``, higher is better; needed with ``max_drop``.
+    """
+    nncf = require("nncf", "nncf")
+    ov = require("openvino", "openvino")
+    nncf.set_log_level(logging.WARNING)  # its per-layer INFO lines; compile prints what came out (int8_convolutions)
+    model = ov.Core().read_model(str(xml_in))
+    data = nncf.Dataset(tiles)
+    common: dict[str, Any] = {
+        "subset_size": len(tiles),
+        "preset": nncf.QuantizationPreset.MIXED,
+        "fast_bias_correction": False,
+    }
+    if max_drop is None:
+        quantized = nncf.quantize(model, data, **common)
+    else:
+        assert validate is not None, "max_drop needs validate"
+        quantized = nncf.quantize_with_accuracy_control(
+            model, data, data, validate, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, **common
+        )
+    quantized.set_rt_info(meta.to_json(), [META_KEY])
+    ov.save_model(quantized, str(xml_out), compress_to_fp16=False)
+    return xml_out
+
+
+def int8_convolutions(xml: Path) -> tuple[int, int]:
+    """(int8, all) convolutions of an OpenVINO IR: those whose input is quantized (a FakeQuantize) count as int8."""
+    ov = require("openvino", "openvino")
+    convs = [op for op in ov.Core().read_model(str(xml)).get_ordered_ops() if op.get_type_name() == "Convolution"]
+
+    def quantized(op: Any) -> bool:
+        src = op.input_value(0).get_node()
+        while src.get_type_name() in ("Convert", "Subtract", "Multiply") and src.get_input_size():  # dequantization steps
+            src = src.input_value(0).get_node()
+        return bool(src.get_type_name() == "FakeQuantize")
+
+    return sum(quantized(op) for op in convs), len(convs)
 
 
 def onnx_to_openvino(onnx_path: Path, meta: ModelMeta, out_xml: Path) -> Path:
@@ -329,20 +394,28 @@ def write_model_files(
     tile: int = 256,
     opset: int = 17,
     int8_tiles: list[np.ndarray] | None = None,
+    int8_max_drop: float | None = None,
+    int8_validate: Callable[[Any, Iterable[np.ndarray]], float] | None = None,
 ) -> list[Path]:
     """Export to ``out`` (``.onnx``, or ``.xml`` + ``.bin``) atomically: nothing is left at ``out`` on failure.
 
-    ``int8_tiles``: quantize to int8, calibrated on these tiles (:func:`quantize_int8`).
+    ``int8_tiles``: quantize to int8, calibrated on these tiles: ONNX Runtime's QDQ quantizer for
+    ``.onnx`` (:func:`quantize_int8`), NNCF for OpenVINO (:func:`quantize_openvino_int8`, which
+    alone takes ``int8_max_drop`` and ``int8_validate``).
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".partial", dir=out.parent) as tmp:
         onnx_path = export_onnx(net, meta, Path(tmp) / "model.onnx", tile, opset)
-        if int8_tiles:
-            onnx_path = quantize_int8(onnx_path, Path(tmp) / "int8.onnx", int8_tiles)
         if fmt is ModelFormat.onnx:
+            if int8_tiles:
+                onnx_path = quantize_int8(onnx_path, Path(tmp) / "int8.onnx", int8_tiles)
             onnx_path.replace(out)
             return [out]
         xml = onnx_to_openvino(onnx_path, meta, Path(tmp) / "model.xml")
+        if int8_tiles:
+            xml = quantize_openvino_int8(
+                xml, Path(tmp) / "int8.xml", meta, int8_tiles, max_drop=int8_max_drop, validate=int8_validate
+            )
         binary = out.with_suffix(".bin")
         xml.with_suffix(".bin").replace(binary)  # the weights first: an .xml never points at a missing .bin
         xml.replace(out)
