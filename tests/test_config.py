@@ -120,7 +120,11 @@ def test_recipe_real_sample_chooses_its_experiment_and_a_pretraining_run(tmp_pat
     pre = cfg.pretrain
     assert pre is not None and pre.run_dir == str(tmp_path / "run" / "pretrain") and pre.stages == ["synth", "chip", "train"]
     assert pre.groups.train.experiment == "demo_cpu" and pre.synth.style == "planet" and pre.train.max_epochs == 32
-    assert pre.train.model["decoder_use_norm"] == "batchnorm" and pre.train.crop is None
+    assert pre.train.crop is None
+    # the pretrained network is the fine-tuned one (init_from loads its weights)
+    for key in ("encoder_name", "encoder_depth", "decoder_channels", "decoder_use_norm", "classes"):
+        assert pre.train.model[key] == cfg.train.model[key], key
+    assert cfg.train.model["encoder_depth"] == 4 and cfg.train.model["decoder_use_norm"] == "batchnorm"
     assert cfg.train.init_from == str(tmp_path / "run" / "pretrain" / "train" / "checkpoints" / "best.ckpt")
     # pretrain settings from the command line, no +
     assert _pipeline(tmp_path, "recipe=real_sample", "pretrain.train.max_epochs=2").pretrain.train.max_epochs == 2
