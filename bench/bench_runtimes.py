@@ -7,7 +7,7 @@ tile 256, overlap 64, batch 8, one view) over the same mosaic, read at the check
 with 2 threads: torch eager fp32; torch bf16 autocast + channels-last (predict's default where the
 CPU runs bf16 natively); ONNX Runtime (fp32); OpenVINO fp32 and, where the CPU has native bf16,
 OpenVINO bf16 (its streams, and for comparison one latency-compiled request); OpenVINO int8
-(``compile int8=true``: NNCF's static quantization calibrated on 64 tiles of ``--calibration``,
+(``compile int8=true``: NNCF's static quantization calibrated on up to 64 tiles of ``--calibration``,
 default the benchmarked mosaic itself) with every layer int8, and with accuracy control
 (``int8_max_drop``: layers return to float until the footprints on the calibration tiles agree with
 fp32's within ``--max-drop`` F1), each alone and with bf16 for the float layers. Rounds are
@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--calibration", nargs="*", default=None, help="mosaics for int8 calibration (default: --image)")
     ap.add_argument("--max-drop", type=float, default=0.01, help="int8 accuracy control: footprint F1 drop allowed")
     args = ap.parse_args()
+    if not 0 <= args.max_drop < 1:
+        ap.error(f"--max-drop {args.max_drop} must be within [0, 1)")
     torch.set_num_threads(THREADS)
     image = Path(args.image) if args.image else sorted(Path("data/synthetic/train").glob("*/images/*.tif"))[0]
     rec = next(iter(records_from_files([str(image)], "bench").values()))[0]

@@ -5,10 +5,15 @@ an OpenVINO IR, ``<stem>.xml`` + ``<stem>.bin``. Both take any batch, height and
 of the encoder's stride; ``predict`` pads to it) and carry the metadata ``predict`` needs:
 upscale, input bands and scaling, classes and tile alignment (:mod:`spacenet7.models.runtime`).
 Run them with ``spacenet7 predict engine=onnxruntime|openvino model_file=...``.
+
+``int8=true`` quantizes statically on tiles of ``calibration`` mosaics: NNCF for OpenVINO (with
+``int8_max_drop``, NNCF's accuracy control on footprint agreement with fp32: :func:`footprint_agreement`),
+ONNX Runtime's QDQ quantizer for ONNX.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -49,6 +54,8 @@ def run(cfg: CompileConfig) -> dict[str, Path]:
     require("onnx", "onnx")
     if cfg.format is ModelFormat.openvino:
         require("openvino", "openvino")
+        if cfg.int8:
+            require("nncf", "nncf")
     model = load_model(cfg.checkpoint, device="cpu", amp=False)
     net = model.net
     assert net is not None
@@ -73,7 +80,8 @@ def run(cfg: CompileConfig) -> dict[str, Path]:
     )
     out = Path(cfg.out) if cfg.out else default_out(cfg.checkpoint, cfg.format)
     ensure_writable_dir(out.parent)
-    tiles = calibration_tiles(cfg.calibration or [], model, cfg.calibration_tiles, cfg.tile) if cfg.int8 else None
+    side = -(-cfg.tile // meta.stride) * meta.stride  # as export_onnx traces it: a multiple of the stride
+    tiles = calibration_tiles(cfg.calibration or [], model, cfg.calibration_tiles, side) if cfg.int8 else None
     validate = footprint_agreement(net, tiles) if tiles and cfg.int8_max_drop is not None else None
     files = write_model_files(
         net, meta, cfg.format, out, cfg.tile, cfg.opset, tiles, int8_max_drop=cfg.int8_max_drop, int8_validate=validate
@@ -118,6 +126,10 @@ def calibration_tiles(images: list[str], model: LoadedModel, n: int, tile: int) 
                     found.append((img.rgb[None, :, r : r + tile, c : c + tile] / np.float32(255)).astype(np.float32))
     if not found:
         raise SN7Error(f"compile: no calibration tile of {tile}^2 with valid pixels in {images}")
+    if len(found) < n:
+        log.warning(
+            "compile: %d calibration tiles of %d^2 with valid pixels in %s, fewer than the %d asked", len(found), tile, images, n
+        )
     return found[:n]
 
 
@@ -136,19 +148,27 @@ def footprint_f1(reference: np.ndarray, other: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def footprint_agreement(net: torch.nn.Module, tiles: list[np.ndarray]) -> Callable[[Any, Iterable[np.ndarray]], float]:
-    """int8 accuracy control's score: pooled building F1 of a compiled model's footprints against ``net``'s (fp32)
-    on the same ``tiles``, in order (NNCF's ``validation_fn``: ``(compiled model, tiles) -> F1``)."""
-    net = net.float().eval()
-    reference = [footprints(net(torch.from_numpy(t)).sigmoid()[0].numpy()) for t in tiles]
+def footprint_agreement(
+    net: torch.nn.Module, tiles: list[np.ndarray]
+) -> Callable[[Any, Iterable[np.ndarray]], tuple[float, list[float]]]:
+    """int8 accuracy control's score (NNCF's ``validation_fn``): ``(compiled model, some of tiles) -> (F1, per-tile F1)``.
 
-    def score(compiled: Any, data: Iterable[np.ndarray]) -> float:
+    The F1 is pooled over the given tiles: building F1 at IoU >= 0.5 of the compiled model's footprints
+    against ``net``'s (fp32, a copy) on the same tiles. NNCF ranks the layers by the per-tile values and
+    calls it on subsets of the tiles too, so references are looked up by each tile's content.
+    """
+    ref_net = copy.deepcopy(net).float().eval()
+    reference = {t.tobytes(): footprints(ref_net(torch.from_numpy(t)).sigmoid()[0].numpy()) for t in tiles}
+
+    def score(compiled: Any, data: Iterable[np.ndarray]) -> tuple[float, list[float]]:
         matched = total = 0
-        for ref, tile in zip(reference, data, strict=True):
-            other = footprints(np.asarray(compiled(tile)[0])[0])
-            matched += len(match(ref, other, 0.5, inclusive=True))
-            total += len(ref) + len(other)
-        return 2 * matched / total if total else 1.0
+        per_tile: list[float] = []
+        for tile in data:
+            ref, other = reference[np.asarray(tile).tobytes()], footprints(np.asarray(compiled(tile)[0])[0])
+            m = len(match(ref, other, 0.5, inclusive=True))
+            matched, total = matched + m, total + len(ref) + len(other)
+            per_tile.append(2 * m / (len(ref) + len(other)) if len(ref) + len(other) else 1.0)
+        return (2 * matched / total if total else 1.0), per_tile
 
     return score
 

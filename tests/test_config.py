@@ -122,7 +122,16 @@ def test_recipe_real_sample_chooses_its_experiment_and_a_pretraining_run(tmp_pat
     assert pre.groups.train.experiment == "demo_cpu" and pre.synth.style == "planet" and pre.train.max_epochs == 32
     assert pre.train.crop is None
     # the pretrained network is the fine-tuned one (init_from loads its weights)
-    for key in ("encoder_name", "encoder_depth", "decoder_channels", "decoder_use_norm", "classes"):
+    for key in (
+        "_target_",
+        "arch",
+        "encoder_name",
+        "encoder_depth",
+        "decoder_channels",
+        "decoder_use_norm",
+        "in_channels",
+        "classes",
+    ):
         assert pre.train.model[key] == cfg.train.model[key], key
     assert cfg.train.model["encoder_depth"] == 4 and cfg.train.model["decoder_use_norm"] == "batchnorm"
     assert cfg.train.init_from == str(tmp_path / "run" / "pretrain" / "train" / "checkpoints" / "best.ckpt")

@@ -12,8 +12,8 @@ are shared by every engine; an engine only turns a (B, 3, h, w) float batch in [
 
 Exported model files carry the metadata prediction needs (:class:`ModelMeta`): the training
 upscale, the input bands and scaling, the output classes and the tile alignment (the encoder's
-stride; inputs are padded to a multiple of it). The ONNX and OpenVINO packages are the
-``spacenet7[fast]`` extra; a missing one is a one-line error naming it.
+stride; inputs are padded to a multiple of it). The ONNX, OpenVINO and NNCF (int8 for OpenVINO)
+packages are the ``spacenet7[fast]`` extra; a missing one is a one-line error naming it.
 """
 
 from __future__ import annotations
@@ -274,13 +274,13 @@ def quantize_openvino_int8(
     tiles: list[np.ndarray],
     *,
     max_drop: float | None = None,
-    validate: Callable[[Any, Iterable[np.ndarray]], float] | None = None,
+    validate: Callable[[Any, Iterable[np.ndarray]], Any] | None = None,
 ) -> Path:
     """Static int8 quantization of an OpenVINO IR with NNCF, calibrated on ``tiles``.
 
     NNCF's ``MIXED`` preset (symmetric int8 weights, asymmetric activations) with its full bias
-    correction: on the real recipe's network its footprints agree better with fp32 than ONNX
-    Runtime's QDQ quantizer's (F1 0.970 against 0.947, ``bench/bench_runtimes.py``).
+    correction: on unet_small (the earlier real recipe's network) its footprints agree better with fp32
+    than ONNX Runtime's QDQ quantizer's (F1 0.970 against 0.947, ``bench/bench_runtimes.py``).
 
     Args:
         xml_in: the fp32 IR.
@@ -291,7 +291,8 @@ def quantize_openvino_int8(
             floating point, most sensitive first, until ``validate`` of the int8 model is within
             ``max_drop`` (absolute) of the float model's, both run in fp32 (with bf16 inference the float
             layers differ as bf16 does). None: every layer int8.
-        validate: ``(compiled model, tiles) -> score``, higher is better; needed with ``max_drop``.
+        validate: ``(compiled model, tiles) -> score`` or ``(score, per-tile scores)``, higher is better; needed
+            with ``max_drop``.
     """
     nncf = require("nncf", "nncf")
     ov = require("openvino", "openvino")
@@ -395,7 +396,7 @@ def write_model_files(
     opset: int = 17,
     int8_tiles: list[np.ndarray] | None = None,
     int8_max_drop: float | None = None,
-    int8_validate: Callable[[Any, Iterable[np.ndarray]], float] | None = None,
+    int8_validate: Callable[[Any, Iterable[np.ndarray]], Any] | None = None,
 ) -> list[Path]:
     """Export to ``out`` (``.onnx``, or ``.xml`` + ``.bin``) atomically: nothing is left at ``out`` on failure.
 
