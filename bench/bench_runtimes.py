@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spacenet7.compile import calibration_tiles, footprint_agreement, footprint_f1, footprints
+from spacenet7.compile import FootprintAgreement, calibration_tiles, footprint_f1, footprints
 from spacenet7.config import Engine, ModelFormat
 from spacenet7.data.sn7 import read_image, records_from_files
 from spacenet7.io.raster import iter_windows
@@ -71,7 +71,7 @@ def main() -> None:
             controlled_xml,
             int8_tiles=tiles,
             int8_max_drop=args.max_drop,
-            int8_validate=footprint_agreement(base.net, tiles),
+            int8_validate=FootprintAgreement(base.net, tiles),
         )
         print(f"int8 with accuracy control (max drop {args.max_drop}) quantized in {time.perf_counter() - t:.0f} s")
         bf16 = cpu_has_fast_bf16()

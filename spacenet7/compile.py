@@ -7,7 +7,7 @@ upscale, input bands and scaling, classes and tile alignment (:mod:`spacenet7.mo
 Run them with ``spacenet7 predict engine=onnxruntime|openvino model_file=...``.
 
 ``int8=true`` quantizes statically on tiles of ``calibration`` mosaics: NNCF for OpenVINO (with
-``int8_max_drop``, NNCF's accuracy control on footprint agreement with fp32: :func:`footprint_agreement`),
+``int8_max_drop``, NNCF's accuracy control on footprint agreement with fp32: :class:`FootprintAgreement`),
 ONNX Runtime's QDQ quantizer for ONNX.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ def run(cfg: CompileConfig) -> dict[str, Path]:
     ensure_writable_dir(out.parent)
     side = -(-cfg.tile // meta.stride) * meta.stride  # as export_onnx traces it: a multiple of the stride
     tiles = calibration_tiles(cfg.calibration or [], model, cfg.calibration_tiles, side) if cfg.int8 else None
-    validate = footprint_agreement(net, tiles) if tiles and cfg.int8_max_drop is not None else None
+    validate = FootprintAgreement(net, tiles) if tiles and cfg.int8_max_drop is not None else None
     files = write_model_files(
         net, meta, cfg.format, out, cfg.tile, cfg.opset, tiles, int8_max_drop=cfg.int8_max_drop, int8_validate=validate
     )
@@ -147,30 +147,30 @@ def footprint_f1(reference: np.ndarray, other: np.ndarray) -> float:
     return 2 * len(match(reference, other, 0.5, inclusive=True)) / (len(reference) + len(other))
 
 
-@torch.no_grad()
-def footprint_agreement(
-    net: torch.nn.Module, tiles: list[np.ndarray]
-) -> Callable[[Any, Iterable[np.ndarray]], tuple[float, list[float]]]:
+class FootprintAgreement:
     """int8 accuracy control's score (NNCF's ``validation_fn``): ``(compiled model, some of tiles) -> (F1, per-tile F1)``.
 
     The F1 is pooled over the given tiles: building F1 at IoU >= 0.5 of the compiled model's footprints
     against ``net``'s (fp32, a copy) on the same tiles. NNCF ranks the layers by the per-tile values and
-    calls it on subsets of the tiles too, so references are looked up by each tile's content.
+    calls it on subsets of the tiles too, so references are looked up by each tile's content. It holds
+    only the reference footprints, so that it pickles to the quantizing process.
     """
-    ref_net = copy.deepcopy(net).float().eval()
-    reference = {t.tobytes(): footprints(ref_net(torch.from_numpy(t)).sigmoid()[0].numpy()) for t in tiles}
 
-    def score(compiled: Any, data: Iterable[np.ndarray]) -> tuple[float, list[float]]:
+    @torch.no_grad()
+    def __init__(self, net: torch.nn.Module, tiles: list[np.ndarray]) -> None:
+        ref_net = copy.deepcopy(net).float().eval()
+        self.reference = {t.tobytes(): footprints(ref_net(torch.from_numpy(t)).sigmoid()[0].numpy()) for t in tiles}
+
+    def __call__(self, compiled: Any, data: Iterable[np.ndarray]) -> tuple[float, list[float]]:
+        """Pooled and per-tile F1 of ``compiled`` (an OpenVINO compiled model) on ``data``."""
         matched = total = 0
         per_tile: list[float] = []
         for tile in data:
-            ref, other = reference[np.asarray(tile).tobytes()], footprints(np.asarray(compiled(tile)[0])[0])
+            ref, other = self.reference[np.asarray(tile).tobytes()], footprints(np.asarray(compiled(tile)[0])[0])
             m = len(match(ref, other, 0.5, inclusive=True))
             matched, total = matched + m, total + len(ref) + len(other)
             per_tile.append(2 * m / (len(ref) + len(other)) if len(ref) + len(other) else 1.0)
         return (2 * matched / total if total else 1.0), per_tile
-
-    return score
 
 
 @torch.no_grad()

@@ -139,7 +139,7 @@ def test_openvino_int8_is_quantized_and_accuracy_control_keeps_fp32_footprints(t
     """compile int8=true (NNCF) quantizes the convolutions; int8_max_drop=0 puts layers back in float until the
     footprints on the calibration tiles agree with the torch fp32 network's as well as the float export's do
     (both run in fp32, as NNCF's accuracy control runs them)."""
-    from spacenet7.compile import calibration_tiles, footprint_agreement
+    from spacenet7.compile import FootprintAgreement, calibration_tiles
     from spacenet7.models.runtime import int8_convolutions
 
     mosaics = sorted(str(p) for p in synth_root.glob("train/*/images/*.tif"))[:3]
@@ -156,7 +156,7 @@ def test_openvino_int8_is_quantized_and_accuracy_control_keeps_fp32_footprints(t
     import openvino as ov
 
     fp = compile_stage.run(compose("compile", [f"checkpoint={trained}", "format=openvino", f"out={tmp_path / 'fp.xml'}"]))
-    score, core = footprint_agreement(ref.net, tiles), ov.Core()
+    score, core = FootprintAgreement(ref.net, tiles), ov.Core()
     f32 = {"INFERENCE_PRECISION_HINT": "f32"}
     float_score, per_tile = score(core.compile_model(str(fp["model_file"]), "CPU", f32), tiles)
     assert len(per_tile) == len(tiles) and min(per_tile) <= float_score <= max(per_tile)

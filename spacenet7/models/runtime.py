@@ -18,9 +18,11 @@ packages are the ``spacenet7[fast]`` extra; a missing one is a one-line error na
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import json
 import logging
+import multiprocessing
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -292,10 +294,29 @@ def quantize_openvino_int8(
             ``max_drop`` (absolute) of the float model's, both run in fp32 (with bf16 inference the float
             layers differ as bf16 does). None: every layer int8.
         validate: ``(compiled model, tiles) -> score`` or ``(score, per-tile scores)``, higher is better; needed
-            with ``max_drop``.
+            with ``max_drop``. It is pickled to the quantizing process (a module-level class, not a closure).
     """
-    nncf = require("nncf", "nncf")
-    ov = require("openvino", "openvino")
+    require("nncf", "nncf")
+    # NNCF installs hooks into torch when it quantizes (nncf.torch, even for an OpenVINO model); a torch
+    # training later in the same process then crashed (SIGSEGV). It therefore runs in a spawned process.
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        pool.submit(_quantize_openvino_int8, xml_in, xml_out, meta.to_json(), tiles, max_drop, validate).result()
+    return xml_out
+
+
+def _quantize_openvino_int8(
+    xml_in: Path,
+    xml_out: Path,
+    meta_json: str,
+    tiles: list[np.ndarray],
+    max_drop: float | None,
+    validate: Callable[[Any, Iterable[np.ndarray]], Any] | None,
+) -> None:
+    """:func:`quantize_openvino_int8`'s work, in its own process."""
+    import nncf
+    import openvino as ov
+
     nncf.set_log_level(logging.WARNING)  # its per-layer INFO lines; compile prints what came out (int8_convolutions)
     model = ov.Core().read_model(str(xml_in))
     data = nncf.Dataset(tiles)
@@ -311,9 +332,8 @@ def quantize_openvino_int8(
         quantized = nncf.quantize_with_accuracy_control(
             model, data, data, validate, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, **common
         )
-    quantized.set_rt_info(meta.to_json(), [META_KEY])
+    quantized.set_rt_info(meta_json, [META_KEY])
     ov.save_model(quantized, str(xml_out), compress_to_fp16=False)
-    return xml_out
 
 
 def int8_convolutions(xml: Path) -> tuple[int, int]:
