@@ -293,8 +293,7 @@ def quantize_openvino_int8(
             floating point, most sensitive first, until ``validate`` of the int8 model is within
             ``max_drop`` (absolute) of the float model's, both run in fp32 (with bf16 inference the float
             layers differ as bf16 does). None: every layer int8.
-        validate: ``(compiled model, tiles) -> score`` or ``(score, per-tile scores)``, higher is better; needed
-            with ``max_drop``. It is pickled to the quantizing process (a module-level class, not a closure).
+        validate: ``(compiled model, tiles) -> score``, higher is better; needed with ``max_drop``. It is pickled to the quantizing process (a module-level class, not a closure).
     """
     require("nncf", "nncf")
     # NNCF installs hooks into torch when it quantizes (nncf.torch, even for an OpenVINO model); a torch
