@@ -1,6 +1,7 @@
 """Inference runtimes side by side on one mosaic: tiles per second and footprint agreement.
 
     python bench/bench_runtimes.py [--checkpoint runs/demo/train/checkpoints/best.ckpt] [--image MOSAIC.tif]
+        [--calibration MOSAIC...] [--region ROW0 ROW1 COL0 COL1] [--no-control]
 
 Every engine runs the same blended sliding window (``spacenet7.models.inference.sliding_window``,
 tile 256, overlap 64, batch 8, one view) over the same mosaic, read at the checkpoint's upscale,
@@ -12,7 +13,11 @@ default the benchmarked mosaic itself) with every layer int8, and with accuracy 
 (``int8_max_drop``: layers return to float until the footprints on the calibration tiles agree with
 fp32's within ``--max-drop`` F1), each alone and with bf16 for the float layers. Rounds are
 interleaved and the best of them is kept. Footprints: watershed instances at the vectorize defaults
-(0.4 / 0.55) matched to torch fp32's at IoU >= 0.5 (F1).
+(0.4 / 0.55) matched to torch fp32's at IoU >= 0.5 (F1). Where the mosaic has SN7 labels
+(``labels_match_pix``), each engine's footprints are also scored against the truth (building F1 at
+IoU >= 0.5, pixel IoU on the source grid; ``--region``: in a held-out box only), which tells whether
+a runtime that moves footprints makes them worse. ``--no-control`` skips accuracy control, which
+ranks layers for minutes.
 
 Use ``--calibration`` with another AOI than ``--image``: the bench then measures what a user gets on
 imagery the quantizer has not seen.
@@ -24,17 +29,34 @@ import time
 from pathlib import Path
 
 import numpy as np
+import shapely
 import torch
 
 from spacenet7.compile import FootprintAgreement, calibration_tiles, footprint_f1, footprints
 from spacenet7.config import Engine, ModelFormat
-from spacenet7.data.sn7 import read_image, records_from_files
+from spacenet7.data.sn7 import IDENTITY, image_grid, rasterize_footprints, read_image, read_labels_pix, records_from_files
+from spacenet7.errors import SN7Error
 from spacenet7.io.raster import iter_windows
+from spacenet7.metrics.matching import match
 from spacenet7.models.inference import LoadedModel, load_model, load_model_file, sliding_window
 from spacenet7.models.precision import cpu_has_fast_bf16
 from spacenet7.models.runtime import ModelMeta, OpenVinoRuntime, net_stride, write_model_files
 
 TILE, OVERLAP, BATCH, THREADS = 256, 64, 8, 2
+
+
+def truth_scores(
+    truth: np.ndarray, found: np.ndarray, upscale: float, shape: tuple[int, int], region: list[int] | None
+) -> tuple[float, float]:
+    """Building F1 at IoU >= 0.5 and pixel IoU of model-grid footprints ``found`` against source-pixel
+    ``truth``, both clipped to ``region`` (row0, row1, col0, col1; None: the whole mosaic), as evaluate's."""
+    found = shapely.transform(found, lambda xy: xy / upscale)
+    r0, r1, c0, c1 = region or (0, shape[0], 0, shape[1])
+    truth, found = (shapely.clip_by_rect(g, c0, r0, c1, r1) for g in (truth, found))
+    truth, found = (g[np.isin(shapely.get_type_id(g), [3, 6]) & ~shapely.is_empty(g)] for g in (truth, found))
+    f1 = 2 * len(match(truth, found, 0.5, inclusive=True)) / max(1, len(truth) + len(found))
+    t, p = (rasterize_footprints(g, shape, IDENTITY).astype(bool)[r0:r1, c0:c1] for g in (truth, found))
+    return f1, float((t & p).sum() / max(1, (t | p).sum()))
 
 
 def main() -> None:
@@ -44,12 +66,24 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--calibration", nargs="*", default=None, help="mosaics for int8 calibration (default: --image)")
     ap.add_argument("--max-drop", type=float, default=0.01, help="int8 accuracy control: footprint F1 drop allowed")
+    ap.add_argument(
+        "--region",
+        type=int,
+        nargs=4,
+        default=None,
+        metavar=("ROW0", "ROW1", "COL0", "COL1"),
+        help="score footprints against the truth in this source-pixel box only (a held-out band)",
+    )
+    ap.add_argument("--no-control", action="store_true", help="skip the accuracy-controlled int8 (NNCF ranks layers for minutes)")
     args = ap.parse_args()
     if not 0 <= args.max_drop < 1:
         ap.error(f"--max-drop {args.max_drop} must be within [0, 1)")
     torch.set_num_threads(THREADS)
     image = Path(args.image) if args.image else sorted(Path("data/synthetic/train").glob("*/images/*.tif"))[0]
-    rec = next(iter(records_from_files([str(image)], "bench").values()))[0]
+    try:  # an SN7 mosaic keeps its AOI name, so that its labels are found
+        rec = next(iter(records_from_files([str(image)]).values()))[0]
+    except SN7Error:
+        rec = next(iter(records_from_files([str(image)], "bench").values()))[0]
     base = load_model(args.checkpoint, device="cpu", amp=False)
     img = read_image(rec, upscale=base.upscale, spec=base.spec)
     h, w = img.rgb.shape[1:]
@@ -63,17 +97,18 @@ def main() -> None:
         tiles = calibration_tiles(args.calibration or [str(image)], base, 64, TILE)
         int8_xml, controlled_xml = Path(tmp) / "int8.xml", Path(tmp) / "int8_controlled.xml"
         write_model_files(base.net, meta, ModelFormat.openvino, int8_xml, int8_tiles=tiles)
-        t = time.perf_counter()
-        write_model_files(
-            base.net,
-            meta,
-            ModelFormat.openvino,
-            controlled_xml,
-            int8_tiles=tiles,
-            int8_max_drop=args.max_drop,
-            int8_validate=FootprintAgreement(base.net, tiles),
-        )
-        print(f"int8 with accuracy control (max drop {args.max_drop}) quantized in {time.perf_counter() - t:.0f} s")
+        if not args.no_control:
+            t = time.perf_counter()
+            write_model_files(
+                base.net,
+                meta,
+                ModelFormat.openvino,
+                controlled_xml,
+                int8_tiles=tiles,
+                int8_max_drop=args.max_drop,
+                int8_validate=FootprintAgreement(base.net, tiles),
+            )
+            print(f"int8 with accuracy control (max drop {args.max_drop}) quantized in {time.perf_counter() - t:.0f} s")
         bf16 = cpu_has_fast_bf16()
         engines: dict[str, LoadedModel] = {
             "torch eager fp32": base,
@@ -88,14 +123,16 @@ def main() -> None:
             latency.runtime = OpenVinoRuntime(xml, THREADS, bf16=True, throughput=False)
             engines["openvino bf16, one latency request"] = latency
         engines["openvino int8"] = load_model_file(int8_xml, Engine.openvino, threads=THREADS, amp=False)
-        engines[f"openvino int8, max drop {args.max_drop:g}"] = load_model_file(
-            controlled_xml, Engine.openvino, threads=THREADS, amp=False
-        )
+        if not args.no_control:
+            engines[f"openvino int8, max drop {args.max_drop:g}"] = load_model_file(
+                controlled_xml, Engine.openvino, threads=THREADS, amp=False
+            )
         if bf16:  # the layers left in float run in bf16
             engines["openvino int8 + bf16"] = load_model_file(int8_xml, Engine.openvino, threads=THREADS, amp=True)
-            engines[f"openvino int8, max drop {args.max_drop:g} + bf16"] = load_model_file(
-                controlled_xml, Engine.openvino, threads=THREADS, amp=True
-            )
+            if not args.no_control:
+                engines[f"openvino int8, max drop {args.max_drop:g} + bf16"] = load_model_file(
+                    controlled_xml, Engine.openvino, threads=THREADS, amp=True
+                )
         best = {k: float("inf") for k in engines}
         probs: dict[str, np.ndarray] = {}
         for m in engines.values():  # warm-up (graph compilation, allocations) on one tile
@@ -105,6 +142,10 @@ def main() -> None:
                 t = time.perf_counter()
                 probs[k] = sliding_window(m, img.rgb, TILE, OVERLAP, BATCH)
                 best[k] = min(best[k], time.perf_counter() - t)
+    truth = None
+    if rec.labels_match_pix is not None:
+        gdf = read_labels_pix(rec)
+        truth = gdf.geometry.values[gdf.geometry.area >= 4]  # SCOT's rule: truth under 4 px^2 is dropped
     ref_key = "torch eager fp32"
     ref_fp = footprints(probs[ref_key])
     today = "torch bf16 channels-last" if bf16 else ref_key
@@ -112,14 +153,21 @@ def main() -> None:
         f"{image.name}: {h}x{w} on the model grid (upscale {base.upscale:g}), {n_tiles} tiles of {TILE}^2, batch {BATCH}, "
         f"{THREADS} threads; native bf16: {bf16}; {len(ref_fp)} footprints (torch fp32)"
     )
-    print(f"| engine | tiles/s | vs torch fp32 | vs {today} | max abs diff vs fp32 | footprint F1 vs fp32 |")
-    print("|---|---|---|---|---|---|")
+    head = f"| engine | tiles/s | vs torch fp32 | vs {today} | max abs diff vs fp32 | footprint F1 vs fp32 |"
+    if truth is not None:
+        where = "" if args.region is None else ", rows {}-{}, cols {}-{}".format(*args.region)
+        head += f" F1@0.5 vs truth{where} | pixel IoU vs truth |"
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
+    shape = image_grid(rec)[2]
     for k in engines:
+        fp = footprints(probs[k])
         rate = n_tiles / best[k]
         diff = float(np.abs(probs[k] - probs[ref_key]).max())
         print(
             f"| {k} | {rate:.2f} | {best[ref_key] / best[k]:.2f}x | {best[today] / best[k]:.2f}x | {diff:.1e} | "
-            f"{footprint_f1(ref_fp, footprints(probs[k])):.4f} |"
+            f"{footprint_f1(ref_fp, fp):.4f} |"
+            + ("" if truth is None else " {:.4f} | {:.4f} |".format(*truth_scores(truth, fp, base.upscale, shape, args.region)))
         )
 
 
