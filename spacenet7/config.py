@@ -217,11 +217,13 @@ class WindowsConfig:
     d4: bool = True  # one of the 8 rotations/mirrors per window
     scale_jitter: float = 0.0  # zoom drawn in [1/(1+j), 1+j]; 0 = off
     in_memory: bool = False  # hold each mosaic in memory once read (small data sets)
+    on_buildings: float = 0.0  # fraction of windows drawn to hold a building pixel; 0 = uniform windows
 
     def __post_init__(self) -> None:
         check(self.size > 0, "train", f"windows.size={self.size} must be > 0")
         check(self.per_mosaic > 0, "train", f"windows.per_mosaic={self.per_mosaic} must be > 0")
         check(self.scale_jitter >= 0, "train", f"windows.scale_jitter={self.scale_jitter} must be >= 0")
+        check(0 <= self.on_buildings <= 1, "train", f"windows.on_buildings={self.on_buildings} must be within [0, 1]")
 
 
 @dataclass

@@ -120,6 +120,7 @@ def _datamodule(cfg: TrainConfig, index: pd.DataFrame, meta: dict, augment):
         cfg.seed,
         w.in_memory,
         InputSpec.from_dict(meta.get("input")),
+        w.on_buildings,
     )
 
 

@@ -330,6 +330,12 @@ CASES = [
     ),
     Case("train-epochs-zero", _knob("train", "max_epochs=0"), "max_epochs=0 must be > 0", lambda t, c: "max_epochs"),
     Case(
+        "train-on-buildings-above-one",
+        _knob("train", "windows.on_buildings=1.5"),
+        "windows.on_buildings=1.5 must be within [0, 1]",
+        lambda t, c: "on_buildings",
+    ),
+    Case(
         "vectorize-track-method",
         _knob("vectorize", "track.method=nearest"),
         "Invalid value 'nearest', expected one of [hungarian, greedy]",

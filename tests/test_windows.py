@@ -101,6 +101,26 @@ def test_training_windows_never_touch_the_validation_band(both_layouts, monkeypa
     assert cols[:, 0].min() < edge // 4 and cols[:, 1].max() > edge * 3 // 4
 
 
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_on_buildings_windows_hold_a_building_and_stay_in_the_training_area(both_layouts, in_memory):
+    root, index, _ = both_layouts["rasters"]
+    edge = int(index.loc[index["split"] == "val", "c0"].min())
+    rng = np.random.default_rng(0)
+    frac = {}
+    for p in (0.0, 1.0):
+        ds = RandomWindows(root, index, size=24, per_mosaic=30, in_memory=in_memory, on_buildings=p)
+        hits = []
+        for i in range(len(ds)):
+            row, win, *_ = ds.draw(i, rng)
+            r, c, h, w = int(win.row_off), int(win.col_off), int(win.height), int(win.width)
+            reg = dict(ds.regions)[row]
+            assert reg.r0 <= r and r + h <= reg.r1 and reg.c0 <= c and c + w <= reg.c1 <= edge
+            targets, _ = unpack_targets(ds.reader(row).read(r, c, h, w)[1])
+            hits.append(targets[CHANNELS.index("footprint")].any())
+        frac[p] = float(np.mean(hits))
+    assert frac[1.0] == 1.0 and frac[0.0] < 0.9, frac  # the tiny synthetic AOIs are dense: uniform 24^2 windows still miss often
+
+
 def test_random_windows_use_every_orientation(both_layouts):
     root, index, _ = both_layouts["rasters"]
     ds = RandomWindows(root, index, size=64, per_mosaic=50)

@@ -39,6 +39,7 @@ from spacenet7.io.raster import iter_windows, read_checked
 # bit of each target channel in a target raster, then the ignore bit
 BITS: dict[str, int] = {**{name: i for i, name in enumerate(CHANNELS)}, "ignore": len(CHANNELS)}
 MAX_OPEN = 64  # mosaics a dataset keeps open at once when reading from disk (2 files each)
+MAX_BUILDING_PIXELS = 4096  # building pixels kept per training region for on_buildings draws (32 KB)
 
 
 def pack_targets(targets: np.ndarray, ignore: np.ndarray) -> np.ndarray:
@@ -118,6 +119,18 @@ class MosaicReader:
         values = read_checked(src, list(self.spec.rgb), window=src_win, out_shape=(3, *out_shape), resampling=Resampling.bilinear)
         return to_uint8(values, band_limits(src, self.spec))
 
+    def footprint_pixels(self, region: Region, most: int = MAX_BUILDING_PIXELS) -> np.ndarray:
+        """(n, 2) rows and columns of building pixels inside ``region``, at most ``most`` of them (an even
+        subsample), read from the target raster only."""
+        if self._memory is not None:
+            packed = self._memory[1][region.r0 : region.r1, region.c0 : region.c1]
+        else:
+            packed = read_checked(self._open()[1], 1, window=Window(region.c0, region.r0, *region.shape[::-1]))
+        building, ignored = (packed >> BITS["footprint"]) & 1, (packed >> BITS["ignore"]) & 1
+        found = np.argwhere((building == 1) & (ignored == 0))
+        found = found[:: max(1, -(-len(found) // most))]
+        return (found + (region.r0, region.c0)).astype(np.int32)
+
     def read(self, r: int, c: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         """The window (r, c, h, w) of the training grid: ((3, h, w) uint8 RGB, (h, w) packed targets)."""
         if self._memory is not None:
@@ -190,8 +203,11 @@ class RandomWindows(_WindowBase):
 
     Each item draws its own position, one of the 8 rotations/mirrors (``d4``) and, with
     ``scale_jitter`` j > 0, a zoom in [1/(1+j), 1+j] (a window of ``size * zoom`` resized to
-    ``size``: bilinear for the image, nearest for the targets). Randomness comes from torch's
-    generator, which Lightning seeds (and re-seeds per DataLoader worker and epoch).
+    ``size``: bilinear for the image, nearest for the targets). With ``on_buildings`` p > 0, a
+    fraction p of the windows is drawn among those that hold a random building pixel of the region
+    (a region without buildings gets uniform windows), so that sparse training areas spend their
+    steps where the footprints are. Randomness comes from torch's generator, which Lightning seeds
+    (and re-seeds per DataLoader worker and epoch).
 
     Args:
         root: the folder of the window index (target paths are relative to it).
@@ -203,6 +219,7 @@ class RandomWindows(_WindowBase):
         scale_jitter: relative zoom range (0 = off).
         in_memory: hold each mosaic in memory once read.
         spec: the mosaics' band layout and scaling (``chips.json``'s ``input``).
+        on_buildings: the fraction of windows that hold a building pixel (0 = uniform windows).
     """
 
     def __init__(
@@ -216,9 +233,18 @@ class RandomWindows(_WindowBase):
         scale_jitter: float = 0.0,
         in_memory: bool = False,
         spec: InputSpec | None = None,
+        on_buildings: float = 0.0,
     ) -> None:
         super().__init__(root, index, "train", size, in_memory, spec)
         self.per_mosaic, self.augment, self.d4, self.scale_jitter = int(per_mosaic), augment, d4, float(scale_jitter)
+        self.on_buildings = float(on_buildings)
+        self._buildings: dict[int, np.ndarray] = {}  # index row -> building pixels of its region (read on first use)
+
+    def building_pixels(self, row: int, reg: Region) -> np.ndarray:
+        """(n, 2) building pixels of index row ``row``'s training region (cached)."""
+        if row not in self._buildings:
+            self._buildings[row] = self.reader(row).footprint_pixels(reg)
+        return self._buildings[row]
 
     def __len__(self) -> int:
         return self.per_mosaic * len(self.regions)
@@ -233,6 +259,12 @@ class RandomWindows(_WindowBase):
         h, w = min(read, reg.shape[0]), min(read, reg.shape[1])
         r = reg.r0 + int(rng.integers(0, reg.shape[0] - h + 1))
         c = reg.c0 + int(rng.integers(0, reg.shape[1] - w + 1))
+        if self.on_buildings > 0 and rng.random() < self.on_buildings:
+            pixels = self.building_pixels(row, reg)
+            if len(pixels):  # a window holding this pixel, anywhere in it, inside the region
+                pr, pc = (int(v) for v in pixels[rng.integers(len(pixels))])
+                r = int(rng.integers(max(reg.r0, pr - h + 1), min(pr, reg.r1 - h) + 1))
+                c = int(rng.integers(max(reg.c0, pc - w + 1), min(pc, reg.c1 - w) + 1))
         k, mirror = (int(rng.integers(4)), bool(rng.integers(2))) if self.d4 else (0, False)
         return row, Window(c, r, w, h), self.size / read, k, mirror
 
@@ -306,6 +338,7 @@ class WindowDataModule(L.LightningDataModule):
         seed: seeds the loaders' generators.
         in_memory: hold each mosaic in memory.
         spec: the mosaics' band layout and scaling.
+        on_buildings: the fraction of training windows that hold a building pixel.
     """
 
     def __init__(
@@ -322,9 +355,10 @@ class WindowDataModule(L.LightningDataModule):
         seed: int = 0,
         in_memory: bool = False,
         spec: InputSpec | None = None,
+        on_buildings: float = 0.0,
     ) -> None:
         super().__init__()
-        self.train_set = RandomWindows(root, index, size, per_mosaic, augment, d4, scale_jitter, in_memory, spec)
+        self.train_set = RandomWindows(root, index, size, per_mosaic, augment, d4, scale_jitter, in_memory, spec, on_buildings)
         self.val_set = GridWindows(root, index, size, in_memory, spec)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
