@@ -29,15 +29,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import shapely
 import torch
 
 from spacenet7.compile import FootprintAgreement, calibration_tiles, footprint_f1, footprints
 from spacenet7.config import Engine, ModelFormat
-from spacenet7.data.sn7 import IDENTITY, image_grid, rasterize_footprints, read_image, read_labels_pix, records_from_files
+from spacenet7.data.sn7 import read_image, read_labels_pix, records_from_files
 from spacenet7.errors import SN7Error
 from spacenet7.io.raster import iter_windows
-from spacenet7.metrics.matching import match
+from spacenet7.metrics.pixel import clip_to_region, pixel_iou
 from spacenet7.models.inference import LoadedModel, load_model, load_model_file, sliding_window
 from spacenet7.models.precision import cpu_has_fast_bf16
 from spacenet7.models.runtime import ModelMeta, OpenVinoRuntime, net_stride, write_model_files
@@ -45,18 +46,17 @@ from spacenet7.models.runtime import ModelMeta, OpenVinoRuntime, net_stride, wri
 TILE, OVERLAP, BATCH, THREADS = 256, 64, 8, 2
 
 
-def truth_scores(
-    truth: np.ndarray, found: np.ndarray, upscale: float, shape: tuple[int, int], region: list[int] | None
-) -> tuple[float, float]:
+def truth_scores(truth: np.ndarray, found: np.ndarray, upscale: float, region: list[int] | None) -> tuple[float, float]:
     """Building F1 at IoU >= 0.5 and pixel IoU of model-grid footprints ``found`` against source-pixel
-    ``truth``, both clipped to ``region`` (row0, row1, col0, col1; None: the whole mosaic), as evaluate's."""
-    found = shapely.transform(found, lambda xy: xy / upscale)
-    r0, r1, c0, c1 = region or (0, shape[0], 0, shape[1])
-    truth, found = (shapely.clip_by_rect(g, c0, r0, c1, r1) for g in (truth, found))
-    truth, found = (g[np.isin(shapely.get_type_id(g), [3, 6]) & ~shapely.is_empty(g)] for g in (truth, found))
-    f1 = 2 * len(match(truth, found, 0.5, inclusive=True)) / max(1, len(truth) + len(found))
-    t, p = (rasterize_footprints(g, shape, IDENTITY).astype(bool)[r0:r1, c0:c1] for g in (truth, found))
-    return f1, float((t & p).sum() / max(1, (t | p).sum()))
+    ``truth``, both clipped to ``region`` (row0, row1, col0, col1; None: the whole mosaic) as evaluate clips them."""
+    tables = [
+        pd.DataFrame({"aoi": "a", "month": "m", "geometry": g})
+        for g in (truth, shapely.transform(found, lambda xy: xy / upscale))
+    ]
+    if region is not None:
+        tables = [clip_to_region(t, region) for t in tables]
+    kept = [t["geometry"].values[~shapely.is_empty(t["geometry"].values)] for t in tables]
+    return footprint_f1(*kept), pixel_iou(*tables, region)
 
 
 def main() -> None:
@@ -159,7 +159,6 @@ def main() -> None:
         head += f" F1@0.5 vs truth{where} | pixel IoU vs truth |"
     print(head)
     print("|---" * (head.count("|") - 1) + "|")
-    shape = image_grid(rec)[2]
     for k in engines:
         fp = footprints(probs[k])
         rate = n_tiles / best[k]
@@ -167,7 +166,7 @@ def main() -> None:
         print(
             f"| {k} | {rate:.2f} | {best[ref_key] / best[k]:.2f}x | {best[today] / best[k]:.2f}x | {diff:.1e} | "
             f"{footprint_f1(ref_fp, fp):.4f} |"
-            + ("" if truth is None else " {:.4f} | {:.4f} |".format(*truth_scores(truth, fp, base.upscale, shape, args.region)))
+            + ("" if truth is None else " {:.4f} | {:.4f} |".format(*truth_scores(truth, fp, base.upscale, args.region)))
         )
 
 
