@@ -213,7 +213,7 @@ def test_train_on_windows_runs_and_records_the_layout(both_layouts, tmp_path):
 
 
 def test_sn7_full_recipe_trains_a_few_steps_on_cpu(tmp_path_factory):
-    """experiment=sn7_full on a small synthetic SN7-layout tree: its model, loss, augment and window sampling."""
+    """experiment=sn7_full on a small synthetic SN7-layout tree: its model, loss, augment and windows (half on buildings)."""
     from spacenet7 import synth, train
     from spacenet7.config import SynthConfig
 
@@ -238,7 +238,7 @@ def test_sn7_full_recipe_trains_a_few_steps_on_cpu(tmp_path_factory):
             "trainer.enable_progress_bar=false",
         ],
     )
-    assert cfg.model["encoder_name"] == "efficientnet-b3" and cfg.windows.scale_jitter > 0
+    assert cfg.model["encoder_name"] == "efficientnet-b3" and cfg.windows.scale_jitter > 0 and cfg.windows.on_buildings == 0.5
     out = train.run(cfg)
     ckpt = torch.load(out["last"], map_location="cpu", weights_only=True)
     n_train = int((chip.load_index(d / "chips")[0]["split"] == "train").sum())
