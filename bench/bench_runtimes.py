@@ -9,7 +9,8 @@ with 2 threads: torch eager fp32; torch bf16 autocast + channels-last (predict's
 CPU runs bf16 natively); ONNX Runtime (fp32); OpenVINO fp32 and, where the CPU has native bf16,
 OpenVINO bf16 (its streams, and for comparison one latency-compiled request); OpenVINO int8
 (``compile int8=true``: NNCF's static quantization calibrated on up to 64 tiles of ``--calibration``,
-default the benchmarked mosaic itself) with every layer int8, and with accuracy control
+default the benchmarked mosaic itself) with every layer int8 (full 8-bit weights where the CPU has VNNI,
+compile's ``int8_overflow_fix=auto``, and NNCF's default 7-bit first layer beside it), and with accuracy control
 (``int8_max_drop``: layers return to float until the footprints on the calibration tiles agree with
 fp32's within ``--max-drop`` F1), each alone and with bf16 for the float layers. Rounds are
 interleaved and the best of them is kept. Footprints: watershed instances at the vectorize defaults
@@ -33,8 +34,8 @@ import pandas as pd
 import shapely
 import torch
 
-from spacenet7.compile import FootprintAgreement, calibration_tiles, footprint_f1, footprints
-from spacenet7.config import Engine, ModelFormat
+from spacenet7.compile import FootprintAgreement, calibration_tiles, footprint_f1, footprints, resolve_overflow_fix
+from spacenet7.config import Engine, ModelFormat, OverflowFix
 from spacenet7.data.sn7 import read_image, read_labels_pix, records_from_files
 from spacenet7.errors import SN7Error
 from spacenet7.io.raster import iter_windows
@@ -96,7 +97,13 @@ def main() -> None:
         write_model_files(base.net, meta, ModelFormat.openvino, xml)
         tiles = calibration_tiles(args.calibration or [str(image)], base, 64, TILE)
         int8_xml, controlled_xml = Path(tmp) / "int8.xml", Path(tmp) / "int8_controlled.xml"
-        write_model_files(base.net, meta, ModelFormat.openvino, int8_xml, int8_tiles=tiles)
+        overflow_fix = resolve_overflow_fix(OverflowFix.auto)  # compile's default
+        write_model_files(base.net, meta, ModelFormat.openvino, int8_xml, int8_tiles=tiles, int8_overflow_fix=overflow_fix)
+        half_xml = Path(tmp) / "int8_first_layer.xml"  # NNCF's default: 7-bit weights in the first convolution
+        if overflow_fix is not OverflowFix.first_layer:
+            write_model_files(
+                base.net, meta, ModelFormat.openvino, half_xml, int8_tiles=tiles, int8_overflow_fix=OverflowFix.first_layer
+            )
         if not args.no_control:
             t = time.perf_counter()
             write_model_files(
@@ -107,6 +114,7 @@ def main() -> None:
                 int8_tiles=tiles,
                 int8_max_drop=args.max_drop,
                 int8_validate=FootprintAgreement(base.net, tiles),
+                int8_overflow_fix=overflow_fix,
             )
             print(f"int8 with accuracy control (max drop {args.max_drop}) quantized in {time.perf_counter() - t:.0f} s")
         bf16 = cpu_has_fast_bf16()
@@ -122,13 +130,18 @@ def main() -> None:
             latency = load_model_file(xml, Engine.openvino, threads=THREADS, amp=True)
             latency.runtime = OpenVinoRuntime(xml, THREADS, bf16=True, throughput=False)
             engines["openvino bf16, one latency request"] = latency
-        engines["openvino int8"] = load_model_file(int8_xml, Engine.openvino, threads=THREADS, amp=False)
+        if half_xml.exists():
+            engines["openvino int8, 7-bit first layer"] = load_model_file(half_xml, Engine.openvino, threads=THREADS, amp=False)
+        int8_name = "openvino int8" + (
+            ", full 8-bit weights" if overflow_fix is OverflowFix.disable else f", overflow fix {overflow_fix}"
+        )
+        engines[int8_name] = load_model_file(int8_xml, Engine.openvino, threads=THREADS, amp=False)
         if not args.no_control:
             engines[f"openvino int8, max drop {args.max_drop:g}"] = load_model_file(
                 controlled_xml, Engine.openvino, threads=THREADS, amp=False
             )
         if bf16:  # the layers left in float run in bf16
-            engines["openvino int8 + bf16"] = load_model_file(int8_xml, Engine.openvino, threads=THREADS, amp=True)
+            engines[f"{int8_name} + bf16"] = load_model_file(int8_xml, Engine.openvino, threads=THREADS, amp=True)
             if not args.no_control:
                 engines[f"openvino int8, max drop {args.max_drop:g} + bf16"] = load_model_file(
                     controlled_xml, Engine.openvino, threads=THREADS, amp=True

@@ -7,8 +7,8 @@ upscale, input bands and scaling, classes and tile alignment (:mod:`spacenet7.mo
 Run them with ``spacenet7 predict engine=onnxruntime|openvino model_file=...``.
 
 ``int8=true`` quantizes statically on tiles of ``calibration`` mosaics: NNCF for OpenVINO (with
-``int8_max_drop``, NNCF's accuracy control on footprint agreement with fp32: :class:`FootprintAgreement`),
-ONNX Runtime's QDQ quantizer for ONNX.
+``int8_max_drop``, NNCF's accuracy control on footprint agreement with fp32: :class:`FootprintAgreement`;
+full 8-bit weights where this CPU has VNNI: ``int8_overflow_fix``), ONNX Runtime's QDQ quantizer for ONNX.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from spacenet7.config import CompileConfig, Engine, ModelFormat, VectorizeConfig
+from spacenet7.config import CompileConfig, Engine, ModelFormat, OverflowFix, VectorizeConfig
 from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import ensure_writable_dir
 from spacenet7.metrics.matching import match
 from spacenet7.models.inference import LoadedModel, load_model
+from spacenet7.models.precision import cpu_has_vnni
 from spacenet7.models.runtime import (
     ModelMeta,
     int8_convolutions,
@@ -78,13 +79,25 @@ def run(cfg: CompileConfig) -> dict[str, Path]:
         model=model_cfg,
         source=str(Path(cfg.checkpoint).resolve()),
     )
+    overflow_fix = resolve_overflow_fix(cfg.int8_overflow_fix)
+    if cfg.int8 and cfg.format is ModelFormat.openvino:
+        meta.int8_overflow_fix = str(overflow_fix)
     out = Path(cfg.out) if cfg.out else default_out(cfg.checkpoint, cfg.format)
     ensure_writable_dir(out.parent)
     side = -(-cfg.tile // meta.stride) * meta.stride  # as export_onnx traces it: a multiple of the stride
     tiles = calibration_tiles(cfg.calibration or [], model, cfg.calibration_tiles, side) if cfg.int8 else None
     validate = FootprintAgreement(net, tiles) if tiles and cfg.int8_max_drop is not None else None
     files = write_model_files(
-        net, meta, cfg.format, out, cfg.tile, cfg.opset, tiles, int8_max_drop=cfg.int8_max_drop, int8_validate=validate
+        net,
+        meta,
+        cfg.format,
+        out,
+        cfg.tile,
+        cfg.opset,
+        tiles,
+        int8_max_drop=cfg.int8_max_drop,
+        int8_validate=validate,
+        int8_overflow_fix=overflow_fix,
     )
     read_meta(out)  # the metadata reads back
     if cfg.verify:
@@ -99,12 +112,22 @@ def run(cfg: CompileConfig) -> dict[str, Path]:
             )
     if cfg.int8 and cfg.format is ModelFormat.openvino:
         n_int8, n_conv = int8_convolutions(out)
-        print(f"compile: {n_int8} of {n_conv} convolutions run in int8, the rest in float (bf16 where the CPU has it)")
+        print(
+            f"compile: {n_int8} of {n_conv} convolutions run in int8, the rest in float (bf16 where the CPU has it); "
+            f"int8_overflow_fix={overflow_fix}"
+        )
     print(
         f"compile: wrote {', '.join(map(str, files))} (stride {meta.stride}, upscale {meta.upscale:g}); run it with\n"
         f"  spacenet7 predict engine={'onnxruntime' if cfg.format is ModelFormat.onnx else 'openvino'} model_file={out} ..."
     )
     return {"model_file": out}
+
+
+def resolve_overflow_fix(fix: OverflowFix) -> OverflowFix:
+    """``auto``: full 8-bit weights (``disable``) where this CPU has VNNI or AMX, else NNCF's ``first_layer``."""
+    if fix is not OverflowFix.auto:
+        return fix
+    return OverflowFix.disable if cpu_has_vnni() else OverflowFix.first_layer
 
 
 def calibration_tiles(images: list[str], model: LoadedModel, n: int, tile: int) -> list[np.ndarray]:

@@ -145,7 +145,12 @@ def test_openvino_int8_is_quantized_and_accuracy_control_keeps_fp32_footprints(t
     mosaics = sorted(str(p) for p in synth_root.glob("train/*/images/*.tif"))[:3]
     common = [f"checkpoint={trained}", "format=openvino", "int8=true", f"calibration=[{','.join(mosaics)}]"]
     common += ["calibration_tiles=6", "tile=128"]
-    plain = compile_stage.run(compose("compile", [*common, f"out={tmp_path / 'int8.xml'}"]))["model_file"]
+    plain = compile_stage.run(compose("compile", [*common, "int8_overflow_fix=disable", f"out={tmp_path / 'int8.xml'}"]))[
+        "model_file"
+    ]
+    half = compile_stage.run(compose("compile", [*common, "int8_overflow_fix=first_layer", f"out={tmp_path / 'half.xml'}"]))[
+        "model_file"
+    ]
     controlled = compile_stage.run(compose("compile", [*common, "int8_max_drop=0", f"out={tmp_path / 'ctl.xml'}"]))["model_file"]
     n_plain, n_conv = int8_convolutions(plain)
     n_controlled, _ = int8_convolutions(controlled)
@@ -168,6 +173,62 @@ def test_openvino_int8_is_quantized_and_accuracy_control_keeps_fp32_footprints(t
     p_int8 = predict_batch(load_model_file(plain, Engine.openvino, amp=False), x, None)
     assert 0 < (p_int8 - p_ref).abs().mean().item() < 0.05  # int8 differs, but little on average
     assert read_meta(plain).upscale == read_meta(controlled).upscale == 2.0
+    # the overflow fix reaches NNCF: the first convolution's int8 weights use 7 bits with first_layer, all 8 without
+    assert first_conv_weight_range(half) <= 64 < first_conv_weight_range(plain)
+    assert (read_meta(plain).int8_overflow_fix, read_meta(half).int8_overflow_fix) == ("disable", "first_layer")
+    assert read_meta(fp["model_file"]).int8_overflow_fix == ""
+
+
+def first_conv_weight_range(xml: Path) -> int:
+    """max |w| of the int8 weight constant of an OpenVINO IR's first convolution."""
+    import openvino as ov
+
+    conv = next(op for op in ov.Core().read_model(str(xml)).get_ordered_ops() if op.get_type_name() == "Convolution")
+    src = conv.input_value(1).get_node()
+    while src.get_type_name() != "Constant":  # Multiply (scale) <- Convert <- the int8 constant
+        src = src.input_value(0).get_node()
+    data = src.get_data()
+    assert data.dtype == np.int8
+    return int(np.abs(data.astype(np.int32)).max())
+
+
+def test_overflow_fix_auto_follows_the_cpu(tmp_path, monkeypatch):
+    """auto: full 8-bit weights on CPUs with VNNI or AMX, NNCF's 7-bit first layer otherwise; read from cpuinfo."""
+    from spacenet7 import compile as compile_module
+    from spacenet7.config import OverflowFix
+    from spacenet7.models.precision import cpu_has_vnni
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n\nprocessor\t: 1\nflags\t\t: fpu avx512_vnni\n")
+    assert not cpu_has_vnni(info)  # the first processor's flags
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx_vnni\n")
+    assert cpu_has_vnni(info) and not cpu_has_vnni(tmp_path / "missing")
+    for has, want in ((True, OverflowFix.disable), (False, OverflowFix.first_layer)):
+        monkeypatch.setattr(compile_module, "cpu_has_vnni", lambda has=has: has)
+        assert compile_module.resolve_overflow_fix(OverflowFix.auto) is want
+        assert compile_module.resolve_overflow_fix(OverflowFix.enable) is OverflowFix.enable
+    with pytest.raises(SN7Error, match="int8_overflow_fix"):
+        compose("compile", ["format=onnx", "int8=true", "calibration=[a.tif]", "int8_overflow_fix=disable"])
+
+
+def test_full_range_int8_warns_on_a_cpu_without_vnni(compiled, tmp_path, monkeypatch, caplog):
+    """A model file quantized with full 8-bit weights, loaded where the CPU has no VNNI: one warning naming it."""
+    import openvino as ov
+
+    from spacenet7.models import inference
+
+    model = ov.Core().read_model(str(compiled["openvino"]))
+    meta = read_meta(compiled["openvino"])
+    meta.int8_overflow_fix = "disable"
+    model.set_rt_info(meta.to_json(), [META_KEY])
+    xml = tmp_path / "full.xml"
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    for has in (True, False):
+        monkeypatch.setattr(inference, "cpu_has_vnni", lambda has=has: has)
+        caplog.clear()
+        load_model_file(xml, Engine.openvino)
+        warned = [r for r in caplog.records if "VNNI" in r.getMessage()]
+        assert len(warned) == (0 if has else 1) and (has or str(xml) in warned[0].getMessage())
 
 
 def test_int8_max_drop_needs_openvino_int8():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,13 +10,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spacenet7.config import OverflowFix
 from spacenet7.data.bands import InputSpec
 from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7DataError
 from spacenet7.io.raster import iter_windows
-from spacenet7.models.precision import autocast_dtype, cpu_has_fast_bf16
+from spacenet7.models.precision import autocast_dtype, cpu_has_fast_bf16, cpu_has_vnni
 from spacenet7.models.runtime import Engine, Runtime, TorchRuntime, make_runtime, net_stride, read_meta
 from spacenet7.models.task import build_net, read_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,6 +99,12 @@ def load_model_file(
         SN7Error: missing file or metadata, or a runtime package that is not installed.
     """
     meta = read_meta(model_file)
+    if meta.int8_overflow_fix == OverflowFix.disable and not cpu_has_vnni():
+        log.warning(
+            "%s: quantized with full 8-bit weights for CPUs with VNNI; this CPU has none, so its int8 sums can "
+            "saturate: re-export with `spacenet7 compile ... int8_overflow_fix=first_layer` if footprints degrade",
+            model_file,
+        )
     dev = "cpu" if device == "auto" else device
     runtime = make_runtime(engine, model_file, threads=threads, bf16=amp and cpu_has_fast_bf16(), device=dev)
     return LoadedModel(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})  # /proc/cpuinfo names of int8 dot products in int32
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -15,6 +19,19 @@ def cpu_has_fast_bf16() -> bool:
                     return True
             except RuntimeError:
                 pass
+    return False
+
+
+def cpu_has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """True when the CPU has VNNI or AMX int8 (``VNNI_FLAGS``); False where it cannot be told (no ``cpuinfo``)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return not VNNI_FLAGS.isdisjoint(value.split())
     return False
 
 

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from spacenet7.config import Engine, ModelFormat
+from spacenet7.config import Engine, ModelFormat, OverflowFix
 from spacenet7.data.bands import InputSpec
 from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7DataError, SN7Error
@@ -40,6 +40,8 @@ from spacenet7.errors import SN7DataError, SN7Error
 META_KEY = "spacenet7"  # ONNX metadata_props key / OpenVINO rt_info key holding ModelMeta as JSON
 META_FORMAT = "spacenet7-model/1"
 INPUT_NAME, OUTPUT_NAME = "image", "prob"
+# OverflowFix -> nncf.OverflowFix's value (nncf is imported only in the quantizing process)
+NNCF_OVERFLOW_FIX = {OverflowFix.disable: "disable", OverflowFix.first_layer: "first_layer_only", OverflowFix.enable: "enable"}
 FAST_EXTRA = "pip install 'spacenet7[fast]'"
 
 
@@ -142,6 +144,8 @@ class ModelMeta:
         in_channels: input channels of the network.
         model: the network config it was built from.
         source: the checkpoint it was exported from.
+        int8_overflow_fix: for an NNCF int8 IR, its :class:`OverflowFix` (``disable``: full 8-bit
+            weights, for CPUs with VNNI or AMX); empty for a float model.
     """
 
     upscale: float
@@ -151,6 +155,7 @@ class ModelMeta:
     in_channels: int = 3
     model: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    int8_overflow_fix: str = ""
     format: str = META_FORMAT
 
     def to_json(self) -> str:
@@ -277,6 +282,7 @@ def quantize_openvino_int8(
     *,
     max_drop: float | None = None,
     validate: Callable[[Any, Iterable[np.ndarray]], Any] | None = None,
+    overflow_fix: OverflowFix = OverflowFix.first_layer,
 ) -> Path:
     """Static int8 quantization of an OpenVINO IR with NNCF, calibrated on ``tiles``.
 
@@ -294,13 +300,15 @@ def quantize_openvino_int8(
             ``max_drop`` (absolute) of the float model's, both run in fp32 (with bf16 inference the float
             layers differ as bf16 does). None: every layer int8.
         validate: ``(compiled model, tiles) -> score``, higher is better; needed with ``max_drop``. It is pickled to the quantizing process (a module-level class, not a closure).
+        overflow_fix: which weights get 7 bits against CPUs without VNNI (:class:`OverflowFix`;
+            ``auto`` is resolved by the caller).
     """
     require("nncf", "nncf")
     # NNCF installs hooks into torch when it quantizes (nncf.torch, even for an OpenVINO model); a torch
     # training later in the same process then crashed (SIGSEGV). It therefore runs in a spawned process.
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        pool.submit(_quantize_openvino_int8, xml_in, xml_out, meta.to_json(), tiles, max_drop, validate).result()
+        pool.submit(_quantize_openvino_int8, xml_in, xml_out, meta.to_json(), tiles, max_drop, validate, overflow_fix).result()
     return xml_out
 
 
@@ -311,10 +319,12 @@ def _quantize_openvino_int8(
     tiles: list[np.ndarray],
     max_drop: float | None,
     validate: Callable[[Any, Iterable[np.ndarray]], Any] | None,
+    overflow_fix: OverflowFix,
 ) -> None:
     """:func:`quantize_openvino_int8`'s work, in its own process."""
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
     nncf.set_log_level(logging.WARNING)  # its per-layer INFO lines; compile prints what came out (int8_convolutions)
     model = ov.Core().read_model(str(xml_in))
@@ -324,12 +334,20 @@ def _quantize_openvino_int8(
         "preset": nncf.QuantizationPreset.MIXED,
         "fast_bias_correction": False,
     }
+    advanced = AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(NNCF_OVERFLOW_FIX[overflow_fix]))
     if max_drop is None:
-        quantized = nncf.quantize(model, data, **common)
+        quantized = nncf.quantize(model, data, advanced_parameters=advanced, **common)
     else:
         assert validate is not None, "max_drop needs validate"
         quantized = nncf.quantize_with_accuracy_control(
-            model, data, data, validate, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, **common
+            model,
+            data,
+            data,
+            validate,
+            max_drop=max_drop,
+            drop_type=nncf.DropType.ABSOLUTE,
+            advanced_quantization_parameters=advanced,
+            **common,
         )
     quantized.set_rt_info(meta_json, [META_KEY])
     ov.save_model(quantized, str(xml_out), compress_to_fp16=False)
@@ -416,12 +434,13 @@ def write_model_files(
     int8_tiles: list[np.ndarray] | None = None,
     int8_max_drop: float | None = None,
     int8_validate: Callable[[Any, Iterable[np.ndarray]], Any] | None = None,
+    int8_overflow_fix: OverflowFix = OverflowFix.first_layer,
 ) -> list[Path]:
     """Export to ``out`` (``.onnx``, or ``.xml`` + ``.bin``) atomically: nothing is left at ``out`` on failure.
 
     ``int8_tiles``: quantize to int8, calibrated on these tiles: ONNX Runtime's QDQ quantizer for
     ``.onnx`` (:func:`quantize_int8`), NNCF for OpenVINO (:func:`quantize_openvino_int8`, which
-    alone takes ``int8_max_drop`` and ``int8_validate``).
+    alone takes ``int8_max_drop``, ``int8_validate`` and ``int8_overflow_fix``).
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".partial", dir=out.parent) as tmp:
@@ -434,7 +453,13 @@ def write_model_files(
         xml = onnx_to_openvino(onnx_path, meta, Path(tmp) / "model.xml")
         if int8_tiles:
             xml = quantize_openvino_int8(
-                xml, Path(tmp) / "int8.xml", meta, int8_tiles, max_drop=int8_max_drop, validate=int8_validate
+                xml,
+                Path(tmp) / "int8.xml",
+                meta,
+                int8_tiles,
+                max_drop=int8_max_drop,
+                validate=int8_validate,
+                overflow_fix=int8_overflow_fix,
             )
         binary = out.with_suffix(".bin")
         xml.with_suffix(".bin").replace(binary)  # the weights first: an .xml never points at a missing .bin
