@@ -35,7 +35,7 @@ import shapely
 import torch
 
 from spacenet7.compile import FootprintAgreement, calibration_tiles, footprint_f1, footprints, resolve_overflow_fix
-from spacenet7.config import Engine, ModelFormat, OverflowFix
+from spacenet7.config import CompileConfig, Engine, ModelFormat, OverflowFix
 from spacenet7.data.sn7 import read_image, read_labels_pix, records_from_files
 from spacenet7.errors import SN7Error
 from spacenet7.io.raster import iter_windows
@@ -67,6 +67,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--calibration", nargs="*", default=None, help="mosaics for int8 calibration (default: --image)")
     ap.add_argument("--max-drop", type=float, default=0.01, help="int8 accuracy control: footprint F1 drop allowed")
+    ap.add_argument(
+        "--max-iterations",
+        type=int,
+        default=CompileConfig.int8_max_iterations,
+        help="int8 accuracy control: layer groups put back at most (compile's int8_max_iterations)",
+    )
     ap.add_argument(
         "--region",
         type=int,
@@ -115,6 +121,7 @@ def main() -> None:
                 int8_max_drop=args.max_drop,
                 int8_validate=FootprintAgreement(base.net, tiles),
                 int8_overflow_fix=overflow_fix,
+                int8_max_iterations=args.max_iterations,
             )
             print(f"int8 with accuracy control (max drop {args.max_drop}) quantized in {time.perf_counter() - t:.0f} s")
         bf16 = cpu_has_fast_bf16()

@@ -98,6 +98,7 @@ def run(cfg: CompileConfig) -> dict[str, Path]:
         int8_max_drop=cfg.int8_max_drop,
         int8_validate=validate,
         int8_overflow_fix=overflow_fix,
+        int8_max_iterations=cfg.int8_max_iterations,
     )
     read_meta(out)  # the metadata reads back
     if cfg.verify:

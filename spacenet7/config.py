@@ -362,6 +362,9 @@ class CompileConfig:
     # openvino int8: layers return to float, most sensitive first, until the footprints on the calibration
     # tiles agree with fp32's within this building F1 (e.g. 0.01); None: every layer int8
     int8_max_drop: Optional[float] = None
+    # with int8_max_drop: put back at most this many layer groups (each re-ranks the rest, ~45 s on the
+    # make-real network, so the cap bounds compile's time); the best model by then is kept. None: no cap
+    int8_max_iterations: Optional[int] = 8
     # openvino int8: 7-bit weights against the int16 overflow of CPUs without VNNI (OverflowFix); auto:
     # full 8 bits where the exporting CPU has VNNI (on the make-real network: footprint F1 vs fp32 0.963 -> 0.972)
     int8_overflow_fix: OverflowFix = OverflowFix.auto
@@ -380,6 +383,11 @@ class CompileConfig:
             self.int8_max_drop is None or (self.int8 and self.format is ModelFormat.openvino and 0 <= self.int8_max_drop < 1),
             "compile",
             f"int8_max_drop={self.int8_max_drop} needs int8=true and format=openvino, and must be within [0, 1)",
+        )
+        check(
+            self.int8_max_iterations is None or self.int8_max_iterations >= 0,
+            "compile",
+            f"int8_max_iterations={self.int8_max_iterations} must be >= 0 (or null: no cap)",
         )
         check(
             self.int8_overflow_fix is OverflowFix.auto or (self.int8 and self.format is ModelFormat.openvino),

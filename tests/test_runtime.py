@@ -1,6 +1,7 @@
 """spacenet7 compile and predict engine=onnxruntime|openvino: parity with torch fp32, metadata, errors."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -234,6 +235,9 @@ def test_full_range_int8_warns_on_a_cpu_without_vnni(compiled, tmp_path, monkeyp
 def test_int8_max_drop_needs_openvino_int8():
     with pytest.raises(SN7Error, match="int8_max_drop"):
         compose("compile", ["format=onnx", "int8=true", "calibration=[a.tif]", "int8_max_drop=0.01"])
+    with pytest.raises(SN7Error, match="int8_max_iterations=-1 must be >= 0"):
+        compose("compile", ["int8_max_iterations=-1"])
+    assert compose("compile", ["int8_max_iterations=null"]).int8_max_iterations is None
 
 
 def test_model_file_errors_are_one_line(trained, compiled, synth_root, tmp_path):
@@ -295,3 +299,52 @@ def test_compile_cli_refuses_a_bad_checkpoint_in_one_line(tmp_path):
     r = subprocess.run([*env_py, f"checkpoint={tmp_path / 'nope.ckpt'}"], capture_output=True, text=True, cwd=root)
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("spacenet7 compile: error:")
     assert "checkpoint not found" in r.stderr and not list(tmp_path.iterdir())
+
+
+PARENT = """
+import concurrent.futures, multiprocessing, os, sys, time
+from spacenet7.models.runtime import die_with_parent
+
+if __name__ == "__main__":
+    guard = sys.argv[1] == "guarded"
+    kw = {"initializer": die_with_parent, "initargs": (os.getpid(),)} if guard else {}
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx, **kw) as pool:
+        print(pool.submit(os.getpid).result(), flush=True)
+        pool.submit(time.sleep, 120).result()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended (in a container nobody may reap it)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+@pytest.mark.parametrize("mode", ["guarded", "plain"])
+def test_quantizer_process_dies_with_a_killed_parent(tmp_path, mode):
+    """The spawned quantizer's initializer (die_with_parent) ends it when compile is killed, even by SIGKILL;
+    a plain spawned worker (the control) outlives its parent."""
+    import signal
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        assert _alive(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline and mode == "guarded":
+            time.sleep(0.1)
+        if mode == "plain":
+            time.sleep(1.0)
+        assert _alive(child) == (mode == "plain")
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)

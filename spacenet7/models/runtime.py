@@ -23,6 +23,9 @@ import copy
 import json
 import logging
 import multiprocessing
+import os
+import signal
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -283,6 +286,7 @@ def quantize_openvino_int8(
     max_drop: float | None = None,
     validate: Callable[[Any, Iterable[np.ndarray]], Any] | None = None,
     overflow_fix: OverflowFix = OverflowFix.first_layer,
+    max_iterations: int | None = None,
 ) -> Path:
     """Static int8 quantization of an OpenVINO IR with NNCF, calibrated on ``tiles``.
 
@@ -302,14 +306,33 @@ def quantize_openvino_int8(
         validate: ``(compiled model, tiles) -> score``, higher is better; needed with ``max_drop``. It is pickled to the quantizing process (a module-level class, not a closure).
         overflow_fix: which weights get 7 bits against CPUs without VNNI (:class:`OverflowFix`;
             ``auto`` is resolved by the caller).
+        max_iterations: with ``max_drop``, put back at most this many layer groups (each re-ranks the
+            rest: ~45 s on the make-real network); the best model found by then is kept. None: no cap.
     """
     require("nncf", "nncf")
     # NNCF installs hooks into torch when it quantizes (nncf.torch, even for an OpenVINO model); a torch
-    # training later in the same process then crashed (SIGSEGV). It therefore runs in a spawned process.
+    # training later in the same process then crashed (SIGSEGV). It therefore runs in a spawned process,
+    # one that ends with this one: a killed compile or bench must not leave it quantizing at full CPU.
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        pool.submit(_quantize_openvino_int8, xml_in, xml_out, meta.to_json(), tiles, max_drop, validate, overflow_fix).result()
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=1, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
+        pool.submit(
+            _quantize_openvino_int8, xml_in, xml_out, meta.to_json(), tiles, max_drop, validate, overflow_fix, max_iterations
+        ).result()
     return xml_out
+
+
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: this process gets SIGKILL when ``parent`` (the process that spawned it) dies,
+    however it dies (Linux ``PR_SET_PDEATHSIG``; elsewhere a no-op). A parent already gone exits it at once."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
 
 
 def _quantize_openvino_int8(
@@ -320,11 +343,12 @@ def _quantize_openvino_int8(
     max_drop: float | None,
     validate: Callable[[Any, Iterable[np.ndarray]], Any] | None,
     overflow_fix: OverflowFix,
+    max_iterations: int | None,
 ) -> None:
     """:func:`quantize_openvino_int8`'s work, in its own process."""
     import nncf
     import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters, AdvancedQuantizationParameters
 
     nncf.set_log_level(logging.WARNING)  # its per-layer INFO lines; compile prints what came out (int8_convolutions)
     model = ov.Core().read_model(str(xml_in))
@@ -347,6 +371,9 @@ def _quantize_openvino_int8(
             max_drop=max_drop,
             drop_type=nncf.DropType.ABSOLUTE,
             advanced_quantization_parameters=advanced,
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                max_num_iterations=sys.maxsize if max_iterations is None else max_iterations
+            ),
             **common,
         )
     quantized.set_rt_info(meta_json, [META_KEY])
@@ -435,12 +462,13 @@ def write_model_files(
     int8_max_drop: float | None = None,
     int8_validate: Callable[[Any, Iterable[np.ndarray]], Any] | None = None,
     int8_overflow_fix: OverflowFix = OverflowFix.first_layer,
+    int8_max_iterations: int | None = None,
 ) -> list[Path]:
     """Export to ``out`` (``.onnx``, or ``.xml`` + ``.bin``) atomically: nothing is left at ``out`` on failure.
 
     ``int8_tiles``: quantize to int8, calibrated on these tiles: ONNX Runtime's QDQ quantizer for
     ``.onnx`` (:func:`quantize_int8`), NNCF for OpenVINO (:func:`quantize_openvino_int8`, which
-    alone takes ``int8_max_drop``, ``int8_validate`` and ``int8_overflow_fix``).
+    alone takes ``int8_max_drop``, ``int8_validate``, ``int8_overflow_fix`` and ``int8_max_iterations``).
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".partial", dir=out.parent) as tmp:
@@ -460,6 +488,7 @@ def write_model_files(
                 max_drop=int8_max_drop,
                 validate=int8_validate,
                 overflow_fix=int8_overflow_fix,
+                max_iterations=int8_max_iterations,
             )
         binary = out.with_suffix(".bin")
         xml.with_suffix(".bin").replace(binary)  # the weights first: an .xml never points at a missing .bin
