@@ -8,6 +8,7 @@ import torch
 
 from spacenet7 import chip
 from spacenet7.config import compose
+from spacenet7.data.sn7 import read_image, records_from_files
 from spacenet7.data.targets import CHANNELS
 from spacenet7.data.windows import GridWindows, MosaicReader, RandomWindows, pack_targets, unpack_targets
 from spacenet7.errors import SN7Error
@@ -256,3 +257,35 @@ def test_disk_readers_keep_a_bounded_number_of_files_open(both_layouts, monkeypa
         ds[i]
     assert len(ds.regions) > 2 and len(ds._readers) == 2
     assert sum(bool(r._handles) for r in ds._readers.values()) <= 2
+
+
+@pytest.mark.parametrize("kernel", ["lanczos", "cubic"])
+def test_windows_resample_with_the_spec_kernel_as_the_whole_mosaic_does(both_layouts, kernel):
+    """input.resampling reaches the window reader: a window read from disk equals the in-memory
+    (whole-mosaic) resampling up to rounding, and differs from bilinear."""
+    from spacenet7.data.bands import InputSpec
+
+    rast_dir, rast_index, _ = both_layouts["rasters"]
+    src = rast_index.iloc[0]
+    spec = InputSpec(resampling=kernel)
+    disk = MosaicReader(src["image"], rast_dir / src["target"], src["upscale"], spec=spec)
+    whole = MosaicReader(src["image"], rast_dir / src["target"], src["upscale"], in_memory=True, spec=spec)
+    bilinear = MosaicReader(src["image"], rast_dir / src["target"], src["upscale"], in_memory=True)
+    for r, c in [(10, 14), (37, 61), (0, 0)]:
+        rgb, _ = disk.read(r, c, 40, 48)
+        ref, _ = whole.read(r, c, 40, 48)
+        lin, _ = bilinear.read(r, c, 40, 48)
+        assert np.abs(rgb.astype(int) - ref.astype(int)).max() <= 1, (r, c)
+        assert np.abs(lin.astype(int) - ref.astype(int)).max() > 2, (r, c)
+    disk.close()
+    # predict reads the mosaic as training did (read_image with the checkpoint's spec)
+    rec = next(iter(records_from_files([src["image"]]).values()))[0]
+    img = read_image(rec, upscale=float(src["upscale"]), spec=spec)
+    assert np.array_equal(img.rgb, whole.read(0, 0, *img.rgb.shape[1:])[0])
+
+
+def test_unknown_resampling_is_one_line():
+    with pytest.raises(SN7Error, match=r"input.resampling='nearest' must be one of \['bilinear', 'cubic', 'lanczos'\]"):
+        from spacenet7.data.bands import InputSpec
+
+        InputSpec(resampling="nearest")

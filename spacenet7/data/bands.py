@@ -31,6 +31,24 @@ class Scaling(StrEnum):
     percentile = "percentile"  # per band and image: its ``percentiles`` [lo, hi] of valid pixels -> [0, 255]
 
 
+class Upsampling(StrEnum):
+    """The kernel that resamples RGB onto a finer training grid (``upscale`` > 1)."""
+
+    bilinear = "bilinear"  # the default: 2x2 source pixels
+    cubic = "cubic"  # 4x4
+    lanczos = "lanczos"  # 6x6 (windowed sinc, sharpest): the real recipe's
+
+    @property
+    def halo(self) -> int:
+        """Source pixels a window must read beyond its edge to match the whole-mosaic resampling."""
+        return {"bilinear": 1, "cubic": 2, "lanczos": 3}[self.value]
+
+    @property
+    def rasterio(self) -> Resampling:
+        """The rasterio/GDAL resampling of the same name."""
+        return Resampling[self.value]
+
+
 @dataclass
 class InputSpec:
     """The layout of the input mosaics (1-based band numbers, as GDAL counts them).
@@ -43,6 +61,7 @@ class InputSpec:
         scaling: how values become 8 bit (:class:`Scaling`).
         range: ``scaling=fixed``: the input values mapped to 0 and 255.
         percentiles: ``scaling=percentile``: the per-band percentiles mapped to 0 and 255.
+        resampling: the RGB kernel onto an upscaled grid (:class:`Upsampling`; masks are always nearest).
     """
 
     count: Optional[int] = 4
@@ -51,12 +70,17 @@ class InputSpec:
     scaling: Scaling = Scaling.none
     range: List[float] = field(default_factory=lambda: [0.0, 255.0])
     percentiles: List[float] = field(default_factory=lambda: [2.0, 98.0])
+    resampling: Upsampling = Upsampling.bilinear
 
     def __post_init__(self) -> None:
         try:
             self.scaling = Scaling(self.scaling)
         except ValueError:
             raise SN7Error(f"input.scaling={self.scaling!r} must be one of {[s.value for s in Scaling]}") from None
+        try:
+            self.resampling = Upsampling(self.resampling)
+        except ValueError:
+            raise SN7Error(f"input.resampling={self.resampling!r} must be one of {[u.value for u in Upsampling]}") from None
         if len(self.rgb) != 3 or any(int(b) < 1 for b in self.rgb):
             raise SN7Error(f"input.rgb={list(self.rgb)} must be three band numbers >= 1 (red, green, blue)")
         if self.count is not None and self.count < self.bands_needed:
@@ -80,6 +104,7 @@ class InputSpec:
             **d,
             "rgb": [int(b) for b in d["rgb"]],
             "scaling": self.scaling.value,
+            "resampling": self.resampling.value,
             "range": [float(v) for v in d["range"]],
             "percentiles": [float(v) for v in d["percentiles"]],
         }

@@ -291,7 +291,7 @@ def read_image(record: MonthRecord, *, window: Window | None = None, upscale: fl
     Args:
         record: the (AOI, month).
         window: a window in source pixels (whole image when ``None``).
-        upscale: resample ``upscale`` times finer (bilinear for RGB, nearest for masks).
+        upscale: resample ``upscale`` times finer (RGB with ``spec.resampling``, bilinear by default; masks nearest).
         spec: the file's band layout and scaling (:class:`InputSpec`; SN7's RGBA uint8 when ``None``).
 
     Raises:
@@ -304,7 +304,7 @@ def read_image(record: MonthRecord, *, window: Window | None = None, upscale: fl
     with open_raster(record.image) as ds:
         check_fits(ds, spec, record.image)
         win = window or Window(0, 0, ds.width, ds.height)
-        values = read_resampled(ds, list(spec.rgb), win, upscale)
+        values = read_resampled(ds, list(spec.rgb), win, upscale, spec.resampling.rasterio)
         rgb = to_uint8(values, band_limits(ds, spec))
         valid = ~nodata_mask(ds, values)
         transform = ds.window_transform(win) * Affine.scale(1 / upscale)

@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 import rasterio
 import torch
-from rasterio.enums import Resampling
 from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset
 
@@ -116,7 +115,9 @@ class MosaicReader:
 
     def _read_rgb(self, src_win: Window, out_shape: tuple[int, int]) -> np.ndarray:
         src, _ = self._open()
-        values = read_checked(src, list(self.spec.rgb), window=src_win, out_shape=(3, *out_shape), resampling=Resampling.bilinear)
+        values = read_checked(
+            src, list(self.spec.rgb), window=src_win, out_shape=(3, *out_shape), resampling=self.spec.resampling.rasterio
+        )
         return to_uint8(values, band_limits(src, self.spec))
 
     def footprint_pixels(self, region: Region, most: int = MAX_BUILDING_PIXELS) -> np.ndarray:
@@ -141,10 +142,11 @@ class MosaicReader:
         u = self.upscale
         if u == 1:
             return self._read_rgb(Window(c, r, w, h), (h, w)), packed
-        # read a source window with a 1-pixel halo so bilinear resampling sees the same neighbours
-        # as the whole-mosaic resampling of `chip`, then crop the halo off
-        sr0, sc0 = max(0, math.floor(r / u) - 1), max(0, math.floor(c / u) - 1)
-        sr1, sc1 = min(src.height, math.ceil((r + h) / u) + 1), min(src.width, math.ceil((c + w) / u) + 1)
+        # read a source window with a halo (the kernel's reach: 1 pixel for bilinear) so the resampling
+        # sees the same neighbours as the whole-mosaic resampling of `chip`, then crop the halo off
+        k = self.spec.resampling.halo
+        sr0, sc0 = max(0, math.floor(r / u) - k), max(0, math.floor(c / u) - k)
+        sr1, sc1 = min(src.height, math.ceil((r + h) / u) + k), min(src.width, math.ceil((c + w) / u) + k)
         out = (int(round((sr1 - sr0) * u)), int(round((sc1 - sc0) * u)))
         rgb = self._read_rgb(Window(sc0, sr0, sc1 - sc0, sr1 - sr0), out)
         dr, dc = int(round(r - sr0 * u)), int(round(c - sc0 * u))
