@@ -8,6 +8,7 @@ import torch
 
 from spacenet7 import chip
 from spacenet7.config import compose
+from spacenet7.data.bands import InputSpec
 from spacenet7.data.sn7 import read_image, records_from_files
 from spacenet7.data.targets import CHANNELS
 from spacenet7.data.windows import GridWindows, MosaicReader, RandomWindows, pack_targets, unpack_targets
@@ -263,8 +264,6 @@ def test_disk_readers_keep_a_bounded_number_of_files_open(both_layouts, monkeypa
 def test_windows_resample_with_the_spec_kernel_as_the_whole_mosaic_does(both_layouts, kernel):
     """input.resampling reaches the window reader: a window read from disk equals the in-memory
     (whole-mosaic) resampling up to rounding, and differs from bilinear."""
-    from spacenet7.data.bands import InputSpec
-
     rast_dir, rast_index, _ = both_layouts["rasters"]
     src = rast_index.iloc[0]
     spec = InputSpec(resampling=kernel)
@@ -286,6 +285,4 @@ def test_windows_resample_with_the_spec_kernel_as_the_whole_mosaic_does(both_lay
 
 def test_unknown_resampling_is_one_line():
     with pytest.raises(SN7Error, match=r"input.resampling='nearest' must be one of \['bilinear', 'cubic', 'lanczos'\]"):
-        from spacenet7.data.bands import InputSpec
-
         InputSpec(resampling="nearest")
