@@ -232,12 +232,18 @@ class WindowsConfig:
     scale_jitter: float = 0.0  # zoom drawn in [1/(1+j), 1+j]; 0 = off
     in_memory: bool = False  # hold each mosaic in memory once read (small data sets)
     on_buildings: float = 0.0  # fraction of windows drawn to hold a building pixel; 0 = uniform windows
+    # caps, so that a recipe's time does not grow with the months and AOIs it is pointed at; null = none
+    max_per_epoch: int | None = None  # training windows per epoch over all mosaics (each from a random mosaic)
+    max_val_windows: int | None = None  # validation windows: an evenly spaced, fixed subset of the grid
 
     def __post_init__(self) -> None:
         check(self.size > 0, "train", f"windows.size={self.size} must be > 0")
         check(self.per_mosaic > 0, "train", f"windows.per_mosaic={self.per_mosaic} must be > 0")
         check(self.scale_jitter >= 0, "train", f"windows.scale_jitter={self.scale_jitter} must be >= 0")
         check(0 <= self.on_buildings <= 1, "train", f"windows.on_buildings={self.on_buildings} must be within [0, 1]")
+        for name in ("max_per_epoch", "max_val_windows"):
+            value = getattr(self, name)
+            check(value is None or value > 0, "train", f"windows.{name}={value} must be > 0 or null")
 
 
 @dataclass

@@ -121,6 +121,8 @@ def _datamodule(cfg: TrainConfig, index: pd.DataFrame, meta: dict, augment):
         w.in_memory,
         InputSpec.from_dict(meta.get("input")),
         w.on_buildings,
+        w.max_per_epoch,
+        w.max_val_windows,
     )
 
 

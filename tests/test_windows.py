@@ -286,3 +286,42 @@ def test_windows_resample_with_the_spec_kernel_as_the_whole_mosaic_does(both_lay
 def test_unknown_resampling_is_one_line():
     with pytest.raises(SN7Error, match=r"input.resampling='nearest' must be one of \['bilinear', 'cubic', 'lanczos'\]"):
         InputSpec(resampling="nearest")
+
+
+def test_max_per_epoch_caps_the_epoch_and_draws_from_every_mosaic(both_layouts):
+    root, index, _ = both_layouts["rasters"]
+    uncapped = RandomWindows(root, index, size=32, per_mosaic=6)
+    n = len(uncapped.regions)
+    assert n >= 3 and len(uncapped) == 6 * n
+    # a cap above the total changes nothing: the same draws item by item
+    same = RandomWindows(root, index, size=32, per_mosaic=6, max_per_epoch=6 * n)
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    assert [uncapped.draw(i, a)[:2] for i in range(len(uncapped))] == [same.draw(i, b)[:2] for i in range(len(same))]
+    capped = RandomWindows(root, index, size=32, per_mosaic=6, max_per_epoch=n + 1)
+    assert len(capped) == n + 1
+    rng = np.random.default_rng(0)
+    rows = [capped.draw(i % len(capped), rng)[0] for i in range(40 * n)]
+    train_rows = {row for row, _ in capped.regions}
+    assert set(rows) == train_rows  # every training mosaic, no other
+    counts = np.bincount([sorted(train_rows).index(r) for r in rows])
+    assert counts.min() > 20  # each about 40 times: none starved by a fixed item -> mosaic mapping
+
+
+def test_max_val_windows_is_an_even_fixed_subset_of_the_grid(both_layouts):
+    root, index, _ = both_layouts["rasters"]
+    full = GridWindows(root, index, 32)
+    assert len(full) > 8
+    sub, again = GridWindows(root, index, 32, max_windows=8), GridWindows(root, index, 32, max_windows=8)
+    assert len(sub) == 8 and sub.items == again.items and set(sub.items) <= set(full.items)
+    assert sub.items[0] == full.items[0] and sub.items[-1] == full.items[-1]
+    assert len({row for row, *_ in sub.items}) > 1  # spread over months, not the first month's windows
+    assert GridWindows(root, index, 32, max_windows=10_000).items == full.items
+
+
+def test_window_caps_must_be_positive():
+    from spacenet7.config import WindowsConfig
+
+    with pytest.raises(SN7Error, match=r"windows.max_per_epoch=0 must be > 0 or null"):
+        WindowsConfig(max_per_epoch=0)
+    with pytest.raises(SN7Error, match=r"windows.max_val_windows=-1 must be > 0 or null"):
+        WindowsConfig(max_val_windows=-1)

@@ -9,7 +9,10 @@ the fly. The index lists, per month and split, the region of the training grid t
 - :class:`RandomWindows` draws ``per_mosaic`` random windows from the region of every training
   mosaic each epoch: a random position, one of the 8 rotations/mirrors, optional scale jitter.
   A window never leaves its region, so the validation band is never sampled for training.
-- :class:`GridWindows` is the fixed, deterministic validation grid over the validation regions.
+  ``max_per_epoch`` caps the epoch, so that a recipe's training time does not grow with the
+  number of months and AOIs it is pointed at.
+- :class:`GridWindows` is the fixed, deterministic validation grid over the validation regions
+  (optionally an evenly spaced, still fixed, subset of it: ``max_windows``).
 """
 
 from __future__ import annotations
@@ -208,7 +211,9 @@ class RandomWindows(_WindowBase):
     ``size``: bilinear for the image, nearest for the targets). With ``on_buildings`` p > 0, a
     fraction p of the windows is drawn among those that hold a random building pixel of the region
     (a region without buildings gets uniform windows), so that sparse training areas spend their
-    steps where the footprints are. Randomness comes from torch's generator, which Lightning seeds
+    steps where the footprints are. With ``max_per_epoch`` below ``per_mosaic`` times the number
+    of mosaics, an epoch has ``max_per_epoch`` windows, each from a mosaic drawn at random (every
+    mosaic equally likely): the same steps per epoch on one month or on 24 months of 60 AOIs. Randomness comes from torch's generator, which Lightning seeds
     (and re-seeds per DataLoader worker and epoch).
 
     Args:
@@ -222,6 +227,7 @@ class RandomWindows(_WindowBase):
         in_memory: hold each mosaic in memory once read.
         spec: the mosaics' band layout and scaling (``chips.json``'s ``input``).
         on_buildings: the fraction of windows that hold a building pixel (0 = uniform windows).
+        max_per_epoch: at most this many windows per epoch, over all mosaics (``None`` = no cap).
     """
 
     def __init__(
@@ -236,10 +242,14 @@ class RandomWindows(_WindowBase):
         in_memory: bool = False,
         spec: InputSpec | None = None,
         on_buildings: float = 0.0,
+        max_per_epoch: int | None = None,
     ) -> None:
         super().__init__(root, index, "train", size, in_memory, spec)
         self.per_mosaic, self.augment, self.d4, self.scale_jitter = int(per_mosaic), augment, d4, float(scale_jitter)
         self.on_buildings = float(on_buildings)
+        total = self.per_mosaic * len(self.regions)
+        self.capped = max_per_epoch is not None and int(max_per_epoch) < total
+        self.length = int(max_per_epoch) if self.capped else total  # type: ignore[arg-type]
         self._buildings: dict[int, np.ndarray] = {}  # index row -> building pixels of its region (read on first use)
 
     def building_pixels(self, row: int, reg: Region) -> np.ndarray:
@@ -249,11 +259,11 @@ class RandomWindows(_WindowBase):
         return self._buildings[row]
 
     def __len__(self) -> int:
-        return self.per_mosaic * len(self.regions)
+        return self.length
 
     def draw(self, i: int, rng: np.random.Generator) -> tuple[int, Window, float, int, bool]:
         """(row of the index, window read, zoom, quarter turns, mirror) of item ``i``."""
-        row, reg = self.regions[i // self.per_mosaic]
+        row, reg = self.regions[int(rng.integers(len(self.regions))) if self.capped else i // self.per_mosaic]
         zoom = 1.0
         if self.scale_jitter > 0:
             zoom = float(np.exp(rng.uniform(-np.log1p(self.scale_jitter), np.log1p(self.scale_jitter))))
@@ -304,16 +314,30 @@ def _pad(rgb: np.ndarray, packed: np.ndarray, size: int) -> tuple[np.ndarray, np
 
 
 class GridWindows(_WindowBase):
-    """A fixed grid of ``size`` windows over every validation region (the last one flush to the region's edge)."""
+    """A fixed grid of ``size`` windows over every validation region (the last one flush to the region's edge).
+
+    With ``max_windows`` below the grid's size, an evenly spaced subset of the grid (every k-th
+    window, in month-then-position order), the same at every validation: the validation cost of a
+    recipe then does not grow with the months it is pointed at.
+    """
 
     def __init__(
-        self, root: str | Path, index: pd.DataFrame, size: int, in_memory: bool = False, spec: InputSpec | None = None
+        self,
+        root: str | Path,
+        index: pd.DataFrame,
+        size: int,
+        in_memory: bool = False,
+        spec: InputSpec | None = None,
+        max_windows: int | None = None,
     ) -> None:
         super().__init__(root, index, "val", size, in_memory, spec)
         self.items: list[tuple[int, int, int, int, int]] = []
         for row, reg in self.regions:
             for w in iter_windows(*reg.shape, self.size, self.size):
                 self.items.append((row, reg.r0 + int(w.row_off), reg.c0 + int(w.col_off), int(w.height), int(w.width)))
+        if max_windows is not None and len(self.items) > max_windows:
+            keep = np.linspace(0, len(self.items) - 1, int(max_windows)).round().astype(int)
+            self.items = [self.items[k] for k in keep]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -341,6 +365,8 @@ class WindowDataModule(L.LightningDataModule):
         in_memory: hold each mosaic in memory.
         spec: the mosaics' band layout and scaling.
         on_buildings: the fraction of training windows that hold a building pixel.
+        max_per_epoch: at most this many training windows per epoch (``None`` = ``per_mosaic`` each).
+        max_val_windows: at most this many validation windows, an evenly spaced subset of the grid.
     """
 
     def __init__(
@@ -358,10 +384,14 @@ class WindowDataModule(L.LightningDataModule):
         in_memory: bool = False,
         spec: InputSpec | None = None,
         on_buildings: float = 0.0,
+        max_per_epoch: int | None = None,
+        max_val_windows: int | None = None,
     ) -> None:
         super().__init__()
-        self.train_set = RandomWindows(root, index, size, per_mosaic, augment, d4, scale_jitter, in_memory, spec, on_buildings)
-        self.val_set = GridWindows(root, index, size, in_memory, spec)
+        self.train_set = RandomWindows(
+            root, index, size, per_mosaic, augment, d4, scale_jitter, in_memory, spec, on_buildings, max_per_epoch
+        )
+        self.val_set = GridWindows(root, index, size, in_memory, spec, max_val_windows)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
     def _loader(self, ds: RandomWindows | GridWindows, train: bool) -> DataLoader:
