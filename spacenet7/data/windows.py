@@ -248,8 +248,8 @@ class RandomWindows(_WindowBase):
         self.per_mosaic, self.augment, self.d4, self.scale_jitter = int(per_mosaic), augment, d4, float(scale_jitter)
         self.on_buildings = float(on_buildings)
         total = self.per_mosaic * len(self.regions)
-        self.capped = max_per_epoch is not None and int(max_per_epoch) < total
-        self.length = int(max_per_epoch) if self.capped else total  # type: ignore[arg-type]
+        self.length = total if max_per_epoch is None else min(total, int(max_per_epoch))
+        self.capped = self.length < total  # then each item draws its mosaic
         self._buildings: dict[int, np.ndarray] = {}  # index row -> building pixels of its region (read on first use)
 
     def building_pixels(self, row: int, reg: Region) -> np.ndarray:
