@@ -110,7 +110,11 @@ def test_recipe_real_sample_chooses_its_experiment_and_a_pretraining_run(tmp_pat
     cfg = _pipeline(tmp_path, "recipe=real_sample")
     recipe = yaml.safe_load((CONF_DIR / "recipe" / "real_sample.yaml").read_text())
     assert cfg.groups.train.experiment == "real_sample" and cfg.train.optimizer["lr"] == 0.001
-    assert cfg.train.max_epochs == recipe["train"]["max_epochs"] and cfg.chip.layout == "rasters" and cfg.predict.fusion is False
+    assert cfg.train.max_epochs == recipe["train"]["max_epochs"] and cfg.chip.layout == "rasters"
+    assert cfg.predict.fusion  # the default: a no-op on the one-month sample, the winners' blend on many months
+    # the budget caps do not bind on one month (the sample), so they change nothing there
+    w = cfg.train.windows
+    assert w.max_per_epoch == w.per_mosaic and w.max_val_windows is not None
     # the recipe's input scaling reaches both chip stages, its thresholds vectorize
     assert cfg.chip.input.scaling == recipe["chip"]["input"]["scaling"] == cfg.pretrain.chip.input.scaling
     assert (cfg.vectorize.threshold, cfg.vectorize.seed_threshold) == (
