@@ -41,8 +41,9 @@ demo: $(STAMP)
 real: $(STAMP)
 	$(BIN)/spacenet7 pipeline recipe=real_sample
 
+# --durations: the slowest tests are listed, so the default run can be kept near 10 minutes on 2 cores
 test: $(STAMP) $(NODE_STAMP) system-packages
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # ruff's lint rules (pyproject.toml: pyflakes, pycodestyle, isort, bugbear, pyupgrade, Google docstrings),
 # ruff's formatting (`ruff format spacenet7 tests bench` applies it) and mypy on the package
