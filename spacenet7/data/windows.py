@@ -213,8 +213,9 @@ class RandomWindows(_WindowBase):
     (a region without buildings gets uniform windows), so that sparse training areas spend their
     steps where the footprints are. With ``max_per_epoch`` below ``per_mosaic`` times the number
     of mosaics, an epoch has ``max_per_epoch`` windows, each from a mosaic drawn at random (every
-    mosaic equally likely): the same steps per epoch on one month or on 24 months of 60 AOIs. Randomness comes from torch's generator, which Lightning seeds
-    (and re-seeds per DataLoader worker and epoch).
+    mosaic equally likely): the same steps per epoch on one month or on 24 months of 60 AOIs.
+    Randomness comes from torch's generator, which Lightning seeds (and re-seeds per DataLoader
+    worker and epoch).
 
     Args:
         root: the folder of the window index (target paths are relative to it).
