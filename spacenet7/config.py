@@ -617,8 +617,17 @@ class PipelineConfig:
         self.holdout = choice(self.holdout, Holdout, "pipeline", "holdout")
         check(0 < self.band_frac < 1, "pipeline", f"band_frac={self.band_frac} must be between 0 and 1")
         check(self.n_test_aois >= 1, "pipeline", f"n_test_aois={self.n_test_aois} must be >= 1")
-        unknown = [s for s in self.stages if s not in PIPELINE_STAGES]
-        check(not unknown, "pipeline", f"unknown stage(s) {unknown}; stages are {list(PIPELINE_STAGES)}")
+        check_stages(self.stages)
+
+
+def check_stages(stages: list[str]) -> None:
+    """Refuse stage names that are not pipeline stages (one line naming them).
+
+    Raises:
+        SN7Error: an unknown stage.
+    """
+    unknown = [s for s in stages if s not in PIPELINE_STAGES]
+    check(not unknown, "pipeline", f"unknown stage(s) {unknown}; stages are {list(PIPELINE_STAGES)}")
 
 
 def node_schema(cls: type, exclude: tuple[str, ...] = ()) -> type:

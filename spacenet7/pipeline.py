@@ -25,7 +25,7 @@ from typing import Any, cast
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from spacenet7 import PIPELINE_STAGES
-from spacenet7.config import TRAIN_GROUPS, Holdout, PipelineConfig, StageGroups, TrainGroups, compose_node
+from spacenet7.config import TRAIN_GROUPS, Holdout, PipelineConfig, StageGroups, TrainGroups, check_stages, compose_node
 from spacenet7.data.sn7 import check_not_too_deep, image_grid, scan
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path, ensure_writable_dir
@@ -154,6 +154,7 @@ def resolve(spec: DictConfig, cache: dict[tuple[str, ...], DictConfig] | None = 
         f.name: spec[f.name] for f in dataclasses.fields(PipelineConfig) if f.name not in (*PIPELINE_STAGES, "groups", "pretrain")
     }
     run["stages"] = list(run["stages"])
+    check_stages(run["stages"])  # before composing the stages: a typo is refused at once
     groups = StageGroups(train=TrainGroups(**OmegaConf.to_container(spec.groups.train)))  # type: ignore[arg-type]
     pretrain = None
     if spec.pretrain is not None:

@@ -162,10 +162,12 @@ def test_a_bad_setting_fails_when_the_tree_is_composed_in_under_2_s(tmp_path, ov
     from spacenet7.config import compose_checked
 
     compose("pipeline")  # imports and Hydra's first start, as the CLI has done before it composes
-    t0 = time.process_time()  # CPU time: this machine's wall time depends on what else shares its cores
+    # this thread's CPU time: wall time depends on what else shares the cores, and the process's CPU time
+    # counts threads other tests left running in it (a CI run once measured 2.2 s here)
+    t0 = time.thread_time()
     with pytest.raises(SN7Error, match=re.escape(expect)):
         compose_checked("pipeline", [f"run_dir={tmp_path / 'run'}", override])
-    assert time.process_time() - t0 < 2.0
+    assert time.thread_time() - t0 < 2.0
     assert not (tmp_path / "run").exists()
 
 
