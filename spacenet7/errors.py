@@ -26,9 +26,11 @@ def check(ok: bool, stage: str, message: str) -> None:
         raise SN7Error(f"{stage}: {message}")
 
 
-def choice(value: Any, enum: type[StrEnum], stage: str, key: str) -> Any:
-    """``value`` as a member of ``enum`` (dataclasses built directly from Python get strings)."""
+def choice(value: Any, enum: type[StrEnum], stage: str | None, key: str) -> Any:
+    """``value`` as a member of ``enum`` (dataclasses built directly from Python get strings); the error
+    names ``stage`` first unless it is ``None`` (settings shared by several stages, such as ``input``)."""
     try:
         return enum(value)
     except ValueError:
-        raise SN7Error(f"{stage}: {key}={value!r} must be one of {[m.value for m in enum]}") from None
+        prefix = "" if stage is None else f"{stage}: "
+        raise SN7Error(f"{prefix}{key}={value!r} must be one of {[m.value for m in enum]}") from None

@@ -18,7 +18,7 @@ from typing import List, Optional
 import numpy as np
 from rasterio.enums import Resampling
 
-from spacenet7.errors import SN7DataError, SN7Error
+from spacenet7.errors import SN7DataError, SN7Error, choice
 
 STATS_SIDE = 512  # percentile scaling: statistics from a decimated read of at most this side
 
@@ -73,14 +73,8 @@ class InputSpec:
     resampling: Upsampling = Upsampling.bilinear
 
     def __post_init__(self) -> None:
-        try:
-            self.scaling = Scaling(self.scaling)
-        except ValueError:
-            raise SN7Error(f"input.scaling={self.scaling!r} must be one of {[s.value for s in Scaling]}") from None
-        try:
-            self.resampling = Upsampling(self.resampling)
-        except ValueError:
-            raise SN7Error(f"input.resampling={self.resampling!r} must be one of {[u.value for u in Upsampling]}") from None
+        self.scaling = choice(self.scaling, Scaling, None, "input.scaling")
+        self.resampling = choice(self.resampling, Upsampling, None, "input.resampling")
         if len(self.rgb) != 3 or any(int(b) < 1 for b in self.rgb):
             raise SN7Error(f"input.rgb={list(self.rgb)} must be three band numbers >= 1 (red, green, blue)")
         if self.count is not None and self.count < self.bands_needed:
