@@ -184,7 +184,7 @@ def test_demo_cpu_learns(tmp_path_factory):
     assert m["val_iou"] >= 0.5, m
 
 
-@pytest.mark.parametrize("loss", ["bce_dice", "bce_jaccard", "focal_dice"])
+@pytest.mark.parametrize("loss", ["bce_dice", "bce_jaccard", "focal_dice", "bce_dice_lovasz"])
 def test_every_loss_config_trains_a_step(loss, tmp_path):
     cfg = compose("train", [f"loss={loss}", "experiment=demo_cpu", f"run_dir={tmp_path}"])
     task = SegmentationTask(cfg.model, cfg.loss, cfg.optimizer)
@@ -193,6 +193,27 @@ def test_every_loss_config_trains_a_step(loss, tmp_path):
     loss_value = task.training_step({"image": torch.rand(2, 3, 64, 64), "target": target}, 0)
     loss_value.backward()
     assert torch.isfinite(loss_value) and loss_value > 0
+
+
+def test_a_term_applies_to_its_channels_only():
+    import segmentation_models_pytorch as smp
+
+    from spacenet7.models.losses import MultiTargetLoss
+
+    dice = smp.losses.DiceLoss(mode="binary", from_logits=True)
+    loss = MultiTargetLoss([dice], [1.0], [1.0, 0.5, 0.5], term_channels=[[0]])
+    target = (torch.rand(2, 3, 32, 32) > 0.7).float()
+    logits = torch.randn(2, 3, 32, 32)
+    other = logits.clone()
+    other[:, 1:] = torch.randn(2, 2, 32, 32)
+    assert loss(logits, target).item() == pytest.approx(dice(logits[:, :1], target[:, :1]).item())
+    assert loss(other, target).item() == pytest.approx(loss(logits, target).item())
+    everywhere = MultiTargetLoss([dice], [1.0], [1.0, 0.5, 0.5])
+    assert everywhere(other, target).item() != pytest.approx(everywhere(logits, target).item())
+    with pytest.raises(ValueError, match="outside the 3 target channels"):
+        MultiTargetLoss([dice], [1.0], [1.0, 0.5, 0.5], term_channels=[[3]])
+    with pytest.raises(ValueError, match="1 loss terms but 2 term_channels"):
+        MultiTargetLoss([dice], [1.0], [1.0, 0.5, 0.5], term_channels=[[0], None])
 
 
 @pytest.mark.parametrize("encoder", ["resnet18", "tu-resnet18", "efficientnet-b0"])

@@ -20,15 +20,31 @@ class MultiTargetLoss(nn.Module):
         terms: binary-mode losses taking ``(logits, target)``, e.g. ``smp.losses.DiceLoss``.
         term_weights: one weight per term.
         channel_weights: one weight per target channel (footprint, boundary, contact).
+        term_channels: per term, the channels it applies to (``None``: every channel), e.g.
+            ``[null, null, [0]]`` for a costly IoU surrogate on the footprint alone.
     """
 
-    def __init__(self, terms: Sequence[nn.Module], term_weights: Sequence[float], channel_weights: Sequence[float]) -> None:
+    def __init__(
+        self,
+        terms: Sequence[nn.Module],
+        term_weights: Sequence[float],
+        channel_weights: Sequence[float],
+        term_channels: Sequence[Sequence[int] | None] | None = None,
+    ) -> None:
         super().__init__()
         if len(terms) != len(term_weights):
             raise ValueError(f"{len(terms)} loss terms but {len(term_weights)} term_weights")
+        channels = list(range(len(channel_weights)))
+        picks = [None] * len(terms) if term_channels is None else list(term_channels)
+        if len(picks) != len(terms):
+            raise ValueError(f"{len(terms)} loss terms but {len(picks)} term_channels")
+        for pick in picks:
+            if pick is not None and not set(pick) <= set(channels):
+                raise ValueError(f"term_channels {list(pick)} outside the {len(channels)} target channels {channels}")
         self.terms = nn.ModuleList(terms)
         self.term_weights = list(term_weights)
         self.channel_weights = list(channel_weights)
+        self.term_channels = [set(channels) if pick is None else set(pick) for pick in picks]
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Weighted sum over channels; pixels with target -1 are ignored."""
@@ -42,6 +58,7 @@ class MultiTargetLoss(nn.Module):
             if cw == 0:
                 continue
             lc, tc = logits[:, c : c + 1], target[:, c : c + 1]
-            for term, tw in zip(self.terms, self.term_weights):
-                total = total + cw * tw * term(lc, tc)
+            for term, tw, picked in zip(self.terms, self.term_weights, self.term_channels):
+                if c in picked:
+                    total = total + cw * tw * term(lc, tc)
         return total
