@@ -109,7 +109,10 @@ def test_a_training_group_choice_reaches_train(tmp_path):
 def test_recipe_real_sample_chooses_its_experiment_and_a_pretraining_run(tmp_path):
     cfg = _pipeline(tmp_path, "recipe=real_sample")
     recipe = yaml.safe_load((CONF_DIR / "recipe" / "real_sample.yaml").read_text())
-    assert cfg.groups.train.experiment == "real_sample" and cfg.train.optimizer["lr"] == 0.001
+    experiment = yaml.safe_load((CONF_DIR / "experiment" / "real_sample.yaml").read_text())
+    assert cfg.groups.train.experiment == "real_sample"
+    default_lr = yaml.safe_load((CONF_DIR / "optimizer" / "adamw.yaml").read_text())["lr"]
+    assert cfg.train.optimizer["lr"] == experiment["optimizer"]["lr"] != default_lr  # the experiment's, not adamw.yaml's
     assert cfg.train.max_epochs == recipe["train"]["max_epochs"] and cfg.chip.layout == "rasters"
     assert cfg.predict.fusion  # the default: a no-op on the one-month sample, the winners' blend on many months
     # the budget caps do not bind on one month (the sample), so they change nothing there
