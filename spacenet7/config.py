@@ -306,6 +306,9 @@ class PredictConfig:
     batch_size: int = 8
     tta: bool = True  # average the probabilities over test-time views (rotations and mirrors)
     tta_views: TTAViews = TTAViews.d4  # d4: the 8 rotations/mirrors | flips: identity + 2 mirrors
+    # input scales averaged (relative to the checkpoint's upscale), e.g. [0.87, 1, 1.15]: each costs
+    # about its square in inference; [1] = the training scale only
+    tta_scales: List[float] = field(default_factory=lambda: [1.0])
     amp: bool = True  # bf16/fp16 autocast where the hardware runs it natively
     fusion: bool = True  # blend each month with the AOI's all-month mean
     fusion_weight: float = 0.35
@@ -337,6 +340,12 @@ class PredictConfig:
         )
         self.tta_views = choice(self.tta_views, TTAViews, "predict", "tta_views")
         check(self.tile > 0, "predict", f"tile={self.tile} must be > 0")
+        check(
+            len(self.tta_scales) > 0 and all(0.25 <= float(s) <= 4 for s in self.tta_scales),
+            "predict",
+            f"tta_scales={list(self.tta_scales)} must be a non-empty list of scales within [0.25, 4]",
+        )
+        self.tta_scales = [float(s) for s in self.tta_scales]
         check(0 <= self.overlap < self.tile, "predict", f"overlap={self.overlap} must be >= 0 and smaller than tile={self.tile}")
         check(self.block > 0, "predict", f"block={self.block} must be > 0")
         check(self.batch_size > 0, "predict", f"batch_size={self.batch_size} must be > 0")

@@ -16,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import torch
+import torch.nn.functional as F
 from rasterio.windows import Window
 from tqdm import tqdm
 
@@ -28,7 +30,7 @@ from spacenet7.cluster import map_aois, once_per_process
 from spacenet7.config import ClusterMode, Engine, Grid, PredictConfig, TTAViews
 from spacenet7.data.bands import InputSpec, check_fits
 from spacenet7.data.fusion import fuse, same_grid
-from spacenet7.data.sn7 import MonthRecord, read_image, records_from_files, scan
+from spacenet7.data.sn7 import Image, MonthRecord, read_image, records_from_files, scan
 from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io import probability
@@ -111,6 +113,7 @@ def predict_aoi(model: LoadedModel, aoi: str, recs: list[MonthRecord], cfg: Pred
                         overlap=cfg.overlap,
                         batch_size=cfg.batch_size,
                         tta=cfg.tta_views if cfg.tta else None,
+                        scales=cfg.tta_scales,
                         block=cfg.block,
                         grid=cfg.grid,
                     )
@@ -179,6 +182,7 @@ def predict_mosaic(
     overlap: int,
     batch_size: int = 8,
     tta: TTAViews | None = None,
+    scales: Sequence[float] = (1.0,),
     block: int = 1024,
     grid: Grid = Grid.source,
 ) -> Path:
@@ -192,6 +196,8 @@ def predict_mosaic(
         overlap: pixels shared by neighbouring tiles.
         batch_size: tiles per forward pass.
         tta: the test-time views to average, or ``None`` for one view.
+        scales: input scales to average, relative to the model's upscale (each read at ``upscale * s``,
+            its probabilities resized back to the model's grid).
         block: output block side in source pixels (bounds memory).
         grid: write on the source grid or the model's upscaled grid.
 
@@ -206,7 +212,7 @@ def predict_mosaic(
         raise SN7Error(f"predict: grid=source needs an integer upscale (checkpoint has {f})")
     out_f = 1 if grid is Grid.source else fi
     profile = probability.profile(crs, transform * rasterio.Affine.scale(1 / out_f), w * out_f, h * out_f)
-    halo = int(np.ceil(tile / (2 * f)))
+    halo = int(np.ceil(tile / (2 * f * min(1.0, *scales))))
     out.parent.mkdir(parents=True, exist_ok=True)
     any_valid = False
     with rasterio.open(out, "w", **profile) as dst:
@@ -214,8 +220,9 @@ def predict_mosaic(
             r0, c0 = max(0, int(blk.row_off) - halo), max(0, int(blk.col_off) - halo)
             r1 = min(h, int(blk.row_off + blk.height) + halo)
             c1 = min(w, int(blk.col_off + blk.width) + halo)
-            img = read_image(rec, window=Window(c0, r0, c1 - c0, r1 - r0), upscale=f, spec=model.spec)
-            prob = sliding_window(model, img.rgb, tile, overlap, batch_size, tta)
+            win = Window(c0, r0, c1 - c0, r1 - r0)
+            img = read_image(rec, window=win, upscale=f, spec=model.spec)
+            prob = _multiscale(model, rec, win, img, scales, tile, overlap, batch_size, tta)
             valid: np.ndarray = img.valid
             if out_f != fi:  # back to the source grid: mean of probabilities, all sub-pixels valid
                 hh, ww = valid.shape[0] // fi, valid.shape[1] // fi
@@ -234,6 +241,29 @@ def predict_mosaic(
         out.unlink()
         raise NoValidPixels(rec.image, "no valid pixel in this month (alpha 0 / UDM everywhere)")
     return out
+
+
+def _multiscale(
+    model: LoadedModel,
+    rec: MonthRecord,
+    win: Window,
+    img: Image,
+    scales: Sequence[float],
+    tile: int,
+    overlap: int,
+    batch_size: int,
+    tta: TTAViews | None,
+) -> np.ndarray:
+    """Sliding-window probabilities of ``img`` (read at the model's upscale), averaged over ``scales``."""
+    shape = img.rgb.shape[1:]
+    total = np.zeros((len(CHANNELS), *shape), np.float32)
+    for s in scales:
+        rgb = img.rgb if s == 1 else read_image(rec, window=win, upscale=model.upscale * s, spec=model.spec).rgb
+        prob = sliding_window(model, rgb, tile, overlap, batch_size, tta)
+        if prob.shape[1:] != shape:  # area-consistent resize back onto the model's grid
+            prob = F.interpolate(torch.from_numpy(prob)[None], size=shape, mode="bilinear", align_corners=False)[0].numpy()
+        total += prob
+    return total / len(scales)
 
 
 class NoValidPixels(SN7DataError):
