@@ -131,6 +131,23 @@ def test_random_windows_use_every_orientation(both_layouts):
     assert len(views) == 8
 
 
+@pytest.mark.parametrize("zoom", [0.87, 0.93, 1.07, 1.15])
+def test_scale_jitter_keeps_targets_on_the_image(zoom):
+    """A zoomed window's targets stay where its image is: a building painted into the image and
+    its footprint bit keep the same centre (a half-pixel lag teaches the model to shift footprints)."""
+    from spacenet7.data.windows import BITS, _zoom
+
+    yy, xx = np.mgrid[0:96, 0:96]
+    inside = ((yy - 40.3) ** 2 + (xx - 51.7) ** 2) < 14**2
+    rgb = np.repeat(np.where(inside, 255, 0).astype(np.uint8)[None], 3, 0)
+    packed = (inside.astype(np.uint8) << BITS["footprint"]).astype(np.uint8)
+    img, tgt = _zoom(rgb, packed, zoom)
+    assert img.shape[1:] == tgt.shape == (round(96 * zoom),) * 2
+    img_centre = np.argwhere(img[0] > 127).mean(0)
+    tgt_centre = np.argwhere(tgt & (1 << BITS["footprint"])).mean(0)
+    assert np.abs(img_centre - tgt_centre).max() < 0.15
+
+
 def test_validation_grid_is_fixed_and_covers_the_band(both_layouts):
     root, index, _ = both_layouts["rasters"]
     a, b = GridWindows(root, index, 64), GridWindows(root, index, 64)

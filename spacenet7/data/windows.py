@@ -296,11 +296,16 @@ class RandomWindows(_WindowBase):
 
 
 def _zoom(rgb: np.ndarray, packed: np.ndarray, zoom: float) -> tuple[np.ndarray, np.ndarray]:
-    """Resize a window by ``zoom``: bilinear for the image, nearest for the packed targets."""
+    """Resize a window by ``zoom``: bilinear for the image, nearest for the packed targets.
+
+    Both sample at pixel centres. (OpenCV's ``INTER_NEAREST`` samples ``floor(x / zoom)`` instead, about
+    half a pixel behind ``INTER_LINEAR``: the targets then lagged the image, and a model trained with
+    scale jitter predicted footprints shifted that much, costing 0.02 pixel IoU on the real sample.)
+    """
     h, w = packed.shape
     size = (max(1, int(round(w * zoom))), max(1, int(round(h * zoom))))  # cv2 wants (width, height)
     img = cv2.resize(np.ascontiguousarray(np.moveaxis(rgb, 0, -1)), size, interpolation=cv2.INTER_LINEAR)
-    tgt = cv2.resize(np.ascontiguousarray(packed), size, interpolation=cv2.INTER_NEAREST)
+    tgt = cv2.resize(np.ascontiguousarray(packed), size, interpolation=cv2.INTER_NEAREST_EXACT)
     return np.moveaxis(img.reshape(size[1], size[0], -1), -1, 0), tgt
 
 
