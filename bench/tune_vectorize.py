@@ -3,7 +3,8 @@
     python bench/tune_vectorize.py PRED_DIR AOI [key=v1,v2,...] ... [--data-root data/synthetic]
 
 PRED_DIR is a `spacenet7 predict` output folder holding AOI/. Every combination of the listed
-vectorize overrides (any `spacenet7 vectorize` key, e.g. threshold=0.4,0.5 track.min_persist=2,3)
+vectorize overrides (any `spacenet7 vectorize` key, e.g. threshold=0.4,0.5 track.min_persist=2,3
+shift_px=[0,0],[-0.3333,-0.3333])
 runs vectorize + export + SCOT against the AOI's ground truth, one line each. Tune on a validation
 AOI only, never on a held-out one. The demo's validation AOI (its chips' `val` split) is
 L15-1201E-1203N_4805_3379_13; its held-out AOI is listed in runs/demo/pipeline.json.
@@ -23,6 +24,7 @@ recipe's thresholds were chosen on the sample's validation band (``make real`` f
 import argparse
 import itertools
 import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -48,7 +50,7 @@ def main() -> None:
     if args.region:
         truth = clip_to_region(truth, args.region)
     keys = [g.split("=", 1)[0] for g in args.grid]
-    values = [g.split("=", 1)[1].split(",") for g in args.grid]
+    values = [re.split(r",(?![^\[]*\])", g.split("=", 1)[1]) for g in args.grid]  # commas outside [...]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for combo in itertools.product(*values):

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import rasterio
+from affine import Affine
 from tqdm import tqdm
 
 from spacenet7.cluster import map_aois
@@ -82,11 +83,12 @@ class Cutting:
     overlap: int  # layout=chips
     val_frac: float  # split=spatial: the right band's width fraction
     min_valid_frac: float  # chips / regions with fewer valid pixels are skipped
+    label_shift: tuple[float, float] = (0.0, 0.0)  # (dx, dy) source pixels added to the labels
 
 
 def _settings(cfg: ChipConfig) -> dict:
     """Everything the prepared files depend on: resume only when all of it is the same."""
-    keys = ("data_root", "split_dir", "layout", "chip_size", "overlap", "upscale", "boundary_width", "contact_width")
+    keys = ("data_root", "split_dir", "layout", "chip_size", "overlap", "upscale", "boundary_width", "contact_width", "label_shift_px")
     out = {k: str(Path(getattr(cfg, k)).resolve()) if k == "data_root" else getattr(cfg, k) for k in keys}
     return {**out, "input": cfg.input.to_dict()}
 
@@ -122,6 +124,7 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
         cfg.overlap,
         cfg.val_frac,
         cfg.min_valid_frac,
+        (cfg.label_shift_px[0], cfg.label_shift_px[1]),
     )
     if cfg.cluster.mode is ClusterMode.none:
         for rec in tqdm(jobs, desc="chip", disable=not cfg.progress):
@@ -175,6 +178,10 @@ def _month_targets(rec, cut: Cutting):
     """The month's image on the training grid, its targets (3, H, W) and ignore mask (H, W)."""
     img = read_image(rec, upscale=cut.upscale, spec=cut.spec)
     labels = read_labels(rec, img.crs)
+    if any(cut.label_shift) and len(labels):  # source pixels -> map units of the source grid
+        t = img.transform * Affine.scale(cut.upscale)
+        dx, dy = cut.label_shift
+        labels = labels.set_geometry(labels.geometry.translate(t.a * dx + t.b * dy, t.d * dx + t.e * dy))
     inst = instance_raster(labels, img.shape, img.transform)
     targets = make_targets(inst, cut.boundary_width, cut.contact_width)
     ignore = (~img.valid).astype(np.uint8)

@@ -175,10 +175,20 @@ class ChipConfig:
     index_format: IndexFormat = IndexFormat.parquet
     progress: bool = True
     input: InputSpec = field(default_factory=InputSpec)  # band order, alpha band, scaling to 8 bit (recorded in chips.json)
+    # (dx, dy) source pixels added to the labels before their targets are rasterized: registers labels that
+    # are offset from their imagery onto it, so that the model learns footprints where the image shows them
+    # (SN7: [0.3333, 0.3333], python bench/label_offset.py; vectorize.shift_px puts its output back)
+    label_shift_px: List[float] = field(default_factory=lambda: [0.0, 0.0])
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # per-AOI work on Dask: cluster.mode=local|address
 
     def __post_init__(self) -> None:
         self.layout = choice(self.layout, Layout, "chip", "layout")
+        check(
+            len(self.label_shift_px) == 2 and all(abs(float(v)) <= 2 for v in self.label_shift_px),
+            "chip",
+            f"label_shift_px={list(self.label_shift_px)} must be [dx, dy] in source pixels, each within [-2, 2]",
+        )
+        self.label_shift_px = [float(v) for v in self.label_shift_px]
         self.split = choice(self.split, Split, "chip", "split")
         self.index_format = choice(self.index_format, IndexFormat, "chip", "index_format")
         check(self.chip_size > 0, "chip", f"chip_size={self.chip_size} must be > 0")
@@ -518,6 +528,11 @@ class VectorizeConfig:
     min_seed_px: int = 2
     min_area_px: float = 4.0
     simplify_px: float = 0.0
+    # (dx, dy) source pixels added to every output footprint: the registration of the labels the footprints
+    # are meant to match. The model learns where buildings are in the image; SN7's labels sit about a third
+    # of a pixel up and left of them (python bench/label_offset.py), so recipe=real_sample sets
+    # [-0.3333, -0.3333]. [0, 0] for imagery whose labels are registered to it (the synthetic data).
+    shift_px: List[float] = field(default_factory=lambda: [0.0, 0.0])
     track: TrackConfig = field(default_factory=TrackConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # per-AOI work on Dask: cluster.mode=local|address
 
@@ -529,6 +544,12 @@ class VectorizeConfig:
             "vectorize",
             "min_area_px, min_seed_px and simplify_px must be >= 0",
         )
+        check(
+            len(self.shift_px) == 2 and all(abs(float(v)) <= 2 for v in self.shift_px),
+            "vectorize",
+            f"shift_px={list(self.shift_px)} must be [dx, dy] in source pixels, each within [-2, 2]",
+        )
+        self.shift_px = [float(v) for v in self.shift_px]
 
 
 @dataclass

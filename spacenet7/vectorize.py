@@ -91,6 +91,8 @@ def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
         info = parse_stem(f.name)
         preds.append(MonthPrediction(f.stem, info.month_key, prob[0], valid, up))
     rows = track_months(months, preds, cfg.track)
+    if any(cfg.shift_px) and len(rows):  # onto the labels' registration (VectorizeConfig.shift_px)
+        rows["geometry"] = shapely.transform(rows["geometry"].to_numpy(), lambda xy: xy + np.asarray(cfg.shift_px))
     stems = [p.stem for p in preds]
     keys = [p.month_key for p in preds]
     gdf = gpd.GeoDataFrame(

@@ -9,6 +9,7 @@ import pandas as pd
 import pyogrio
 import pytest
 import rasterio
+import shapely
 import torch
 
 from spacenet7 import chip, export, predict, train, vectorize
@@ -203,6 +204,21 @@ def test_prediction_without_crs_and_all_nodata_month_are_clear_errors(run, tmp_p
             vectorize.run(cfg)
         assert p.name in str(e.value)
         assert not (tmp_path / f"vec_{problem}").exists() or not list((tmp_path / f"vec_{problem}").iterdir())
+
+
+def test_vectorize_shift_moves_every_footprint_onto_the_labels_registration(run, tmp_path):
+    """``shift_px`` translates every output footprint by exactly (dx, dy) source pixels, nothing else."""
+    cfg = VectorizeConfig(**{**run["vcfg"].__dict__, "out_dir": str(tmp_path), "shift_px": [0.5, -0.25]})
+    vectorize.run(cfg)
+    base, _ = vectorize.load_vectors(run["dir"] / "vec" / f"{run['aoi']}.parquet")
+    moved, _ = vectorize.load_vectors(tmp_path / f"{run['aoi']}.parquet")
+    assert len(base) and list(moved["id"]) == list(base["id"]) and list(moved["month"]) == list(base["month"])
+    a = shapely.get_coordinates(shapely.from_wkt(base["pix_wkt"].to_numpy()))
+    b = shapely.get_coordinates(shapely.from_wkt(moved["pix_wkt"].to_numpy()))
+    assert np.allclose(b - a, [0.5, -0.25], atol=1e-3)
+    res = rasterio.open(next((run["dir"] / "pred" / run["aoi"]).glob("*.tif"))).res[0]  # map units follow
+    geo = shapely.get_coordinates(moved.geometry.values) - shapely.get_coordinates(base.geometry.values)
+    assert np.allclose(geo, [0.5 * res, 0.25 * res], atol=1e-3 * res)
 
 
 def test_exports_read_back_with_crs_and_counts(run):

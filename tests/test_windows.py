@@ -69,6 +69,20 @@ def test_window_targets_equal_chip_targets(both_layouts):
     assert checked >= 6
 
 
+def test_label_shift_moves_the_targets_and_rebuilds(synth_root, tmp_path):
+    """``label_shift_px`` moves the labels before they are rasterized: half a source pixel on the 2x grid
+    is one target pixel; changing it rebuilds the prepared files."""
+    args = [f"data_root={synth_root}", f"out_dir={tmp_path}", "layout=rasters", "upscale=2", "progress=false"]
+    chip.run(compose("chip", args))
+    path = sorted(tmp_path.glob("targets/*/*.tif"))[0]
+    base = unpack_targets(rasterio.open(path).read(1))[0][0]
+    chip.run(compose("chip", [*args, "label_shift_px=[0.5,-0.5]"]))
+    moved = unpack_targets(rasterio.open(path).read(1))[0][0]
+    assert base.sum() > 100 and not np.array_equal(moved, base)
+    expect = np.roll(base, (-1, 1), (0, 1))  # dx +0.5 px: one target pixel right; dy -0.5: one up
+    assert (moved[1:-1, 1:-1] == expect[1:-1, 1:-1]).mean() > 0.999
+
+
 def test_rasters_take_far_less_disk_than_chips(both_layouts):
     def size(d):
         return sum(p.stat().st_size for p in d.rglob("*.tif"))
