@@ -88,7 +88,17 @@ class Cutting:
 
 def _settings(cfg: ChipConfig) -> dict:
     """Everything the prepared files depend on: resume only when all of it is the same."""
-    keys = ("data_root", "split_dir", "layout", "chip_size", "overlap", "upscale", "boundary_width", "contact_width", "label_shift_px")
+    keys = (
+        "data_root",
+        "split_dir",
+        "layout",
+        "chip_size",
+        "overlap",
+        "upscale",
+        "boundary_width",
+        "contact_width",
+        "label_shift_px",
+    )
     out = {k: str(Path(getattr(cfg, k)).resolve()) if k == "data_root" else getattr(cfg, k) for k in keys}
     return {**out, "input": cfg.input.to_dict()}
 
