@@ -44,7 +44,7 @@ def _vertex(scores: np.ndarray, shifts: np.ndarray, axis: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default="../shared/data/sn7_real_sample")
-    ap.add_argument("--aoi", default=None)
+    ap.add_argument("--aoi", default=None, help="one AOI (the full SN7 set takes ~30 s per month)")
     ap.add_argument("--cols", nargs=2, type=int, default=None, metavar=("COL0", "COL1"), help="source columns to use")
     ap.add_argument("--max-shift", type=float, default=2 / 3, help="source pixels each way")
     args = ap.parse_args()
@@ -54,9 +54,10 @@ def main() -> None:
     n = 0
     for aoi, recs in scan(args.data_root, "train", [args.aoi] if args.aoi else None).items():
         for rec in recs:
-            try:
-                labels = read_labels(rec)
-            except Exception:  # noqa: BLE001 - an unlabelled month: nothing to register
+            if rec.labels_match is None:  # an unlabelled month: nothing to register
+                continue
+            labels = read_labels(rec)
+            if not len(labels):
                 continue
             img = read_image(rec, upscale=UP, spec=InputSpec(resampling="lanczos"))
             gray = img.rgb.astype(np.float64).mean(0)
