@@ -24,7 +24,7 @@ from affine import Affine
 from scipy import ndimage
 
 from spacenet7.data.bands import InputSpec
-from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan
+from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan, shift_labels
 
 UP = 6  # analysis grid: a sixth of a source pixel
 
@@ -70,8 +70,7 @@ def main() -> None:
             src = img.transform * Affine.scale(UP)
             for i, dy in enumerate(shifts):
                 for j, dx in enumerate(shifts):
-                    moved = labels.set_geometry(labels.geometry.translate(src.a * dx + src.b * dy, src.d * dx + src.e * dy))
-                    inside = instance_raster(moved, gray.shape, img.transform) > 0
+                    inside = instance_raster(shift_labels(labels, src, dx, dy), gray.shape, img.transform) > 0
                     outline = inside ^ ndimage.binary_erosion(inside)
                     edge[i, j] += grad[outline & keep].mean()
                     contrast[i, j] += gray[inside & keep].mean() - gray[keep].mean()

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from spacenet7.cluster import map_aois
 from spacenet7.config import ChipConfig, ClusterMode, IndexFormat, Layout, Split
 from spacenet7.data.bands import InputSpec
-from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan
+from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan, shift_labels
 from spacenet7.data.splits import aoi_split, spatial_split, split_regions
 from spacenet7.data.targets import CHIP_BANDS, make_targets
 from spacenet7.data.windows import pack_targets, unpack_targets
@@ -188,10 +188,7 @@ def _month_targets(rec, cut: Cutting):
     """The month's image on the training grid, its targets (3, H, W) and ignore mask (H, W)."""
     img = read_image(rec, upscale=cut.upscale, spec=cut.spec)
     labels = read_labels(rec, img.crs)
-    if any(cut.label_shift) and len(labels):  # source pixels -> map units of the source grid
-        t = img.transform * Affine.scale(cut.upscale)
-        dx, dy = cut.label_shift
-        labels = labels.set_geometry(labels.geometry.translate(t.a * dx + t.b * dy, t.d * dx + t.e * dy))
+    labels = shift_labels(labels, img.transform * Affine.scale(cut.upscale), *cut.label_shift)  # source pixels
     inst = instance_raster(labels, img.shape, img.transform)
     targets = make_targets(inst, cut.boundary_width, cut.contact_width)
     ignore = (~img.valid).astype(np.uint8)

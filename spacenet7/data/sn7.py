@@ -371,6 +371,14 @@ def read_labels(record: MonthRecord, crs=None) -> gpd.GeoDataFrame:
     return _footprints(gdf.set_crs(crs, allow_override=True), path)
 
 
+def shift_labels(labels: gpd.GeoDataFrame, transform: Affine, dx: float, dy: float) -> gpd.GeoDataFrame:
+    """``labels`` moved by (``dx``, ``dy``) pixels of the grid ``transform`` describes (x = column, y = row)."""
+    if not (dx or dy) or not len(labels):
+        return labels
+    t = transform
+    return labels.set_geometry(labels.geometry.translate(t.a * dx + t.b * dy, t.d * dx + t.e * dy))
+
+
 def read_labels_pix(record: MonthRecord) -> gpd.GeoDataFrame:
     """``labels_match_pix`` footprints in pixel coordinates (x = column, y = row), no CRS.
 
