@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from enum import StrEnum
@@ -23,6 +23,16 @@ from spacenet7 import PIPELINE_STAGES
 from spacenet7.data.bands import InputSpec
 from spacenet7.errors import SN7Error, check, choice
 from spacenet7.track import TrackConfig  # the schema of vectorize's track node
+
+
+def _pixel_shift(values: Sequence[float], stage: str, key: str) -> list[float]:
+    """A checked ``[dx, dy]`` shift in source pixels (``chip.label_shift_px``, ``vectorize.shift_px``)."""
+    check(
+        len(values) == 2 and all(abs(float(v)) <= 2 for v in values),
+        stage,
+        f"{key}={list(values)} must be [dx, dy] in source pixels, each within [-2, 2]",
+    )
+    return [float(v) for v in values]
 
 
 # Closed choices. Hydra matches an override by member name, so names are the lower-case values and
@@ -183,12 +193,7 @@ class ChipConfig:
 
     def __post_init__(self) -> None:
         self.layout = choice(self.layout, Layout, "chip", "layout")
-        check(
-            len(self.label_shift_px) == 2 and all(abs(float(v)) <= 2 for v in self.label_shift_px),
-            "chip",
-            f"label_shift_px={list(self.label_shift_px)} must be [dx, dy] in source pixels, each within [-2, 2]",
-        )
-        self.label_shift_px = [float(v) for v in self.label_shift_px]
+        self.label_shift_px = _pixel_shift(self.label_shift_px, "chip", "label_shift_px")
         self.split = choice(self.split, Split, "chip", "split")
         self.index_format = choice(self.index_format, IndexFormat, "chip", "index_format")
         check(self.chip_size > 0, "chip", f"chip_size={self.chip_size} must be > 0")
@@ -544,12 +549,7 @@ class VectorizeConfig:
             "vectorize",
             "min_area_px, min_seed_px and simplify_px must be >= 0",
         )
-        check(
-            len(self.shift_px) == 2 and all(abs(float(v)) <= 2 for v in self.shift_px),
-            "vectorize",
-            f"shift_px={list(self.shift_px)} must be [dx, dy] in source pixels, each within [-2, 2]",
-        )
-        self.shift_px = [float(v) for v in self.shift_px]
+        self.shift_px = _pixel_shift(self.shift_px, "vectorize", "shift_px")
 
 
 @dataclass

@@ -158,6 +158,9 @@ def test_recipe_real_sample_chooses_its_experiment_and_a_pretraining_run(tmp_pat
         ("predict.grid=finer", "Invalid value 'finer', expected one of [source, upscaled]"),
         ("chip.out_dir=/elsewhere", "chip.out_dir is wired by the pipeline"),
         ("stages=[synth,chop]", "unknown stage(s) ['chop']"),
+        ("chip.label_shift_px=[0.3,5]", "label_shift_px=[0.3, 5.0] must be [dx, dy] in source pixels, each within [-2, 2]"),
+        ("vectorize.shift_px=[1]", "shift_px=[1.0] must be [dx, dy] in source pixels"),
+        ("predict.tta_scales=[]", "tta_scales=[] must be a non-empty list of scales within [0.25, 4]"),
         ("pretrain.train.max_epochs=2", "pipeline: bad config"),  # no pretraining node without a recipe that has one
     ],
 )
