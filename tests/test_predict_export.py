@@ -216,7 +216,8 @@ def test_vectorize_shift_moves_every_footprint_onto_the_labels_registration(run,
     a = shapely.get_coordinates(shapely.from_wkt(base["pix_wkt"].to_numpy()))
     b = shapely.get_coordinates(shapely.from_wkt(moved["pix_wkt"].to_numpy()))
     assert np.allclose(b - a, [0.5, -0.25], atol=1e-3)
-    res = rasterio.open(next((run["dir"] / "pred" / run["aoi"]).glob("*.tif"))).res[0]  # map units follow
+    with rasterio.open(next((run["dir"] / "pred" / run["aoi"]).glob("*.tif"))) as ds:
+        res = ds.res[0]  # map units follow
     geo = shapely.get_coordinates(moved.geometry.values) - shapely.get_coordinates(base.geometry.values)
     assert np.allclose(geo, [0.5 * res, 0.25 * res], atol=1e-3 * res)
 

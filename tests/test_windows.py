@@ -75,9 +75,11 @@ def test_label_shift_moves_the_targets_and_rebuilds(synth_root, tmp_path):
     args = [f"data_root={synth_root}", f"out_dir={tmp_path}", "layout=rasters", "upscale=2", "progress=false"]
     chip.run(compose("chip", args))
     path = sorted(tmp_path.glob("targets/*/*.tif"))[0]
-    base = unpack_targets(rasterio.open(path).read(1))[0][0]
+    with rasterio.open(path) as ds:
+        base = unpack_targets(ds.read(1))[0][0]
     chip.run(compose("chip", [*args, "label_shift_px=[0.5,-0.5]"]))
-    moved = unpack_targets(rasterio.open(path).read(1))[0][0]
+    with rasterio.open(path) as ds:
+        moved = unpack_targets(ds.read(1))[0][0]
     assert base.sum() > 100 and not np.array_equal(moved, base)
     expect = np.roll(base, (-1, 1), (0, 1))  # dx +0.5 px: one target pixel right; dy -0.5: one up
     assert (moved[1:-1, 1:-1] == expect[1:-1, 1:-1]).mean() > 0.999
