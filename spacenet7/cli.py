@@ -5,7 +5,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
+import warnings
+from collections.abc import Callable
+from types import FrameType
 
 from spacenet7 import STAGES
 from spacenet7.errors import SN7Error
@@ -56,11 +61,17 @@ def main(argv: list[str] | None = None) -> None:
     register()
     precheck(stage, argv)
     os.environ[STAGE_ENV] = stage
+    quiet_libraries()
+    command = sys.argv[0]  # what was run (the console script, or spacenet7/__main__.py for python -m)
 
     @hydra.main(config_path=str(CONF_DIR), config_name=stage, version_base="1.3")
     def _app(cfg) -> None:
         for noisy in ("pyogrio", "rasterio", "fiona", "matplotlib", "PIL"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger("rasterio._env").setLevel(logging.ERROR)  # GDAL's warnings while it writes ("A strile cannot...")
+        # Hydra has parsed the command line: Lightning's DDP launcher re-runs sys.argv, so argv[0] must be
+        # a runnable file again (the console script), not the display name Hydra was given
+        sys.argv[0] = command
         try:
             run_stage(stage, to_config(stage, cfg))
         except SN7Error as exc:
@@ -69,7 +80,49 @@ def main(argv: list[str] | None = None) -> None:
             fail(stage, os_error_line(exc))
 
     sys.argv = [f"spacenet7-{stage}", *argv, *hydra_overrides(stage, argv)]
-    _app()
+    with stop_on_sigterm(stage):
+        _app()
+
+
+def quiet_libraries() -> None:
+    """Keep a stage's one error line readable: no warning that the stages already check for themselves
+    (rasterio's NotGeoreferencedWarning: a missing CRS is an error where it matters), and no C++ log
+    lines of TensorFlow or absl, which OpenVINO's and NNCF's imports can pull in."""
+    from rasterio.errors import NotGeoreferencedWarning
+
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+class stop_on_sigterm:  # noqa: N801 - used as a context manager, named like one
+    """While the block runs, SIGTERM stops the stage at once: one line, exit status 143 (128 + 15).
+
+    Without it Lightning's own handler only sets a flag that the training loop reads at its next
+    batch (a validation epoch can take minutes); raising ``SystemExit`` here runs every ``finally``
+    (scratch folders, ``.partial`` files), and Lightning, which re-raises it, stops its DDP processes.
+    The previous handler is restored afterwards. Outside the main thread it does nothing.
+    """
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.previous: Callable[[int, FrameType | None], object] | int | None = None
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        print(f"spacenet7 {self.stage}: stopped by SIGTERM", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGTERM)
+
+    def __enter__(self) -> stop_on_sigterm:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def ddp_relaunch_argv(argv: list[str]) -> list[str]:
@@ -96,7 +149,11 @@ def precheck(stage: str, argv: list[str]) -> None:
     if stage == "train" and not any(a.split("=", 1)[0] == "run_dir" for a in overrides):
         overrides.append("run_dir=unused")  # its default is Hydra's run folder, known only once Hydra runs
     try:
-        compose_checked(stage, overrides)
+        cfg = compose_checked(stage, overrides)
+        if stage == "train" and any(a.split("=", 1)[0] == "run_dir" for a in argv):
+            from spacenet7.io.atomic import check_creatable_dir
+
+            check_creatable_dir(cfg.run_dir)  # Hydra makes it (its run folder) before the stage's own checks
     except SN7Error as exc:
         fail(stage, str(exc))
 

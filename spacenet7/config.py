@@ -839,6 +839,13 @@ def compose_checked(stage: str, overrides: list[str] | None = None) -> Any:
     except SN7Error:
         raise
     except Exception as exc:  # hydra.errors.*, omegaconf.errors.*: several types, all "bad config"
+        if "LexerNoViableAltException" in str(exc) and "=" in getattr(exc, "override", ""):
+            key, value = exc.override.split("=", 1)  # type: ignore[attr-defined]
+            raise SN7Error(
+                f"{stage}: bad config: cannot read {exc.override!r}: an unquoted value may hold only letters, digits "  # type: ignore[attr-defined]
+                f"and _-./:+ (Hydra's override grammar); quote it: {key}={override_value(value)} "
+                f'(in a shell: "{key}={override_value(value)}")'
+            ) from None
         lines = [str(exc).splitlines()[0]] if str(exc) else [type(exc).__name__]
         if exc.__cause__ is not None and str(exc.__cause__):
             lines.append(str(exc.__cause__).splitlines()[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import socket
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
+from spacenet7.errors import SN7Error
+
 log = logging.getLogger(__name__)
 LIMIT_CONCURRENCY = 256  # open connections and tasks beyond this are answered 503 by uvicorn itself
 
@@ -21,18 +24,29 @@ def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: a free one).
 
     Raises:
-        OSError: the address is taken or cannot be bound (the CLI prints the OS's reason).
+        SN7Error: the address is taken or cannot be bound: the OS's reason with the host and port.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError:
+    except (OSError, OverflowError) as exc:
         sock.close()
-        raise
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        hint = (
+            "; another server uses it: choose another with port=N (port=0: any free port)"
+            if exc_errno(exc) == errno.EADDRINUSE
+            else ""
+        )
+        raise SN7Error(f"serve: cannot listen on {host}:{port}: {reason}{hint}") from None
     sock.listen(128)
     return sock
+
+
+def exc_errno(exc: BaseException) -> int | None:
+    """The ``errno`` of an OSError (``None`` for other errors)."""
+    return getattr(exc, "errno", None)
 
 
 def url(sock: socket.socket) -> str:
