@@ -736,6 +736,9 @@ class ServeConfig:
     checkpoint: Optional[str] = None  # the inference API's model; None = the run's (pipeline.json), none = no API
     host: str = "127.0.0.1"  # another address exposes the server beyond this machine
     port: int = 8000  # 0 = any free port
+    # the names a request's Host header may give (DNS rebinding: a web page must not reach the server under its
+    # own name); host= is added when it names one address. "*" accepts any, "*.example.org" a domain's names
+    allowed_hosts: List[str] = field(default_factory=lambda: ["localhost", "127.0.0.1", "::1"])
     max_upload_mb: float = 64.0  # a request body over this is refused (413)
     max_pixels: int = 16_777_216  # one image, on the model's grid (after upscale)
     max_files: int = 24  # images in one time series

@@ -54,7 +54,7 @@ def app(run, uploads):
 
 @pytest.fixture(scope="module")
 def client(app) -> TestClient:
-    return TestClient(app)
+    return TestClient(app, base_url="http://localhost")  # a Host of allowed_hosts (TestClient says "testserver")
 
 
 @pytest.fixture(scope="module")

@@ -122,7 +122,7 @@ class Inference:
         """What the API does with an upload: the checkpoint, input spec, views and thresholds."""
         p, v = self.predict_cfg, self.vectorize_cfg
         return {
-            "checkpoint": str(self.checkpoint),
+            "checkpoint": self.checkpoint.name,  # its name only: no answer shows the server's paths
             "input": self.model.spec.to_dict(),
             "upscale": self.model.upscale,
             "tile": p.tile,

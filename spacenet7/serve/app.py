@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from spacenet7 import __version__
@@ -43,6 +45,52 @@ REPO = Path(__file__).resolve().parents[2]
 COPY_CHUNK = 1 << 20
 GEOJSON = "application/geo+json"
 PNG_HEADERS = {"Cache-Control": "max-age=3600"}
+MAX_ZOOM = 30  # web-map zoom levels served (z 30: ~0.15 mm pixels); beyond, a tile is a 400
+
+
+class Problem(BaseModel):
+    """The body of every 4xx/5xx answer: one line naming the file, setting or value at fault."""
+
+    detail: str
+
+
+def _errors(**codes: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error codes a route answers (each with a :class:`Problem` body)."""
+    return {int(code.lstrip("_")): {"model": Problem, "description": text} for code, text in codes.items()}
+
+
+NOT_FOUND = _errors(_404="no such AOI, month, tile or file in this run")
+UPLOAD_ERRORS = _errors(
+    _400="a bad request: a file without a CRS or of another band layout, months that do not match the files",
+    _411="no Content-Length header (chunked uploads are refused)",
+    _413="over max_upload_mb, max_pixels or max_files",
+    _415="not a GeoTIFF",
+    _422="the pipeline refused the data (a fully masked series, a truncated file)",
+    _503="no model loaded, or every worker and queue place taken (Retry-After)",
+)
+
+
+def host_name(header: str) -> str:
+    """The host of a ``Host`` header, lower-case, without its port (``[::1]:8000`` -> ``::1``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def host_allowed(host: str, allowed: list[str]) -> bool:
+    """Whether ``host`` (from :func:`host_name`) matches ``allowed``: a name, ``*``, or ``*.domain``."""
+    for pattern in (a.strip().lower().strip("[]") for a in allowed):
+        if pattern == "*" or pattern == host or (pattern.startswith("*.") and host.endswith(pattern[1:])):
+            return True
+    return False
+
+
+def allowed_hosts(cfg: ServeConfig) -> list[str]:
+    """``cfg.allowed_hosts``, with the address the server binds to when it names one (not 0.0.0.0 or ::)."""
+    bound = cfg.host.strip("[]").lower()
+    extra = [bound] if bound and bound not in ("0.0.0.0", "::") else []
+    return [*cfg.allowed_hosts, *extra]
 
 
 def npm_package(name: str, probe: str) -> Path:
@@ -110,12 +158,15 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         tmp_root.mkdir(parents=True, exist_ok=True)
     timings: dict[str, list[float]] = {"predict": [], "track": []}
 
+    hosts = allowed_hosts(cfg)
     app = FastAPI(
         title="spacenet7 serve",
         version=__version__,
         docs_url=None,
         redoc_url=None,
-        description=f"Tracked building footprints of `{catalog.run_dir}` month by month, and footprints of new imagery.",
+        # the run's folder name only: no answer tells a client where the server keeps its files
+        description=f"Tracked building footprints of run `{catalog.run_dir.name}` month by month, and footprints of new imagery.",
+        responses=_errors(_400="a Host header that is not one of the server's allowed_hosts, or a bad parameter"),
     )
     app.state.catalog, app.state.inference, app.state.gate, app.state.timings = catalog, inference, gate, timings
 
@@ -141,6 +192,16 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                     {"detail": f"request body of {length} bytes is over the limit of {cfg.max_upload_mb:g} MB (max_upload_mb)"},
                     status_code=413,
                 )
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def _trusted_host(request: Request, call_next):  # added last, so it runs first
+        host = host_name(request.headers.get("host", ""))
+        if not host_allowed(host, hosts):
+            return JSONResponse(
+                {"detail": f"Host {host!r} is not one of allowed_hosts {hosts} (spacenet7 serve allowed_hosts=[...])"},
+                status_code=400,
+            )
         return await call_next(request)
 
     # -- the map page and its data ------------------------------------------------------------------
@@ -177,12 +238,18 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             raise HTTPException(404, f"no month {month!r} of AOI {aoi!r} in this run")
         return m
 
-    @app.get("/api/aois/{aoi}/{month}/footprints.geojson", summary="The month's tracked footprints (RFC 7946)")
+    @app.get(
+        "/api/aois/{aoi}/{month}/footprints.geojson", summary="The month's tracked footprints (RFC 7946)", responses=NOT_FOUND
+    )
     def footprints(aoi: str, month: str) -> Response:
         m = _month(aoi, month)
         return Response(catalog.footprints_geojson(aoi, m.month), media_type=GEOJSON)
 
-    @app.get("/api/aois/{aoi}/{month}/truth.geojson", summary="The month's ground truth (labels_match), where the data has it")
+    @app.get(
+        "/api/aois/{aoi}/{month}/truth.geojson",
+        summary="The month's ground truth (labels_match), where the data has it",
+        responses=NOT_FOUND,
+    )
     def truth(aoi: str, month: str) -> Response:
         m = _month(aoi, month)
         body = catalog.truth_geojson(aoi, m.month)
@@ -190,9 +257,22 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             raise HTTPException(404, f"no ground truth for {aoi} {m.month}")
         return Response(body, media_type=GEOJSON)
 
-    @app.get("/tiles/{layer}/{aoi}/{month}/{z}/{x}/{y}.png", summary="A 256 px web-map tile of the mosaic or the probability")
-    def tile(layer: str, aoi: str, month: str, z: int, x: int, y: int) -> Response:
+    @app.get(
+        "/tiles/{layer}/{aoi}/{month}/{z}/{x}/{y}.png",
+        summary="A 256 px web-map tile of the mosaic or the probability",
+        responses={**NOT_FOUND, 200: {"content": {"image/png": {}}}},
+    )
+    def tile(
+        layer: str,
+        aoi: str,
+        month: str,
+        z: Annotated[int, PathParam(ge=0, le=MAX_ZOOM)],
+        x: Annotated[int, PathParam(ge=0)],
+        y: Annotated[int, PathParam(ge=0)],
+    ) -> Response:
         m = _month(aoi, month)
+        if x >= 2**z or y >= 2**z:
+            raise HTTPException(404, f"no tile {z}/{x}/{y}: x and y are below {2**z} at zoom {z}")
         source = {"mosaic": m.image, "probability": m.prediction}.get(layer)
         render = tiles.mosaic_tile if layer == "mosaic" else tiles.probability_tile
         png = render(source, z, x, y) if source is not None else None
@@ -200,11 +280,11 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             raise HTTPException(404, f"no {layer} tile {z}/{x}/{y} for {aoi} {m.month}")
         return Response(png, media_type="image/png", headers=PNG_HEADERS)
 
-    @app.get("/files/run/{path:path}", summary="A file of the run directory (exports, metrics)")
+    @app.get("/files/run/{path:path}", summary="A file of the run directory (exports, metrics)", responses=NOT_FOUND)
     def run_file(path: str) -> FileResponse:
         return _serve_file(catalog.run_dir, path)
 
-    @app.get("/files/data/{path:path}", summary="A file of the data root (mosaics, labels)")
+    @app.get("/files/data/{path:path}", summary="A file of the data root (mosaics, labels)", responses=NOT_FOUND)
     def data_file(path: str) -> FileResponse:
         if catalog.data_root is None:
             raise HTTPException(404, "this run has no data root")
@@ -215,7 +295,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         "/api/predict",
         summary="Footprints of one GeoTIFF (RFC 7946 GeoJSON, EPSG:4326)",
         response_class=Response,
-        responses={200: {"content": {GEOJSON: {}}}},
+        responses={**UPLOAD_ERRORS, 200: {"content": {GEOJSON: {}}}},
     )
     async def predict(image: Annotated[UploadFile, File(description="a GeoTIFF mosaic with a CRS")]) -> Response:
         return await _footprints("predict", [image], None)
@@ -224,7 +304,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         "/api/track",
         summary="Tracked footprints of a time series: ids, first and last month",
         response_class=Response,
-        responses={200: {"content": {GEOJSON: {}}}},
+        responses={**UPLOAD_ERRORS, 200: {"content": {GEOJSON: {}}}},
     )
     async def track(
         images: Annotated[list[UploadFile], File(description="GeoTIFFs of one area")],

@@ -87,6 +87,7 @@ class Catalog:
         for path in vec:
             aoi = self._index_aoi(path)
             self.aois[aoi.name] = aoi
+        self._buildings  # noqa: B018 - every vectors file read now: a truncated one stops the start, not a later request
 
     def _index_aoi(self, path: Path) -> AOI:
         meta = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else None
@@ -174,7 +175,7 @@ class Catalog:
         return feature_collection(web_geometries(truth).geometry.to_numpy(), [f'{{"id":{int(i)}}}' for i in truth["Id"]])
 
     def summary(self) -> dict[str, Any]:
-        """The run as the page needs it: AOIs, months with their counts, files and scores."""
+        """The run as the page needs it: its folder's name, AOIs, months with their counts, files and scores."""
         aois = []
         for name, aoi in self.aois.items():
             gdf = self.buildings(name)
@@ -201,7 +202,7 @@ class Catalog:
                 }
             )
         overall = {k: v for k, v in self.metrics.items() if not isinstance(v, (dict, list))}
-        return {"run_dir": str(self.run_dir), "aois": aois, "metrics": overall}
+        return {"run_dir": self.run_dir.name, "aois": aois, "metrics": overall}  # the folder's name: no server paths
 
     @functools.lru_cache(maxsize=64)  # noqa: B019
     def extent(self, aoi: str) -> dict[str, Any]:
