@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,21 @@ from spacenet7.io.atomic import atomic_path, ensure_writable_dir
 log = logging.getLogger(__name__)
 METRIC = {Objective.iou: "val/iou", Objective.f1: "val/f1", Objective.scot: "val/iou"}  # reported each epoch, for pruning
 GROUPS_REPLACED = ("model", "loss", "optimizer", "augment")  # best.yaml carries them whole (no leftover group keys)
+# a running trial records a heartbeat this often; one silent for the grace period (its process was killed) is
+# marked failed when the study is opened and before each new trial (Optuna's fail_stale_trials)
+HEARTBEAT_S = 60
+GRACE_S = 180
+
+
+def sampler_seed(seed: int, done: int) -> int:
+    """The TPE sampler's seed for a run of ``seed`` on a study that holds ``done`` trials.
+
+    A hash of both, not ``seed + done``: a resumed study (seed 0, 1 trial) and a fresh one (seed 1)
+    would otherwise draw the same parameters.
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, done]).generate_state(1)[0])
 
 
 def storage_url(cfg: TuneConfig) -> str:
@@ -97,7 +113,11 @@ def load_study(cfg: TuneConfig) -> Any:
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}  # concurrent writers wait, not fail
     for attempt in range(5):  # processes starting together race to create the tables and the study: retry
         try:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna (since 2.9)
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+                )
             study = optuna.create_study(
                 study_name=cfg.study_name, storage=storage, direction="maximize", load_if_exists=True, pruner=_pruner(cfg)
             )
@@ -107,8 +127,14 @@ def load_study(cfg: TuneConfig) -> Any:
                 raise SN7Error(f"tune: cannot open study {cfg.study_name!r} at {url}: {str(exc).splitlines()[0][:200]}") from None
             log.warning("tune: opening the study failed (%s); retrying", str(exc).splitlines()[0][:120])
             time.sleep(1.0 + attempt + random.random())
+    failed = counts(study).get("fail", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # trials of a killed process: RUNNING -> FAIL
+    if stale := counts(study).get("fail", 0) - failed:
+        log.warning("tune: %d trial(s) of a stopped process marked failed (no heartbeat for %d s)", stale, GRACE_S)
     done = len(study.trials)  # a resumed study draws new random start-up points, not the first run's again
-    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + done, n_startup_trials=cfg.startup_trials)
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(cfg.seed, done), n_startup_trials=cfg.startup_trials)
     return study
 
 
@@ -124,6 +150,12 @@ def run(cfg: TuneConfig) -> dict[str, Path]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(cfg)
     monitor = METRIC[cfg.objective]
+    if study.trials:  # a resumed study: n_trials are added to those it holds, never topped up to n_trials
+        print(
+            f"=== tune: resuming study {study.study_name!r} with {len(study.trials)} trial(s) "
+            f"({', '.join(f'{v} {k}' for k, v in sorted(counts(study).items()))}); adding n_trials={cfg.n_trials} more",
+            flush=True,
+        )
 
     def objective(trial: optuna.Trial) -> float:
         params = {name: suggest(trial, name, p) for name, p in cfg.space.items()}
