@@ -36,10 +36,11 @@ system-packages:
 demo: $(STAMP)
 	$(BIN)/spacenet7 pipeline run_dir=$(RUN_DIR)
 
-# The real SN7 sample beside the repository (../shared): synthetic pretraining, fine-tuning on all
-# but the right quarter of the AOI, then that band predicted and scored (conf/recipe/real_sample.yaml).
+# The real SN7 data beside the repository (../shared): synthetic pretraining, fine-tuning on all but
+# the right quarter of each AOI (all 25 months of the time series), then those bands predicted,
+# tracked and scored: SCOT and per-place F1 / pixel IoU (conf/recipe/real.yaml).
 real: $(STAMP)
-	$(BIN)/spacenet7 pipeline recipe=real_sample
+	$(BIN)/spacenet7 pipeline recipe=real
 
 # --durations: the slowest tests are listed, so the default run can be kept near 10 minutes on 2 cores
 test: $(STAMP) $(NODE_STAMP) system-packages

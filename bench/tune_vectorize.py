@@ -13,10 +13,13 @@ L15-1201E-1203N_4805_3379_13; its held-out AOI is listed in runs/demo/pipeline.j
         aois=[L15-1201E-1203N_4805_3379_13] out_dir=runs/val_pred
     python bench/tune_vectorize.py runs/val_pred L15-1201E-1203N_4805_3379_13 threshold=0.4,0.5 seed_threshold=0.3,0.55
 
-``--region ROW0 ROW1 COL0 COL1`` scores only that pixel box, as ``evaluate region=`` does, and adds
-the building F1 / precision / recall at IoU >= 0.5 and > 0.25 and the pixel IoU: how the real
-recipe's thresholds were chosen on the sample's validation band (``make real`` first):
+Each line gives SCOT with its tracking and change terms and counts, and the building F1 /
+precision / recall at IoU >= 0.5 and > 0.25. ``--region ROW0 ROW1 COL0 COL1`` scores only that pixel
+box, as ``evaluate region=`` does, and adds the pixel IoU: e.g. the real time series' held-out band
+(``make real`` first; tune on one place, check on the other, docs/real-data.md):
 
+    python bench/tune_vectorize.py runs/real/predictions L15-0331E-1257N_1327_3160_13 \\
+        track.min_persist=2,4 --data-root ../shared/data/sn7_real_timeseries --region 0 1023 768 1024
     python bench/tune_vectorize.py runs/real/predictions L15-1615E-1205N_6460_3370_13 \\
         threshold=0.2,0.25,0.3,0.4 seed_threshold=0.3 --data-root ../shared/data/sn7_real_sample --region 0 512 768 1024
 """
@@ -64,19 +67,15 @@ def main() -> None:
                 proposal = clip_to_region(proposal, args.region)
             r = scot(truth, proposal)
             a = r.per_aoi[0]
-            if args.region:
-                print(
-                    f"{' '.join(overrides) or '(defaults)'}: F1@0.5 {r.f1:.4f} (P {r.precision:.3f} R {r.recall:.3f}) "
-                    f"F1@0.25 {r.f1_25:.4f} pixel IoU {pixel_iou(truth, proposal, args.region):.4f}",
-                    flush=True,
-                )
-                continue
-            print(
-                f"{' '.join(overrides) or '(defaults)'}: SCOT {r.scot:.3f} tracking {r.tracking:.3f} "
-                f"change {r.change:.3f} | tp {a.tp} fp {a.fp} fn {a.fn} mismatches {a.mismatches} "
-                f"| change tp {a.change_tp} fp {a.change_fp} fn {a.change_fn}",
-                flush=True,
+            line = (
+                f"{' '.join(overrides) or '(defaults)'}: SCOT {r.scot:.4f} tracking {r.tracking:.4f} "
+                f"change {r.change:.4f} | tp {a.tp} fp {a.fp} fn {a.fn} mismatches {a.mismatches} "
+                f"| change tp {a.change_tp} fp {a.change_fp} fn {a.change_fn} "
+                f"| F1@0.5 {r.f1:.4f} (P {r.precision:.3f} R {r.recall:.3f}) F1@0.25 {r.f1_25:.4f}"
             )
+            if args.region:
+                line += f" pixel IoU {pixel_iou(truth, proposal, args.region):.4f}"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

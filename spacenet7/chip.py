@@ -11,13 +11,18 @@
 With ``upscale > 1`` the image is resampled and the labels are rasterized from the polygons on
 the finer grid (never upsampled masks). ``index.parquet`` (or ``.csv``) lists every chip or
 region with its source, georeferencing, valid and building fractions, and split. ``chips.json``
-records the settings; files of an earlier run are reused only when the settings are the same.
+records the settings. A file of an earlier run is reused only when it was made with the same
+settings from the same sources (each file carries that key in its tags: the settings and the size
+and modification time of the month's image, masked image, UDM and labels), and ``chips.json`` is
+removed before any file is written, so that a killed run leaves no index that ``train`` trusts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +35,7 @@ from tqdm import tqdm
 from spacenet7.cluster import map_aois
 from spacenet7.config import ChipConfig, ClusterMode, IndexFormat, Layout, Split
 from spacenet7.data.bands import InputSpec
-from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan, shift_labels
+from spacenet7.data.sn7 import data_roots, instance_raster, read_image, read_labels, scan, shift_labels
 from spacenet7.data.splits import aoi_split, spatial_split, split_regions
 from spacenet7.data.targets import CHIP_BANDS, make_targets
 from spacenet7.data.windows import pack_targets, unpack_targets
@@ -84,6 +89,18 @@ class Cutting:
     val_frac: float  # split=spatial: the right band's width fraction
     min_valid_frac: float  # chips / regions with fewer valid pixels are skipped
     label_shift: tuple[float, float] = (0.0, 0.0)  # (dx, dy) source pixels added to the labels
+    settings_key: str = ""  # a hash of :func:`_settings`: part of every file's source key (:func:`source_key`)
+
+
+SOURCE_TAG = "SPACENET7_SOURCE"  # the GeoTIFF tag holding a prepared file's source key
+
+
+def source_key(rec, cut: Cutting) -> str:
+    """What one month's prepared files depend on: the settings, and the size and modification
+    time of every file the month is read from (an edited label file changes it)."""
+    files = [rec.image, rec.image_masked, rec.udm, rec.labels_match]
+    stats = [(str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in files if p is not None]
+    return hashlib.sha256(json.dumps([cut.settings_key, stats]).encode()).hexdigest()[:32]
 
 
 def _settings(cfg: ChipConfig) -> dict:
@@ -99,7 +116,8 @@ def _settings(cfg: ChipConfig) -> dict:
         "contact_width",
         "label_shift_px",
     )
-    out = {k: str(Path(getattr(cfg, k)).resolve()) if k == "data_root" else getattr(cfg, k) for k in keys}
+    out = {k: getattr(cfg, k) for k in keys}
+    out["data_root"] = os.pathsep.join(str(r.resolve()) for r in data_roots(cfg.data_root))
     return {**out, "input": cfg.input.to_dict()}
 
 
@@ -113,14 +131,8 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
     clear_partials(out)
     settings = _settings(cfg)
     meta_path = out / "chips.json"
-    reuse = False
-    if meta_path.exists():
-        try:
-            reuse = json.loads(meta_path.read_text()).get("settings") == settings
-        except ValueError:
-            reuse = False
-        if not reuse:
-            log.info("chip: settings differ from the run in %s; rebuilding every file", out)
+    meta_path.unlink(missing_ok=True)  # invalid from here until every file is in place: written again last
+    reuse = True  # file by file, where its source key matches (source_key)
     by_aoi = aoi_split(list(records), cfg.val_frac, cfg.seed) if cfg.split is Split.aoi else {}
     jobs = [r for recs in records.values() for r in recs[:: cfg.month_stride]]
     rows: list[dict] = []
@@ -135,6 +147,7 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
         cfg.val_frac,
         cfg.min_valid_frac,
         (cfg.label_shift_px[0], cfg.label_shift_px[1]),
+        hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
     )
     if cfg.cluster.mode is ClusterMode.none:
         for rec in tqdm(jobs, desc="chip", disable=not cfg.progress):
@@ -199,7 +212,8 @@ def _month_targets(rec, cut: Cutting):
 def _target_month(rec, cut: Cutting, out: Path, aoi_side: str | None, reuse: bool) -> list[dict]:
     rel = Path("targets") / rec.aoi / f"{rec.stem}.tif"
     path = out / rel
-    if reuse and _complete(path, 1):
+    key = source_key(rec, cut)
+    if reuse and _complete(path, 1, key):
         with rasterio.open(path) as ds:
             packed, transform, crs = ds.read(1), ds.transform, ds.crs
         targets, ignore = unpack_targets(packed)
@@ -219,7 +233,9 @@ def _target_month(rec, cut: Cutting, out: Path, aoi_side: str | None, reuse: boo
             blockxsize=256,
             blockysize=256,
         )
-        write_raster(path, packed[None], profile, descriptions=("footprint|boundary|contact|ignore bits",))
+        write_raster(
+            path, packed[None], profile, descriptions=("footprint|boundary|contact|ignore bits",), tags={SOURCE_TAG: key}
+        )
     h, w = packed.shape
     rows = []
     for side, (r0, r1, c0, c1) in split_regions(h, w, aoi_side, cut.val_frac):
@@ -251,6 +267,7 @@ def _target_month(rec, cut: Cutting, out: Path, aoi_side: str | None, reuse: boo
 
 
 def _chip_month(rec, cut: Cutting, out: Path, aoi_side: str | None, reuse: bool) -> list[dict]:
+    key = source_key(rec, cut)
     img, targets, ignore = _month_targets(rec, cut)
     stack = np.concatenate([img.rgb, targets, ignore[None]])
     h, w = img.shape
@@ -266,8 +283,8 @@ def _chip_month(rec, cut: Cutting, out: Path, aoi_side: str | None, reuse: bool)
             continue
         path = out / "chips" / rec.aoi / f"{rec.stem}_r{r0:05d}_c{c0:05d}.tif"
         transform = rasterio.windows.transform(win, img.transform)
-        if not (reuse and _complete(path, len(CHIP_BANDS))):
-            _write_chip(path, stack[(slice(None), *sl)], transform, img.crs)
+        if not (reuse and _complete(path, len(CHIP_BANDS), key)):
+            _write_chip(path, stack[(slice(None), *sl)], transform, img.crs, key)
         rows.append(
             {
                 "path": str(path.relative_to(out)),
@@ -293,18 +310,19 @@ def _chip_month(rec, cut: Cutting, out: Path, aoi_side: str | None, reuse: bool)
     return rows
 
 
-def _complete(path: Path, bands: int) -> bool:
-    """A file is complete when it exists and opens (files are renamed into place when done)."""
+def _complete(path: Path, bands: int, key: str) -> bool:
+    """A file can be reused when it exists, opens (files are renamed into place when done) and was
+    made from the same settings and sources (its ``SOURCE_TAG`` is ``key``)."""
     if not path.exists():
         return False
     try:
         with rasterio.open(path) as ds:
-            return ds.count == bands
+            return ds.count == bands and ds.tags().get(SOURCE_TAG) == key
     except rasterio.errors.RasterioIOError:
         return False
 
 
-def _write_chip(path: Path, array: np.ndarray, transform, crs) -> None:
+def _write_chip(path: Path, array: np.ndarray, transform, crs, key: str) -> None:
     profile = dict(
         driver="GTiff",
         width=array.shape[2],
@@ -316,4 +334,4 @@ def _write_chip(path: Path, array: np.ndarray, transform, crs) -> None:
         compress="deflate",
         interleave="pixel",
     )
-    write_raster(path, array, profile, descriptions=CHIP_BANDS)
+    write_raster(path, array, profile, descriptions=CHIP_BANDS, tags={SOURCE_TAG: key})

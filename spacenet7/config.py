@@ -580,9 +580,15 @@ class EvaluateConfig:
     min_truth_area: float = 4.0
     beta: float = 2.0
     region: Optional[List[float]] = None  # [row0, row1, col0, col1] source pixels: score only this box of every month
+    band_frac: Optional[float] = None  # score only the right band of this width fraction of each AOI (its own size)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # per-AOI work on Dask: cluster.mode=local|address
 
     def __post_init__(self) -> None:
+        check(
+            self.band_frac is None or 0 < self.band_frac < 1,
+            "evaluate",
+            f"band_frac={self.band_frac} must be between 0 and 1",
+        )
         check(0 < self.iou_threshold < 1, "evaluate", f"iou_threshold={self.iou_threshold} must be between 0 and 1")
         check(self.beta > 0, "evaluate", f"beta={self.beta} must be > 0")
         check(self.min_truth_area >= 0, "evaluate", f"min_truth_area={self.min_truth_area} must be >= 0")

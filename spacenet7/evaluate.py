@@ -9,28 +9,43 @@ from pathlib import Path
 import pandas as pd
 
 from spacenet7.cluster import map_aois
-from spacenet7.config import ClusterMode, EvaluateConfig
-from spacenet7.data.sn7 import read_labels_pix, scan
+from spacenet7.config import EvaluateConfig
+from spacenet7.data.sn7 import band_regions, read_truth_pix, scan
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.atomic import atomic_path, ensure_writable_file
-from spacenet7.metrics.pixel import clip_to_region, pixel_counts, pixel_iou
-from spacenet7.metrics.scot import AOIScore, ScotResult, prepare, score_aoi_months, scot, summarize
+from spacenet7.metrics.pixel import clip_to_region, pixel_counts
+from spacenet7.metrics.scot import AOIScore, ScotResult, prepare, score_aoi_months, summarize
 from spacenet7.metrics.table import check_table, check_unique_ids, month_rows, read_table
 
 log = logging.getLogger(__name__)
 
 
 def ground_truth_table(data_root: str | Path, split_dir: str = "train", aois: list[str] | None = None) -> pd.DataFrame:
-    """The SN7 ground truth (``labels_match_pix``) of a data set as a checked table.
+    """The SN7 ground truth of a data set as a checked table, in pixel coordinates.
 
-    Months without buildings get one empty row, so they still count as months.
+    ``labels_match_pix``, or ``labels_match`` put onto each image's pixel grid where a data set
+    has no pixel copy (:func:`~spacenet7.data.sn7.read_truth_pix`). ``data_root`` may name several
+    roots (``os.pathsep``). Months without buildings get one empty row, so they still count as months.
     """
     rows = []
     for records in scan(data_root, split_dir, aois).values():
         for rec in records:
-            gdf = read_labels_pix(rec)
+            gdf = read_truth_pix(rec)
             rows += month_rows(rec.stem, gdf["Id"], [g.wkt for g in gdf.geometry])
     return check_table(pd.DataFrame(rows, columns=["filename", "id", "geometry"]), Path(data_root))
+
+
+def building_scores(months: list, inter: int, union: int) -> dict[str, float]:
+    """Building F1, precision and recall at IoU >= 0.5 and > 0.25 pooled over ``months`` (:class:`MonthScore`),
+    and the pixel IoU of the sums ``inter`` / ``union``."""
+    nt = sum(m.n_truth for m in months)
+    npr = sum(m.n_proposal for m in months)
+    out = {}
+    for key, tp in (("", sum(m.tp50 for m in months)), ("_iou25", sum(m.tp for m in months))):
+        p = tp / npr if npr else 0.0
+        r = tp / nt if nt else 0.0
+        out |= {f"f1{key}": 2 * p * r / (p + r) if p + r else 0.0, f"precision{key}": p, f"recall{key}": r}
+    return out | {"pixel_iou": inter / union if union else 0.0}
 
 
 def format_buildings(metrics: dict) -> str:
@@ -69,7 +84,15 @@ def evaluate_aoi(
     beta: float,
     min_truth_area: float,
 ) -> tuple[AOIScore, int, int]:
-    """One AOI's SCOT score and its pixel-IoU sums (intersection, union), from its rows of both tables."""
+    """One AOI's SCOT score and its pixel-IoU sums (intersection, union), from its rows of both tables.
+
+    ``region``: score only this box ``[row0, row1, col0, col1]`` (source pixels) of every month.
+    """
+    if region is not None:
+        try:
+            truth, proposal = clip_to_region(truth, region), clip_to_region(proposal, region)
+        except ValueError as exc:
+            raise SN7Error(f"evaluate: {exc}") from None
     months = set(truth["month"])
     _, t, p = prepare(truth, proposal, min_truth_area)
     inter, union = pixel_counts(truth, proposal, region)
@@ -96,51 +119,51 @@ def run(cfg: EvaluateConfig) -> dict[str, Path]:
     extra = sorted(set(proposal["aoi"]) - set(truth["aoi"]))
     if extra:
         log.warning("evaluate: proposal AOIs not in the truth are ignored: %s", ", ".join(extra))
-    region = None
-    if cfg.region is not None:
-        region = [float(v) for v in cfg.region]
-        try:
-            truth, proposal = clip_to_region(truth, region), clip_to_region(proposal, region)
-        except ValueError as exc:
-            raise SN7Error(f"evaluate: {exc}") from None
-    if cfg.cluster.mode is ClusterMode.none:
-        result = scot(truth, proposal, threshold=cfg.iou_threshold, beta=cfg.beta, min_truth_area=cfg.min_truth_area)
-        metrics = result.to_dict()
-        metrics["pixel_iou"] = pixel_iou(truth, proposal, region)
-    else:  # one Dask task per AOI, pooled here exactly as scot() and pixel_iou() pool them
-        aois = sorted(truth["aoi"].unique())
-        scored = map_aois(
-            evaluate_aoi,
-            [
+    aois = sorted(truth["aoi"].unique())
+    regions: dict[str, list[float]] = {}
+    if cfg.band_frac is not None:
+        regions = band_regions(cfg.data_root, aois, cfg.band_frac, cfg.split_dir)
+    elif cfg.region is not None:
+        regions = {a: [float(v) for v in cfg.region] for a in aois}
+    scored = map_aois(
+        evaluate_aoi,
+        [
+            (
+                a,
                 (
                     a,
-                    (
-                        a,
-                        truth[truth["aoi"] == a],
-                        proposal[proposal["aoi"] == a],
-                        region,
-                        cfg.iou_threshold,
-                        cfg.beta,
-                        cfg.min_truth_area,
-                    ),
-                )
-                for a in aois
-            ],
-            cfg.cluster,
-            stage="evaluate",
-        )
-        result = summarize([score for score, _, _ in scored])
-        inter, union = sum(i for _, i, _ in scored), sum(u for _, _, u in scored)
-        metrics = result.to_dict()
-        metrics["pixel_iou"] = inter / union if union else 0.0
-    metrics["region"] = region
-    print(format_table(result))
-    print(
-        format_buildings(metrics)
-        + (f"   (region rows {region[0]:g}-{region[1]:g}, cols {region[2]:g}-{region[3]:g})" if region else "")
+                    truth[truth["aoi"] == a],
+                    proposal[proposal["aoi"] == a],
+                    regions.get(a),
+                    cfg.iou_threshold,
+                    cfg.beta,
+                    cfg.min_truth_area,
+                ),
+            )
+            for a in aois
+        ],
+        cfg.cluster,
+        stage="evaluate",
     )
+    result = summarize([score for score, _, _ in scored])
+    inter, union = sum(i for _, i, _ in scored), sum(u for _, _, u in scored)
+    metrics = result.to_dict()
+    metrics["pixel_iou"] = inter / union if union else 0.0
+    metrics["region"] = [float(v) for v in cfg.region] if cfg.region is not None and cfg.band_frac is None else None
+    metrics["regions"] = regions or None
+    for score, i, u in scored:  # building scores per place
+        metrics["per_aoi"][score.aoi] |= building_scores(score.months, i, u)
+    print(format_table(result))
+    if len(scored) > 1:
+        for score, _, _ in scored:
+            print(f"{score.aoi:<34} " + format_buildings(metrics["per_aoi"][score.aoi]) + _region_note(regions.get(score.aoi)))
+    print(format_buildings(metrics) + ("   (held-out bands)" if cfg.band_frac is not None else _region_note(metrics["region"])))
     out = Path(cfg.out)
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
     print(f"metrics written to {out}")
     return {"metrics": out}
+
+
+def _region_note(region: list[float] | None) -> str:
+    return f"   (region rows {region[0]:g}-{region[1]:g}, cols {region[2]:g}-{region[3]:g})" if region else ""

@@ -10,7 +10,7 @@ The stages hand off through files under ``run_dir``. What is held out and scored
 - ``holdout=aoi``: the last ``n_test_aois`` AOIs (sorted), never chipped or trained on;
 - ``holdout=band``: the right ``band_frac`` of every AOI (the training run's validation band;
   training windows never reach it). Prediction uses the last checkpoint, not the one the band
-  selected, and evaluate scores only that band (``region``).
+  selected, and evaluate scores only that band of each AOI (``evaluate.band_frac``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -26,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from spacenet7 import PIPELINE_STAGES
 from spacenet7.config import TRAIN_GROUPS, Holdout, PipelineConfig, StageGroups, TrainGroups, check_stages, compose_node
-from spacenet7.data.sn7 import check_not_too_deep, image_grid, scan
+from spacenet7.data.sn7 import band_regions, check_not_too_deep, data_roots, scan
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path, ensure_writable_dir
 
@@ -41,7 +42,6 @@ def handoffs(
     pretrain_dir: str | Path | None = None,
     train_aois: list[str] | None = None,
     test_aois: list[str] | None = None,
-    region: list[int] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The settings that wire the stages to each other's files, per stage: the one place they are derived.
 
@@ -49,12 +49,11 @@ def handoffs(
         run_dir: the run's folder; every stage writes under it.
         data_root: the data set (SN7 layout).
         holdout: what is held out (``band``: chips split spatially, the last checkpoint predicts,
-            evaluate scores only ``region``).
+            evaluate scores only that band).
         band_frac: ``holdout=band``: the held-out band's width fraction.
         pretrain_dir: the synthetic-pretraining run, whose best checkpoint ``train`` starts from.
         train_aois: the AOIs chipped and trained on (``None`` until the data has been scanned).
         test_aois: the held-out AOIs, predicted and scored.
-        region: ``holdout=band``: the held-out band ``[row0, row1, col0, col1]``.
     """
     run, root = Path(run_dir), str(data_root)
     ckpt = run / "train" / "checkpoints" / ("last.ckpt" if holdout is Holdout.band else "best.ckpt")
@@ -80,7 +79,7 @@ def handoffs(
         out["train"]["init_from"] = str(Path(pretrain_dir) / "train" / "checkpoints" / "best.ckpt")
     if holdout is Holdout.band:
         out["chip"] |= {"split": "spatial", "val_frac": band_frac}
-        out["evaluate"]["region"] = None if region is None else [float(v) for v in region]
+        out["evaluate"]["band_frac"] = band_frac
     return out
 
 
@@ -172,7 +171,7 @@ def resolve(spec: DictConfig, cache: dict[tuple[str, ...], DictConfig] | None = 
     return PipelineConfig(**run, groups=groups, pretrain=pretrain, **nodes)
 
 
-def wire(cfg: PipelineConfig, train_aois: list[str], test_aois: list[str], region: list[int] | None = None) -> PipelineConfig:
+def wire(cfg: PipelineConfig, train_aois: list[str], test_aois: list[str]) -> PipelineConfig:
     """``cfg`` with the hand-offs that depend on the data: the AOIs of each stage, the held-out band."""
     wired = handoffs(
         cfg.run_dir,
@@ -182,30 +181,15 @@ def wire(cfg: PipelineConfig, train_aois: list[str], test_aois: list[str], regio
         pretrain_dir=None if cfg.pretrain is None else cfg.pretrain.run_dir,
         train_aois=train_aois,
         test_aois=test_aois,
-        region=region,
     )
     return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **wired[s]) for s in PIPELINE_STAGES})
-
-
-def band_region(root: Path, aois: list[str], frac: float) -> list[int]:
-    """The held-out band ``[row0, row1, col0, col1]`` (source pixels), the same in every AOI.
-
-    Raises:
-        SN7Error: AOIs of different sizes (one pixel box cannot describe their bands).
-    """
-    records = scan(root, aois=aois)
-    shapes = {aoi: image_grid(recs[0])[2] for aoi, recs in records.items()}
-    if len(set(shapes.values())) > 1:
-        raise SN7Error(f"pipeline: holdout=band needs AOIs of one size, found {shapes}")
-    h, w = next(iter(shapes.values()))
-    return [0, h, int(round(w * (1 - frac))), w]
 
 
 def write_manifest(cfg: PipelineConfig, train_aois: list[str], test_aois: list[str]) -> Path:
     """``<run_dir>/pipeline.json``: where the data is, which AOIs were held out, and the resolved config tree."""
     path = Path(cfg.run_dir) / "pipeline.json"
     doc = {
-        "data_root": str(Path(cfg.data_root).resolve()),
+        "data_root": os.pathsep.join(str(r.resolve()) for r in data_roots(cfg.data_root)),
         "train_aois": train_aois,
         "test_aois": test_aois,
         "config": dataclasses.asdict(cfg),
@@ -226,7 +210,7 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
     timings: dict[str, float] = {}
     if "synth" in stages:
         stages.remove("synth")
-        if not (root / "train").is_dir():
+        if not all((r / "train").is_dir() for r in data_roots(root)):
             check_not_too_deep(root)
             t0 = time.perf_counter()
             outputs["synth"] = run_stage("synth", cfg.synth)
@@ -234,17 +218,18 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
         else:
             log.info("pipeline: data found at %s, skipping synth", root)
     aois = sorted(scan(root))
-    region = None
+    bands: dict[str, list[float]] = {}
     if cfg.holdout is Holdout.band:
         train_aois = test_aois = aois
-        region = band_region(root, aois, cfg.band_frac)
-        log.info("pipeline: held-out band rows %d-%d, cols %d-%d of %s", *region, aois)
+        bands = band_regions(root, aois, cfg.band_frac)
+        for aoi, (r0, r1, c0, c1) in bands.items():
+            log.info("pipeline: held-out band rows %d-%d, cols %d-%d of %s", r0, r1, c0, c1, aoi)
     else:
         if cfg.n_test_aois < 1 or cfg.n_test_aois >= len(aois):
             raise SN7Error(f"pipeline: n_test_aois={cfg.n_test_aois} must leave at least one training AOI ({len(aois)} AOIs)")
         train_aois, test_aois = aois[: -cfg.n_test_aois], aois[-cfg.n_test_aois :]
         log.info("pipeline: training AOIs %s; held-out AOIs %s", train_aois, test_aois)
-    cfg = wire(cfg, train_aois, test_aois, region)
+    cfg = wire(cfg, train_aois, test_aois)
     if cfg.pretrain is not None and "train" in stages:
         print(f"\n=== synthetic pretraining under {cfg.pretrain.run_dir}", flush=True)
         t0 = time.perf_counter()
@@ -258,8 +243,11 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
         timings[stage] = time.perf_counter() - t0
     run_dir = Path(cfg.run_dir)
     print("\n=== timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f" (total {sum(timings.values()):.0f}s)")
-    held = f"band rows {region[0]}-{region[1]}, cols {region[2]}-{region[3]} of " if region else ""
-    print(f"held-out:      {held}{', '.join(test_aois)}")
+    if bands:
+        for aoi, (r0, r1, c0, c1) in bands.items():
+            print(f"held-out:      band rows {r0:g}-{r1:g}, cols {c0:g}-{c1:g} of {aoi}")
+    else:
+        print(f"held-out:      {', '.join(test_aois)}")
     if "train" in stages:
         print(f"checkpoints:   {run_dir / 'train' / 'checkpoints'}")
     if "export" in stages:

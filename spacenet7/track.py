@@ -15,6 +15,13 @@ start new tracks. Afterwards:
   month whose footprint probability reaches ``birth_prob``; weaker leading months (a
   construction pad, a shadow) are dropped, so the building is new when its roof is;
 - never-demolished (optional): a building is carried to the last month once seen.
+
+``mode=onset`` (:func:`onset_tracks`, the SN7 winners' way) does not match month to month at all:
+the footprints are drawn once, from the mean probability of the last ``reference_months`` months
+(every building standing at the end of the series), and each building gets the month it appears:
+the single step of its mean footprint probability per month that rises most (by at least
+``onset_gain``); without such a step it stood from the first month. Ids never switch and a
+flickering month never starts a false "new" building.
 """
 
 from __future__ import annotations
@@ -32,6 +39,13 @@ if TYPE_CHECKING:  # imported where used: config.py imports TrackConfig, and the
     import pandas as pd
 
 
+class TrackMode(StrEnum):
+    """How buildings are followed through the months."""
+
+    match = "match"  # footprints of every month matched to the live tracks (month to month)
+    onset = "onset"  # one set of footprints (the last months' mean), each with the month it appears
+
+
 class TrackMethod(StrEnum):
     """Month-to-month matching of the tracker."""
 
@@ -43,6 +57,7 @@ class TrackMethod(StrEnum):
 class TrackConfig:
     """Tracking parameters (``vectorize``'s ``track`` node; see the module docstring)."""
 
+    mode: TrackMode = TrackMode.match
     method: TrackMethod = TrackMethod.hungarian
     min_iou: float = 0.2
     max_gap: int = 6  # months a track may go unseen and still be matched
@@ -53,14 +68,20 @@ class TrackConfig:
     birth_prob: float = 0.0  # a new track starts in the first month its mean footprint probability reaches this (0 = off)
     max_new_overlap: float = 0.5  # drop a new track whose first footprint lies this much (fraction of its area) on earlier ones
     never_demolished: bool = False
+    reference_months: int = 6  # mode=onset: the footprints come from the mean probability of the last this many months
+    onset_gain: float = 0.25  # mode=onset: the rise of mean footprint probability that marks a new building
 
     def __post_init__(self) -> None:
+        self.mode = choice(self.mode, TrackMode, "vectorize", "track.mode")
         self.method = choice(self.method, TrackMethod, "vectorize", "track.method")
+        check(self.reference_months >= 1, "vectorize", f"track.reference_months={self.reference_months} must be >= 1")
+        check(0 < self.onset_gain <= 1, "vectorize", f"track.onset_gain={self.onset_gain} must be within (0, 1]")
         check(0 <= self.min_iou <= 1, "vectorize", f"track.min_iou={self.min_iou} must be within [0, 1]")
         check(self.max_gap >= 0, "vectorize", f"track.max_gap={self.max_gap} must be >= 0")
         check(self.min_persist >= 1, "vectorize", f"track.min_persist={self.min_persist} must be >= 1")
 
 
+MAX_BUILT_BEFORE = 0.25  # mode=onset: the share of months before a step that may look built (flicker, not construction)
 AbsentFn = Callable[[int, object], bool]
 ConfidenceFn = Callable[[int, object], float]
 
@@ -186,3 +207,72 @@ def _confirm_births(rows: pd.DataFrame, birth_prob: float, confidence: Confidenc
             drop[k:j] = True
         k = end
     return rows[~drop].reset_index(drop=True)
+
+
+def onset_months(evidence: np.ndarray, gain: float) -> np.ndarray:
+    """The month each building appears, from its mean footprint probability per month.
+
+    Args:
+        evidence: (n_buildings, n_months) mean footprint probability; NaN where a month shows
+            nothing of the building (nodata).
+        gain: the least rise (mean after the step minus mean before it) that counts as an appearance.
+
+    Returns:
+        (n_buildings,) int month indices: the step ``b`` (1 <= b < n_months) maximizing
+        mean(evidence[b:]) - mean(evidence[:b]), where that rise reaches ``gain`` and at most
+        :data:`MAX_BUILT_BEFORE` of the months before ``b`` come within ``gain`` of the level after
+        it (a building that flickers is not new); else 0 (standing from the first month).
+    """
+    n, months = evidence.shape
+    if months < 2 or n == 0:
+        return np.zeros(n, np.int64)
+    seen = ~np.isnan(evidence)
+    val = np.where(seen, evidence, 0.0)
+    csum, ccnt = np.cumsum(val, axis=1), np.cumsum(seen, axis=1)
+    tot, cnt = csum[:, -1:], ccnt[:, -1:]
+    before_sum, before_cnt = csum[:, :-1], ccnt[:, :-1]  # months < b for b = 1..months-1
+    after_sum, after_cnt = tot - before_sum, cnt - before_cnt
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rise = after_sum / after_cnt - before_sum / before_cnt
+    rise = np.where((before_cnt > 0) & (after_cnt > 0), rise, -np.inf)
+    b = np.argmax(rise, axis=1)
+    best = rise[np.arange(n), b]
+    out = np.zeros(n, np.int64)
+    for i in np.flatnonzero(best >= gain):  # a flicker is no step: few months before it may look built
+        step = b[i] + 1
+        before = evidence[i, :step][seen[i, :step]]
+        level = after_sum[i, b[i]] / after_cnt[i, b[i]] - gain
+        if np.mean(before >= level) <= MAX_BUILT_BEFORE:
+            out[i] = step
+    return out
+
+
+def onset_tracks(geoms: np.ndarray, evidence: np.ndarray, cfg: TrackConfig, threshold: float) -> pd.DataFrame:
+    """Rows of :func:`track`'s table for ``mode=onset``: each building, from the month it appears to the last.
+
+    Args:
+        geoms: (n_buildings,) polygons, the same in every month.
+        evidence: (n_buildings, n_months) mean footprint probability per month (NaN: nodata).
+        cfg: ``onset_gain``.
+        threshold: a month whose evidence is below it (or NaN) is marked ``filled`` (inferred, not seen).
+    """
+    import pandas as pd
+
+    n, months = evidence.shape
+    birth = onset_months(evidence, cfg.onset_gain)
+    count = months - birth
+    bid = np.repeat(np.arange(n), count)
+    t = (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + np.repeat(birth, count)).astype(np.int64)
+    seen = evidence[bid, t] if len(bid) else np.zeros(0)
+    rows = pd.DataFrame(
+        {
+            "t": t,
+            "id": bid + 1,
+            "geometry": geoms[bid] if len(bid) else np.zeros(0, object),
+            "filled": ~(seen >= threshold),
+            "first_seen": np.repeat(birth, count),
+            "last_seen": np.full(len(bid), months - 1),
+            "n_months": np.repeat(count, count),
+        }
+    )
+    return rows.sort_values(["t", "id"]).reset_index(drop=True)

@@ -297,14 +297,13 @@ def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path
     """SCOT of the trial's best checkpoint on the validation AOIs of its chip folder (the band, ``split=spatial``)."""
     from spacenet7 import evaluate, export, predict, vectorize
     from spacenet7.chip import load_index
-    from spacenet7.pipeline import band_region
 
     index, meta = load_index(chip_dir)
     aois = sorted(index.loc[index["split"] == "val", "aoi"].unique())
     root = str(meta.get("data_root"))
     split_dir = (meta.get("settings") or {}).get("split_dir", "train")
     listed = "[" + ",".join(aois) + "]"
-    region = band_region(Path(root), aois, float(meta["val_frac"])) if meta.get("split") == "spatial" else None
+    band = float(meta["val_frac"]) if meta.get("split") == "spatial" else None
     predict.run(
         compose_checked(
             "predict",
@@ -349,7 +348,7 @@ def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path
         f"submission={work / 'submission.csv'}",
         f"out={work / 'metrics.json'}",
     ]
-    if region:
-        ev.append("region=[" + ",".join(map(str, region)) + "]")
+    if band is not None:
+        ev.append(f"band_frac={band}")
     evaluate.run(compose_checked("evaluate", ev))
     return float(json.loads((work / "metrics.json").read_text())["scot"])

@@ -25,10 +25,10 @@ from spacenet7.config import ClusterMode, VectorizeConfig
 from spacenet7.data.sn7 import parse_stem
 from spacenet7.errors import SN7DataError
 from spacenet7.io.atomic import atomic_path, clear_partials, ensure_writable_dir
-from spacenet7.io.probability import read_prediction
+from spacenet7.io.probability import completed_rasters, read_prediction
 from spacenet7.io.vector import pixel_to_map
 from spacenet7.polygonize import instances, polygons
-from spacenet7.track import TrackConfig, track
+from spacenet7.track import TrackConfig, TrackMode, onset_tracks, track
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,17 @@ def run(cfg: VectorizeConfig) -> list[Path]:
 
 def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
     """Polygonize and track one AOI."""
-    files = sorted((p for p in aoi_dir.glob("*.tif") if not p.name.startswith(".")), key=lambda p: parse_stem(p.name).month_key)
-    if not files:
-        raise SN7DataError(aoi_dir, "no prediction rasters")
+    # the months of predict's finished run only: not a killed run's partial set, nor months it left stale
+    files = sorted(completed_rasters(aoi_dir), key=lambda p: parse_stem(p.name).month_key)
     months, preds = [], []
     crs: Any = None
     src_transform: Any = None
     shape: Any = None
-    for f in files:
+    onset = cfg.track.mode is TrackMode.onset
+    ref: np.ndarray | None = None  # mode=onset: the summed probabilities of the last reference_months months
+    ref_valid: np.ndarray | None = None
+    first_ref = len(files) - min(cfg.track.reference_months, len(files))
+    for k, f in enumerate(files):
         prob, valid, transform, crs_f, up = read_prediction(f)
         if crs is not None and (crs_f != crs or transform * Affine.scale(up) != src_transform or valid.shape != shape):
             raise SN7DataError(
@@ -81,16 +84,21 @@ def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
             )
         crs, shape = crs_f, valid.shape
         src_transform = transform * Affine.scale(up)
-        labels = instances(prob, valid, threshold=cfg.threshold, seed_threshold=cfg.seed_threshold, min_seed_px=cfg.min_seed_px)
-        pix = polygons(labels, simplify=cfg.simplify_px * up)
-        if up != 1:
-            pix = shapely.transform(pix, lambda xy, up=up: xy / up) if len(pix) else pix
-        if cfg.min_area_px > 0 and len(pix):
-            pix = pix[shapely.area(pix) >= cfg.min_area_px]
-        months.append(pix)
         info = parse_stem(f.name)
+        if onset:  # footprints come later, from the reference; keep what the onsets need
+            if k >= first_ref:
+                ref = prob * valid if ref is None else ref + prob * valid
+                ref_valid = valid.astype(np.float32) if ref_valid is None else ref_valid + valid
+            preds.append(MonthPrediction(f.stem, info.month_key, prob[0].astype(np.float16), valid, up))
+            continue
+        labels = instances(prob, valid, threshold=cfg.threshold, seed_threshold=cfg.seed_threshold, min_seed_px=cfg.min_seed_px)
+        months.append(_month_polygons(labels, up, cfg)[0])
         preds.append(MonthPrediction(f.stem, info.month_key, prob[0], valid, up))
-    rows = track_months(months, preds, cfg.track)
+    if onset:
+        assert ref is not None and ref_valid is not None
+        rows = _onset_rows(ref / np.maximum(ref_valid, 1), ref_valid > 0, preds, cfg)
+    else:
+        rows = track_months(months, preds, cfg.track)
     if any(cfg.shift_px) and len(rows):  # onto the labels' registration (VectorizeConfig.shift_px)
         rows["geometry"] = shapely.transform(rows["geometry"].to_numpy(), lambda xy: xy + np.asarray(cfg.shift_px))
     stems = [p.stem for p in preds]
@@ -122,6 +130,35 @@ def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
         tmp.write_text(json.dumps(meta, indent=2))
     log.info("vectorize: %s: %d buildings over %d months", aoi_dir.name, gdf["id"].nunique(), len(files))
     return out
+
+
+def _month_polygons(labels: np.ndarray, up: float, cfg: VectorizeConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Polygons of an instance raster in source pixels, and their instance labels; small ones dropped."""
+    pix = polygons(labels, simplify=cfg.simplify_px * up)
+    ids = np.unique(labels[labels > 0]) if len(pix) else np.zeros(0, np.int64)
+    if up != 1 and len(pix):
+        pix = shapely.transform(pix, lambda xy: xy / up)
+    if cfg.min_area_px > 0 and len(pix):
+        keep = shapely.area(pix) >= cfg.min_area_px
+        pix, ids = pix[keep], ids[keep]
+    return pix, ids
+
+
+def _onset_rows(ref: np.ndarray, ref_valid: np.ndarray, preds: list[MonthPrediction], cfg: VectorizeConfig) -> pd.DataFrame:
+    """``track.mode=onset``: footprints from the reference probabilities, each building's month of appearance
+    from its mean footprint probability in every month (:func:`spacenet7.track.onset_tracks`)."""
+    labels = instances(ref, ref_valid, threshold=cfg.threshold, seed_threshold=cfg.seed_threshold, min_seed_px=cfg.min_seed_px)
+    geoms, ids = _month_polygons(labels, preds[0].upscale if preds else 1.0, cfg)
+    n = int(labels.max()) + 1
+    flat = labels.ravel()
+    evidence = np.full((len(ids), len(preds)), np.nan)
+    for t, p in enumerate(preds):
+        ok = p.valid.ravel()
+        cnt = np.bincount(flat[ok], minlength=n)
+        tot = np.bincount(flat[ok], weights=p.footprint.ravel()[ok].astype(np.float64), minlength=n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            evidence[:, t] = np.where(cnt[ids] > 0, tot[ids] / cnt[ids], np.nan)
+    return onset_tracks(geoms, evidence, cfg.track, cfg.threshold)
 
 
 def track_months(months: list[np.ndarray], preds: list[MonthPrediction], cfg: TrackConfig) -> pd.DataFrame:
@@ -167,14 +204,26 @@ def load_vectors(path: str | Path) -> tuple[gpd.GeoDataFrame, dict]:
         raise SN7DataError(
             path, f"unreadable GeoParquet, truncated? re-run `spacenet7 vectorize` ({str(exc).splitlines()[0][:120]})"
         ) from None
-    meta_path = path.with_suffix(".json")
+    return gdf, read_month_list(path.with_suffix(".json"))
+
+
+def read_month_list(meta_path: str | Path) -> dict:
+    """The month list (``<AOI>.json``) of a vectorize output, checked: ``aoi`` and ``months`` (``stem``, ``month``).
+
+    Raises:
+        SN7DataError: missing file, not JSON, or a key that export and serve need is missing.
+    """
+    meta_path = Path(meta_path)
     if not meta_path.exists():
         raise SN7DataError(meta_path, "month list of the vectorize output not found; re-run `spacenet7 vectorize`")
     try:
         meta = json.loads(meta_path.read_text())
-        meta["aoi"], meta["months"]  # noqa: B018 - the keys export needs
-    except (ValueError, KeyError, TypeError) as exc:
+        if not isinstance(meta.get("aoi"), str) or not isinstance(meta["months"], list):
+            raise TypeError("'aoi' must be a name and 'months' a list")
+        for m in meta["months"]:
+            m["stem"], m["month"]  # noqa: B018 - the keys export and serve need
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SN7DataError(
             meta_path, f"not a vectorize month list ({type(exc).__name__}: {exc}); re-run `spacenet7 vectorize`"
         ) from None
-    return gdf, meta
+    return meta

@@ -66,6 +66,7 @@ def _oracle_predictions(root, aoi, out):
         (out / aoi).mkdir(parents=True, exist_ok=True)
         with rasterio.open(out / aoi / f"{rec.stem}.tif", "w", **prof) as ds:
             ds.write(stored)
+    probability.mark_complete(out / aoi, sorted((out / aoi).glob("*.tif")))  # as predict does: vectorize requires it
 
 
 def test_oracle_probabilities_score_high_through_vectorize_export_evaluate(synth_root, tmp_path):
@@ -135,13 +136,13 @@ def test_pipeline_band_holdout_trains_left_of_the_band_and_scores_only_it(synth_
     train_rows = index[index["split"] == "train"]
     assert (train_rows["c1"] <= region[2] * up).all(), "training windows may reach into the held-out band"
     m = json.loads((run / "metrics.json").read_text())
-    assert m["region"] == region
+    assert m["regions"] == {aoi: [float(v) for v in region] for aoi in sorted(scan(synth_root))}
     assert {"f1", "precision", "recall", "f1_iou25", "pixel_iou"} <= set(m) and 0 <= m["pixel_iou"] <= 1
     manifest = json.loads((run / "pipeline.json").read_text())["config"]
     assert manifest["predict"]["checkpoint"] == str(run / "train" / "checkpoints" / "last.ckpt")
     pre_ckpt = run / "pretrain" / "train" / "checkpoints" / "best.ckpt"
     assert manifest["train"]["init_from"] == str(pre_ckpt) and pre_ckpt.exists()
-    assert manifest["evaluate"]["region"] == region and manifest["pretrain"]["synth"]["size"] == 128
+    assert manifest["evaluate"]["band_frac"] == 0.25 and manifest["pretrain"]["synth"]["size"] == 128
     pre_aois = sorted(scan(run / "pretrain" / "data"))
     assert len(pre_aois) == 3 and json.loads((run / "pretrain" / "pipeline.json").read_text())["test_aois"] == pre_aois[-1:]
     out = buf.getvalue()

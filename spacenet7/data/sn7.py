@@ -22,6 +22,7 @@ Names, with one meaning each across the package:
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -143,11 +144,19 @@ class MonthRecord:
         return self._label("labels_match_pix")
 
 
+def data_roots(root: str | Path) -> list[Path]:
+    """The data set roots of a ``data_root`` setting: one path, or several joined by ``os.pathsep``
+    (``:`` on Linux and macOS, as in ``PATH``), read together as one data set without copying."""
+    parts = [p for p in str(root).split(os.pathsep) if p]
+    return [Path(p) for p in parts] or [Path(root)]
+
+
 def scan(root: str | Path, split: str = "train", aois: list[str] | None = None) -> dict[str, list[MonthRecord]]:
     """Discover AOIs and their months under ``<root>/<split>/``.
 
     Args:
-        root: data set root (holds ``train/``).
+        root: data set root (holds ``train/``), or several roots joined by ``os.pathsep``
+            (:func:`data_roots`), read as one data set; an AOI name may appear under one root only.
         split: sub-folder, ``train`` in SN7.
         aois: keep only these AOIs (all when ``None``).
 
@@ -155,12 +164,31 @@ def scan(root: str | Path, split: str = "train", aois: list[str] | None = None) 
         AOI name -> month records sorted by month.
 
     Raises:
-        SN7DataError: no AOI found, a requested AOI is missing, or an image is misnamed.
+        SN7DataError: no AOI found, a requested AOI is missing, an AOI under two roots, or an image is misnamed.
     """
-    base = Path(root) / split
-    if not base.is_dir():
-        check_not_too_deep(root, split)
-        raise SN7DataError(base, "not a folder (expected <root>/<split>/<AOI>/images/*.tif)")
+    roots = data_roots(root)
+    out: dict[str, list[MonthRecord]] = {}
+    for one in roots:
+        base = one / split
+        if not base.is_dir():
+            check_not_too_deep(one, split)
+            raise SN7DataError(base, "not a folder (expected <root>/<split>/<AOI>/images/*.tif)")
+        found = _scan_one(base, aois)
+        if not found and (aois is None or len(roots) == 1):
+            raise SN7DataError(base, "no AOIs found (expected <AOI>/images/global_monthly_*.tif)")
+        twice = sorted(set(found) & set(out))
+        if twice:
+            raise SN7DataError(base, f"AOI {twice[0]} also lies under another data root")
+        out |= found
+    if aois is not None and (missing := sorted(set(aois) - set(out))):
+        raise SN7DataError(
+            roots[0] / split if len(roots) == 1 else Path(str(root)), f"requested AOIs not found: {', '.join(missing)}"
+        )
+    return dict(sorted(out.items()))
+
+
+def _scan_one(base: Path, aois: list[str] | None) -> dict[str, list[MonthRecord]]:
+    """The AOIs of one ``<root>/<split>`` folder (those of ``aois`` only, when given)."""
     out: dict[str, list[MonthRecord]] = {}
     for aoi_dir in sorted(p for p in base.iterdir() if (p / "images").is_dir()):
         if aois is not None and aoi_dir.name not in aois:
@@ -177,10 +205,6 @@ def scan(root: str | Path, split: str = "train", aois: list[str] | None = None) 
         _check_unique_months(records)
         if records:
             out[aoi_dir.name] = sorted(records, key=lambda r: (r.year, r.month))
-    if not out:
-        raise SN7DataError(base, "no AOIs found (expected <AOI>/images/global_monthly_*.tif)")
-    if aois is not None and (missing := sorted(set(aois) - set(out))):
-        raise SN7DataError(base, f"requested AOIs not found: {', '.join(missing)}")
     return out
 
 
@@ -333,6 +357,18 @@ def image_grid(record: MonthRecord) -> tuple[Affine, rasterio.crs.CRS, tuple[int
         return ds.transform, ds.crs, (ds.height, ds.width)
 
 
+def band_regions(root: str | Path, aois: list[str], frac: float, split: str = "train") -> dict[str, list[float]]:
+    """Each AOI's held-out right band of width ``frac``: ``[row0, row1, col0, col1]`` in its source pixels.
+
+    AOIs may differ in size (a half AOI beside a whole one): each band is cut from its own mosaic's size.
+    """
+    out = {}
+    for aoi, recs in scan(root, split, aois).items():
+        h, w = image_grid(recs[0])[2]
+        out[aoi] = [0.0, float(h), float(round(w * (1 - frac))), float(w)]
+    return out
+
+
 def _read_label_file(record: MonthRecord, folder: str) -> tuple[gpd.GeoDataFrame, Path]:
     """One label file of ``folder`` with an ``Id`` column (an empty file has no properties at all), and its path."""
     path = record._label(folder)
@@ -386,6 +422,21 @@ def read_labels_pix(record: MonthRecord) -> gpd.GeoDataFrame:
     """
     gdf, path = _read_label_file(record, "labels_match_pix")
     return _footprints(gdf.set_crs(None, allow_override=True), path)
+
+
+def read_truth_pix(record: MonthRecord) -> gpd.GeoDataFrame:
+    """A month's SN7 ground truth in pixel coordinates (x = column, y = row), no CRS.
+
+    ``labels_match_pix`` where the data set has it; otherwise ``labels_match`` (map coordinates)
+    brought onto the image's pixel grid, as SN7's own ``labels_match_pix`` files were made.
+    """
+    if record.labels_match_pix is not None or record.labels_match is None:
+        return read_labels_pix(record)
+    transform, _, _ = image_grid(record)
+    gdf = read_labels(record)
+    inv = ~transform
+    pix = gdf.geometry.affine_transform([inv.a, inv.b, inv.d, inv.e, inv.c, inv.f])
+    return gpd.GeoDataFrame({"Id": gdf["Id"].to_numpy()}, geometry=np.asarray(pix, dtype=object), crs=None)
 
 
 def rasterize_footprints(

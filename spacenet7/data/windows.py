@@ -212,8 +212,10 @@ class RandomWindows(_WindowBase):
     fraction p of the windows is drawn among those that hold a random building pixel of the region
     (a region without buildings gets uniform windows), so that sparse training areas spend their
     steps where the footprints are. With ``max_per_epoch`` below ``per_mosaic`` times the number
-    of mosaics, an epoch has ``max_per_epoch`` windows, each from a mosaic drawn at random (every
-    mosaic equally likely): the same steps per epoch on one month or on 24 months of 60 AOIs.
+    of mosaics, an epoch has ``max_per_epoch`` windows, each from a mosaic drawn at random: an AOI
+    first (every AOI equally likely), then one of its months (every month equally likely), so that a
+    half-AOI sample of one month weighs as much as a whole AOI's 25 months; the same steps per epoch
+    on one month or on 24 months of 60 AOIs.
     Randomness comes from torch's generator, which Lightning seeds (and re-seeds per DataLoader
     worker and epoch).
 
@@ -251,6 +253,13 @@ class RandomWindows(_WindowBase):
         total = self.per_mosaic * len(self.regions)
         self.length = total if max_per_epoch is None else min(total, int(max_per_epoch))
         self.capped = self.length < total  # then each item draws its mosaic
+        aois = self.index.loc[[row for row, _ in self.regions], "aoi"].to_numpy() if "aoi" in self.index else None
+        # drawing weights of the regions: each AOI the same share, split evenly over its months
+        if aois is None:
+            self.weights = np.full(len(self.regions), 1 / len(self.regions))
+        else:
+            _, inverse, counts = np.unique(aois, return_inverse=True, return_counts=True)
+            self.weights = 1.0 / (counts[inverse] * len(counts))
         self._buildings: dict[int, np.ndarray] = {}  # index row -> building pixels of its region (read on first use)
 
     def building_pixels(self, row: int, reg: Region) -> np.ndarray:
@@ -264,7 +273,7 @@ class RandomWindows(_WindowBase):
 
     def draw(self, i: int, rng: np.random.Generator) -> tuple[int, Window, float, int, bool]:
         """(row of the index, window read, zoom, quarter turns, mirror) of item ``i``."""
-        row, reg = self.regions[int(rng.integers(len(self.regions))) if self.capped else i // self.per_mosaic]
+        row, reg = self.regions[int(rng.choice(len(self.regions), p=self.weights)) if self.capped else i // self.per_mosaic]
         zoom = 1.0
         if self.scale_jitter > 0:
             zoom = float(np.exp(rng.uniform(-np.log1p(self.scale_jitter), np.log1p(self.scale_jitter))))
