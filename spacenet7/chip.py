@@ -35,7 +35,15 @@ from tqdm import tqdm
 from spacenet7.cluster import map_aois
 from spacenet7.config import ChipConfig, ClusterMode, IndexFormat, Layout, Split
 from spacenet7.data.bands import InputSpec
-from spacenet7.data.sn7 import data_roots, instance_raster, read_image, read_labels, scan, shift_labels
+from spacenet7.data.sn7 import (
+    check_labels_on_image,
+    data_roots,
+    instance_raster,
+    read_image,
+    read_labels,
+    scan,
+    shift_labels,
+)
 from spacenet7.data.splits import aoi_split, spatial_split, split_regions
 from spacenet7.data.targets import CHIP_BANDS, make_targets
 from spacenet7.data.windows import pack_targets, unpack_targets
@@ -201,6 +209,7 @@ def _month_targets(rec, cut: Cutting):
     """The month's image on the training grid, its targets (3, H, W) and ignore mask (H, W)."""
     img = read_image(rec, upscale=cut.upscale, spec=cut.spec)
     labels = read_labels(rec, img.crs)
+    check_labels_on_image(labels, img.transform, img.shape, rec)
     labels = shift_labels(labels, img.transform * Affine.scale(cut.upscale), *cut.label_shift)  # source pixels
     inst = instance_raster(labels, img.shape, img.transform)
     targets = make_targets(inst, cut.boundary_width, cut.contact_width)

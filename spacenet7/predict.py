@@ -53,6 +53,8 @@ def run(cfg: PredictConfig) -> list[Path]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     records = _records(cfg)
+    for recs in records.values():  # a month of another place would be predicted as all nodata on the AOI's grid
+        check_overlap(recs)
     on_cluster = cfg.cluster.mode is not ClusterMode.none  # then only the input spec is used here: workers load their own
     model = _load(dataclasses.replace(cfg, device="cpu") if on_cluster else cfg)
     for rec in (r for recs in records.values() for r in recs):  # every header, before any output
@@ -76,6 +78,30 @@ def run(cfg: PredictConfig) -> list[Path]:
             written = _predict_all(model, records, cfg)
     log.info("predict: wrote %d probability rasters under %s", len(written), cfg.out_dir)
     return written
+
+
+def check_overlap(recs: list[MonthRecord]) -> None:
+    """Refuse an AOI whose months do not all overlap its first month (the grid predict aligns them on).
+
+    Raises:
+        SN7DataError: naming the month's file that lies elsewhere, and how far away it is.
+    """
+    from rasterio.warp import transform_bounds
+
+    with open_raster(recs[0].image) as ds:
+        crs, (x0, y0, x1, y1) = ds.crs, tuple(ds.bounds)
+    for rec in recs[1:]:
+        with open_raster(rec.image) as ds:
+            a0, b0, a1, b1 = transform_bounds(ds.crs, crs, *ds.bounds) if ds.crs != crs else tuple(ds.bounds)
+        if a1 <= x0 or a0 >= x1 or b1 <= y0 or b0 >= y1:
+            gap = np.hypot(max(x0 - a1, a0 - x1, 0.0), max(y0 - b1, b0 - y1, 0.0))
+            unit = "km" if crs.is_projected else "degrees"
+            raise SN7DataError(
+                rec.image,
+                f"does not overlap {recs[0].image.name}, the first month of {rec.aoi} "
+                f"({gap / 1000 if crs.is_projected else gap:.1f} {unit} apart): is it another area? "
+                "Predict each area on its own (images=[...] aoi=<name>)",
+            )
 
 
 def _load(cfg: PredictConfig) -> LoadedModel:

@@ -22,11 +22,14 @@ import pandas as pd
 import pytest
 import rasterio
 import shapely
+import test_bad_input as base
 from shapely.geometry import box
-from test_bad_input import _log_dir, cli, one_aoi, partials, write_tif  # noqa: F401 - fixtures used by name
 
 from spacenet7.data.sn7 import scan
-from spacenet7.errors import SN7DataError, SN7Error
+from spacenet7.errors import SN7Error
+
+cli, partials, write_tif = base.cli, base.partials, base.write_tif  # the first sweep's helpers
+_log_dir, one_aoi = base._log_dir, base.one_aoi  # and its fixtures: Hydra's logs in tmp (autouse), one AOI's copy
 
 EXE = [sys.executable, "-m", "spacenet7"]
 REPO = Path(__file__).resolve().parents[1]
@@ -356,3 +359,121 @@ def test_serve_on_a_taken_port_is_one_line_naming_it(mini_run, capsys):
         f"spacenet7 serve: error: cannot listen on 127.0.0.1:{port}: Address already in use; "
         "another server uses it: choose another with port=N (port=0: any free port)"
     ), err
+
+
+# ---------------------------------------------------------------------------------------------
+# D. Bad data turned into garbage with exit 0
+
+
+def test_nan_pixels_are_nodata_under_percentile_scaling(tmp_path):
+    """A few NaN pixels in float imagery used to make the percentiles NaN, and the whole image black."""
+    from spacenet7.data.bands import InputSpec
+    from spacenet7.data.sn7 import read_image, records_from_files
+
+    a = np.broadcast_to(np.linspace(100, 1100, 64, dtype=np.float32), (4, 64, 64)).copy()
+    a[:, 5, 7] = np.nan
+    a[0, 40, 40] = np.nan  # one band only
+    path = write_tif(tmp_path / "area_2019-03.tif", a)
+    rec = records_from_files([path], "area")["area"][0]
+    img = read_image(rec, spec=InputSpec(count=4, rgb=[1, 2, 3], alpha=None, scaling="percentile"))
+    assert 100 < img.rgb.mean() < 155  # a 2-98 % stretch of a ramp, not black
+    assert not img.valid[5, 7] and not img.valid[40, 40] and img.valid.sum() == 64 * 64 - 2
+
+
+def test_an_onnx_model_with_one_output_channel_is_refused(one_aoi, tmp_path, capsys):
+    """Its one channel used to be broadcast into footprint, boundary and contact."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from spacenet7.data.bands import InputSpec
+    from spacenet7.data.targets import CHANNELS
+    from spacenet7.models.runtime import ModelMeta, export_onnx
+
+    meta = ModelMeta(upscale=1.0, input=InputSpec().to_dict(), classes=list(CHANNELS), stride=1)
+    model = export_onnx(torch.nn.Conv2d(3, 1, 1), meta, tmp_path / "one.onnx", tile=32)
+    root, aoi = one_aoi
+    argv = ["predict", "engine=onnxruntime", f"model_file={model}", f"data_root={root}", f"out_dir={tmp_path / 'p'}"]
+    code, err = cli(capsys, *argv, "tta=false", "progress=false")
+    assert code == 1 and len(err) == 1, err
+    assert err[0] == (
+        f"spacenet7 predict: error: {model}: the model outputs 1 channel(s) but its metadata lists 3 classes "
+        f"{list(CHANNELS)}; export it with `spacenet7 compile checkpoint=...`"
+    )
+    assert not (tmp_path / "p").exists()
+
+
+def test_predict_batch_refuses_an_output_of_another_shape():
+    """The same check for any runtime, on the first batch (a model file that declares no channel count)."""
+    import torch
+
+    from spacenet7.data.bands import InputSpec
+    from spacenet7.models.inference import LoadedModel, predict_batch
+
+    model = LoadedModel(None, 1.0, InputSpec(), torch.device("cpu"), runtime=lambda b: b[:, :1].expand(-1, 3, -1, -1)[:, :2])
+    with pytest.raises(SN7Error, match=r"with \(2, 2, 8, 8\), not \(2, 3, 8, 8\)"):
+        predict_batch(model, torch.zeros(2, 3, 8, 8), None)
+
+
+def test_a_month_of_another_place_is_named_by_predict(one_aoi, tmp_path, capsys):
+    """A month 50 km away used to be predicted as all nodata, and vectorize blamed "an all-cloud month?"."""
+    root, aoi = one_aoi
+    recs = scan(root)[aoi][:3]
+    files = [Path(shutil_copy(r.image, tmp_path / f"area_2019-0{k + 1}.tif")) for k, r in enumerate(recs)]
+    with rasterio.open(files[2], "r+") as ds:
+        t = ds.transform
+        ds.transform = rasterio.Affine(t.a, t.b, t.c + 50_000, t.d, t.e, t.f)
+    argv = ["predict", f"checkpoint={tmp_path / 'any.ckpt'}", f"images=[{','.join(map(str, files))}]", "aoi=area"]
+    code, err = cli(capsys, *argv, f"out_dir={tmp_path / 'p'}")
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"spacenet7 predict: error: {files[2]}: does not overlap area_2019-01.tif"), err[0]
+    assert "km apart" in err[0] and not (tmp_path / "p").exists()
+
+
+def shutil_copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copy(src, dst))
+
+
+def test_non_polygon_labels_are_dropped_and_counted(one_aoi, caplog):
+    """Points and lines used to be burned into the footprint targets as pixels and strokes."""
+    from shapely.geometry import GeometryCollection, LineString, Point
+
+    from spacenet7.data.sn7 import read_labels
+
+    root, aoi = one_aoi
+    rec = scan(root)[aoi][0]
+    gdf = gpd.read_file(rec.labels_match)
+    n = len(gdf)
+    x0, y0 = gdf.geometry.iloc[0].bounds[:2]
+    extra = [
+        Point(x0, y0),
+        LineString([(x0, y0), (x0 + 30, y0)]),
+        GeometryCollection([box(x0, y0, x0 + 9, y0 + 9), Point(x0, y0)]),
+    ]
+    more = gpd.GeoDataFrame({"Id": [9001, 9002, 9003]}, geometry=extra, crs=gdf.crs)
+    pd.concat([gdf, more], ignore_index=True).to_file(rec.labels_match, driver="GeoJSON")
+    with caplog.at_level("WARNING"):
+        out = read_labels(rec)
+    assert len(out) == n + 1 and set(shapely.get_type_id(out.geometry.values)) <= {3, 6}
+    assert 9003 in set(out["Id"]) and not {9001, 9002} & set(out["Id"])  # the collection keeps its polygon
+    lines = [r.getMessage() for r in caplog.records if "not polygons" in r.getMessage()]
+    assert lines == [
+        f"{rec.labels_match}: ignored 2 of {n + 3} label(s) that are not polygons (1 Point, 1 LineString): footprints are areas"
+    ]
+
+
+def test_labels_all_outside_their_image_stop_chip(one_aoi, tmp_path, capsys):
+    root, aoi = one_aoi
+    rec = scan(root)[aoi][1]
+    gdf = gpd.read_file(rec.labels_match)
+    assert len(gdf)
+    gdf.set_geometry(gdf.geometry.translate(1e6, 0)).to_file(rec.labels_match, driver="GeoJSON")
+    code, err = cli(capsys, "chip", f"data_root={root}", f"out_dir={tmp_path / 'chips'}", "progress=false")
+    assert code == 1 and len(err) == 1, err
+    assert err[0] == (
+        f"spacenet7 chip: error: {rec.labels_match}: all {len(gdf)} footprint(s) lie outside the image {rec.image.name} "
+        "(labels of another area, or coordinates in another CRS than the file declares?)"
+    )
+    assert not (tmp_path / "chips" / "chips.json").exists() and not partials(tmp_path)

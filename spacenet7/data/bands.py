@@ -158,6 +158,7 @@ def _percentile_limits(
             ok &= ds.read(alpha, out_shape=shape, resampling=Resampling.nearest) > 0
         if ds.nodata is not None:
             ok &= ~np.all(a == ds.nodata, axis=0)
+        ok &= np.isfinite(a).all(axis=0)  # float imagery: NaN (and inf) pixels are nodata, not a value
     if not ok.any():
         raise SN7DataError(path, "no valid pixel to compute input.percentiles from")
     lo, hi = np.percentile(a[:, ok], percentiles, axis=1)
@@ -170,11 +171,15 @@ def to_uint8(values: np.ndarray, limits: np.ndarray | None) -> np.ndarray:
         return values.astype(np.uint8, copy=False)
     shape = (3,) + (1,) * (values.ndim - 1)
     lo, hi = limits[:, 0].reshape(shape), limits[:, 1].reshape(shape)
-    return np.clip(np.round((values.astype(np.float32) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+    scaled = np.round((values.astype(np.float32) - lo) * (255.0 / (hi - lo)))
+    return np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).astype(np.uint8)  # NaN pixels: 0 (nodata_mask marks them)
 
 
 def nodata_mask(ds, values: np.ndarray) -> np.ndarray:
-    """(H, W) True where every RGB band equals the file's nodata (all False when it declares none)."""
-    if ds.nodata is None:
-        return np.zeros(values.shape[1:], bool)
-    return np.all(values == ds.nodata, axis=0)
+    """(H, W) True where every RGB band equals the file's nodata, or any band is NaN or infinite (float imagery)."""
+    out = np.zeros(values.shape[1:], bool)
+    if values.dtype.kind == "f":
+        out |= ~np.isfinite(values).all(axis=0)
+    if ds.nodata is not None:
+        out |= np.all(values == ds.nodata, axis=0)
+    return out

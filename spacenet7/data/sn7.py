@@ -389,7 +389,56 @@ def _footprints(gdf: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:
     if invalid.any():
         gdf.loc[invalid, "geometry"] = shapely.make_valid(gdf.geometry.values[invalid])
         log.info("%s: repaired %d invalid polygon(s) of %d (shapely.make_valid)", path, int(invalid.sum()), len(gdf))
-    return gdf[["Id", "geometry"]]
+    return _polygonal(gdf, path)[["Id", "geometry"]]
+
+
+def _polygonal(gdf: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:
+    """Footprints are areas: a collection keeps its polygons; points and lines are dropped, counted in one warning."""
+    kinds = gdf.geometry.geom_type.to_numpy()
+    mixed = kinds == "GeometryCollection"
+    if mixed.any():
+        parts = [
+            shapely.union_all([g for g in shapely.get_parts(c) if g.geom_type in ("Polygon", "MultiPolygon")])
+            for c in gdf.geometry.values[mixed]
+        ]
+        gdf = gdf.copy()
+        gdf.loc[mixed, "geometry"] = parts
+    keep = np.isin(gdf.geometry.geom_type.to_numpy(), ["Polygon", "MultiPolygon"]) & ~gdf.geometry.is_empty.to_numpy()
+    if not keep.all():
+        dropped = {k: int((kinds[~keep] == k).sum()) for k in dict.fromkeys(kinds[~keep])}
+        log.warning(
+            "%s: ignored %d of %d label(s) that are not polygons (%s): footprints are areas",
+            path,
+            int((~keep).sum()),
+            len(gdf),
+            ", ".join(f"{n} {k}" for k, n in dropped.items()),
+        )
+    return gdf[keep].reset_index(drop=True)
+
+
+def check_labels_on_image(labels: gpd.GeoDataFrame, transform: Affine, shape: tuple[int, int], record: MonthRecord) -> None:
+    """Refuse a month whose footprints all lie outside its image (labels of another AOI, or in another CRS):
+    its targets would say "no building" everywhere.
+
+    Args:
+        labels: the month's footprints in the image's CRS (:func:`read_labels`).
+        transform: the image's transform.
+        shape: the image's (H, W).
+        record: the month (for the file names of the message).
+
+    Raises:
+        SN7DataError: naming the label file and the image.
+    """
+    if not len(labels):
+        return
+    (xa, ya), (xb, yb) = transform * (0, 0), transform * (shape[1], shape[0])
+    frame = shapely.box(min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb))
+    if not labels.geometry.intersects(frame).any():
+        raise SN7DataError(
+            record.labels_match or record.aoi_dir / "labels_match",
+            f"all {len(labels)} footprint(s) lie outside the image {record.image.name} "
+            "(labels of another area, or coordinates in another CRS than the file declares?)",
+        )
 
 
 def read_labels(record: MonthRecord, crs=None) -> gpd.GeoDataFrame:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from spacenet7.config import OverflowFix
 from spacenet7.data.bands import InputSpec
 from spacenet7.data.targets import CHANNELS
-from spacenet7.errors import SN7DataError
+from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.raster import iter_windows
 from spacenet7.models.precision import autocast_dtype, cpu_has_fast_bf16, cpu_has_vnni
 from spacenet7.models.runtime import Engine, Runtime, TorchRuntime, make_runtime, net_stride, read_meta
@@ -176,6 +176,11 @@ def predict_batch(model: LoadedModel, batch: torch.Tensor, tta: str | None) -> t
         xb = batch.flip(3) if mirror else batch
         xb = torch.rot90(xb, k, (2, 3)) if k else xb
         p = run(xb).to(batch.device)
+        if p.ndim != 4 or p.shape[1] != len(CHANNELS) or p.shape[-2:] != xb.shape[-2:]:  # never copied into the wrong bands
+            raise SN7Error(
+                f"predict: the model answered a batch of shape {tuple(xb.shape)} with {tuple(p.shape)}, "
+                f"not ({len(xb)}, {len(CHANNELS)}, {xb.shape[-2]}, {xb.shape[-1]}): one channel per class {list(CHANNELS)}"
+            )
         p = torch.rot90(p, -k, (2, 3)) if k else p
         out = out + (p.flip(3) if mirror else p)
     out = out[..., :h, :w] if pad_h or pad_w else out

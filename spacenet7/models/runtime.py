@@ -83,11 +83,29 @@ class OnnxRuntime:
                 raise SN7Error("predict: device=cuda with engine=onnxruntime needs onnxruntime-gpu (CUDAExecutionProvider)")
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        check_channels(path, next((o.shape for o in self.session.get_outputs() if o.name == OUTPUT_NAME), None))
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """Probabilities of a batch (on the CPU)."""
         x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0])
+
+
+def check_channels(path: Path, shape: Any) -> None:
+    """Refuse a model file whose output (its declared ``shape``, ``[batch, C, h, w]``) does not have one
+    channel per class this version predicts (:data:`CHANNELS`); a symbolic or unknown count passes here
+    (:func:`spacenet7.models.inference.predict_batch` checks the first real output).
+
+    Raises:
+        SN7DataError: naming the file, the channels it outputs and those expected.
+    """
+    channels = shape[1] if shape is not None and len(shape) == 4 else None
+    if isinstance(channels, int) and channels != len(CHANNELS):
+        raise SN7DataError(
+            path,
+            f"the model outputs {channels} channel(s) but its metadata lists {len(CHANNELS)} classes {list(CHANNELS)}; "
+            "export it with `spacenet7 compile checkpoint=...`",
+        )
 
 
 class OpenVinoRuntime:
