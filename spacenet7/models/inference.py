@@ -55,12 +55,14 @@ def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: st
         amp: bf16/fp16 autocast where the hardware runs it natively.
 
     Raises:
-        SN7Error: missing file, not a spacenet7 checkpoint, or weights of another architecture.
+        SN7Error: missing file, not a spacenet7 checkpoint, weights of another architecture, or a device
+            this machine does not have.
     """
+    dev = resolve_device(device)
     path = Path(checkpoint)
     state, hp = read_checkpoint(path)
     cfg = model_cfg or hp["model"]
-    net = build_net(cfg)
+    net = build_net(cfg, None if model_cfg else path)  # validated data, never instantiated (a file could name any callable)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -70,7 +72,6 @@ def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: st
             f"weights do not fit the architecture {cfg.get('arch')}/{cfg.get('encoder_name')} "
             f"(checkpoint was trained as {hp['model'].get('arch')}/{hp['model'].get('encoder_name')}): {first}",
         ) from None
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     meta = hp.get("chip_meta") or {}
     net = net.eval().to(dev).to(memory_format=torch.channels_last)
     return LoadedModel(
@@ -81,6 +82,27 @@ def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: st
         autocast_dtype(dev, amp),
         stride=net_stride(net),
     )
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device of a ``device`` setting: ``auto`` (a CUDA GPU if torch sees one, else the CPU), ``cpu``,
+    ``cuda`` or ``cuda:N``.
+
+    Raises:
+        SN7Error: not a device name, or a CUDA device that torch does not see on this machine.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SN7Error(f"device={device!r} is not a torch device (auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SN7Error(f"device={device}: torch sees no CUDA GPU on this machine; use device=auto or device=cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SN7Error(f"device={device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return dev
 
 
 def load_model_file(
