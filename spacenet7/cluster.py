@@ -82,7 +82,7 @@ def connect(cluster: ClusterConfig) -> Iterator[Any]:
         return
     try:
         client = Client(cluster.address, timeout="30s")
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:  # ValueError: not an address ("missing port number")
         raise SN7Error(f"cluster: cannot reach the Dask scheduler at cluster.address={cluster.address!r} ({exc})") from None
     with client:
         yield client

@@ -119,10 +119,13 @@ def buildings_layer(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
 
 
 def _write_gpkg(path: Path, per_month, gdf: gpd.GeoDataFrame) -> Path:
-    with atomic_path(path) as tmp:
-        for _, month_key, g in per_month:
-            write_vector(_month_layer(g, gdf.crs), tmp, layer=month_key.replace("-", "_"), driver="GPKG", append_layer=True)
-        write_vector(buildings_layer(gdf), tmp, layer="buildings", driver="GPKG", append_layer=True)
+    try:
+        with atomic_path(path) as tmp:
+            for _, month_key, g in per_month:
+                write_vector(_month_layer(g, gdf.crs), tmp, layer=month_key.replace("-", "_"), driver="GPKG", append_layer=True)
+            write_vector(buildings_layer(gdf), tmp, layer="buildings", driver="GPKG", append_layer=True)
+    except SN7DataError as exc:  # named after the temporary file: name the output
+        raise SN7DataError(path, exc.problem) from None
     return path
 
 

@@ -35,7 +35,7 @@ from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io import probability
 from spacenet7.io.atomic import clear_partials, ensure_writable_dir
-from spacenet7.io.raster import iter_windows, open_raster, to_cog
+from spacenet7.io.raster import WRITE_ERRORS, iter_windows, open_raster, to_cog, write_problem
 from spacenet7.models.inference import LoadedModel, load_model, load_model_file, sliding_window
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ def _predict_all(model: LoadedModel, records: dict[str, list[MonthRecord]], cfg:
 def predict_aoi(model: LoadedModel, aoi: str, recs: list[MonthRecord], cfg: PredictConfig) -> list[Path]:
     """Predict the months of one AOI, then fuse them; returns the AOI's probability rasters."""
     raw_dir = Path(cfg.out_dir) / aoi / ".raw"  # scratch: per-month predictions before fusion
+    probability.unmark_complete(raw_dir.parent)  # vectorize refuses the folder until the record below is written
     try:
         raw, kept = [], []
         for rec in tqdm(recs, desc=f"predict {aoi}", disable=not cfg.progress):
@@ -155,6 +156,9 @@ def predict_aoi(model: LoadedModel, aoi: str, recs: list[MonthRecord], cfg: Pred
         else:
             for src, dst in zip(raw, finals):
                 to_cog(src, dst)
+        probability.mark_complete(raw_dir.parent, finals)  # last: every month of this AOI is in place
+    except WRITE_ERRORS as exc:  # GDAL's, on a full disk or a vanished folder: one line naming where
+        raise SN7DataError(Path(cfg.out_dir) / aoi, write_problem(Path(cfg.out_dir) / aoi, exc)) from None
     finally:
         shutil.rmtree(raw_dir, ignore_errors=True)
     return finals

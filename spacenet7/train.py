@@ -158,6 +158,9 @@ def run(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, 
     for key in ("model", "loss", "optimizer"):
         if not getattr(cfg, key):
             raise SN7Error(f"train: config has no {key} (choose one, e.g. {key}=...)")
+    resume_from = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
+    if cfg.resume and resume_from.exists():  # read with weights_only before Lightning loads it: a truncated or
+        read_checkpoint(resume_from)  # pickled file is one line, and nothing in it runs
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)

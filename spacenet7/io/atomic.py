@@ -2,7 +2,8 @@
 
 Temporary files are named ``.<name>.<random>.partial`` next to their target: no reader's glob
 (``*.tif``, ``*.parquet``, ...) can pick one up, and :func:`clear_partials` removes the ones a
-killed run left behind.
+killed run left behind, with their side files (SQLite's ``.partial-journal``, ``-wal`` and
+``-shm`` while a GeoPackage is written).
 
 Fault injection for tests: with ``SPACENET7_KILL_BEFORE_RENAME=<glob>`` in the environment, the
 process SIGKILLs itself after writing a temporary file whose target name matches the glob, just
@@ -27,6 +28,7 @@ from spacenet7.errors import SN7DataError
 
 log = logging.getLogger(__name__)
 PARTIAL_SUFFIX = ".partial"
+SIDE_FILES = ("-journal", "-wal", "-shm")  # SQLite's, next to a GeoPackage being written
 
 
 @contextlib.contextmanager
@@ -51,6 +53,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp_path, ignore_errors=True)
         elif tmp_path.exists():
             tmp_path.unlink()
+        for side in SIDE_FILES:
+            Path(f"{tmp_path}{side}").unlink(missing_ok=True)
 
 
 def _first_kill() -> bool:
@@ -76,9 +80,10 @@ def clear_partials(folder: str | Path, name: str = "*") -> int:
     if not folder.is_dir():
         return 0
     n = 0
-    for p in folder.rglob(f".{name}.*{PARTIAL_SUFFIX}"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        n += 1
+    for pattern in (f".{name}.*{PARTIAL_SUFFIX}", *(f".{name}.*{PARTIAL_SUFFIX}{side}" for side in SIDE_FILES)):
+        for p in folder.rglob(pattern):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            n += 1
     if n:
         log.info("removed %d partial file(s) left by an interrupted run under %s", n, folder)
     return n
@@ -104,6 +109,25 @@ def ensure_writable_dir(folder: str | Path) -> Path:
         os.unlink(probe)
     except OSError as exc:
         raise SN7DataError(folder, f"cannot write output here: {exc.strerror or exc}") from None
+    return folder
+
+
+def check_creatable_dir(folder: str | Path) -> Path:
+    """Without creating anything, check that ``folder`` is a writable folder or could be made one
+    (for the folders that another library creates before a stage starts: Hydra's run folder).
+
+    Raises:
+        SN7DataError: one line naming the folder: a path under a regular file, or a nearest
+            existing folder that this user cannot write to.
+    """
+    folder = Path(folder)
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise SN7DataError(folder, f"cannot write output here: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise SN7DataError(folder, f"cannot write output here: {parent} is not writable (read-only or no permission)")
+            break
     return folder
 
 

@@ -3,10 +3,15 @@
 One band per target channel (:data:`spacenet7.data.targets.CHANNELS`), uint8 ``round(p * 254)``
 with nodata 255 (masked pixels) and a GDAL scale of 1/254, so GIS tools show probabilities.
 Tags record the grid: ``grid=source`` (the mosaic's) or ``grid=upscaled`` with ``upscale=<f>``.
+
+Each AOI folder also holds a completion record, :data:`COMPLETE`, listing the months of the last
+prediction: ``predict`` removes it before it writes anything for the AOI and writes it last,
+so ``vectorize`` never reads a killed run's partial set of months (or months a run left stale).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +19,14 @@ import rasterio
 
 from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7DataError
+from spacenet7.io.atomic import atomic_path
 from spacenet7.io.raster import open_raster
 
 SCALE = 254.0
 NODATA = 255
 ENCODING = "uint8 probability * 254, nodata 255"
+COMPLETE = ".predict-complete.json"  # per AOI folder: the months of a finished prediction (written last)
+COMPLETE_FORMAT = "spacenet7-predictions/1"
 
 
 def encode(prob: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -79,3 +87,41 @@ def read_prediction(path: str | Path) -> tuple[np.ndarray, np.ndarray, rasterio.
     if not valid.any():
         raise SN7DataError(path, "every pixel is nodata (an all-cloud month?); nothing to vectorize")
     return prob, valid, transform, crs, upscale if grid == "upscaled" else 1.0
+
+
+def unmark_complete(aoi_dir: str | Path) -> None:
+    """Remove an AOI folder's completion record: done before any of its rasters is (re)written."""
+    (Path(aoi_dir) / COMPLETE).unlink(missing_ok=True)
+
+
+def mark_complete(aoi_dir: str | Path, rasters: list[Path]) -> Path:
+    """Record (atomically) that ``rasters``, the AOI folder's months, are a finished prediction."""
+    path = Path(aoi_dir) / COMPLETE
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"format": COMPLETE_FORMAT, "rasters": [Path(p).name for p in rasters]}, indent=1))
+    return path
+
+
+def completed_rasters(aoi_dir: str | Path) -> list[Path]:
+    """The probability rasters of an AOI folder's finished prediction (see :func:`mark_complete`).
+
+    Raises:
+        SN7DataError: no completion record (``predict`` did not finish this AOI), an unreadable one,
+            or a listed raster that is missing.
+    """
+    aoi_dir = Path(aoi_dir)
+    path = aoi_dir / COMPLETE
+    if not path.is_file():
+        raise SN7DataError(aoi_dir, f"no completion record {COMPLETE}: `spacenet7 predict` did not finish this AOI; re-run it")
+    try:
+        doc = json.loads(path.read_text())
+        names = doc["rasters"] if doc.get("format") == COMPLETE_FORMAT else None
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and "/" not in n for n in names):
+            raise ValueError("no list of rasters")
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise SN7DataError(path, f"not a completion record ({exc}); re-run `spacenet7 predict`") from None
+    files = [aoi_dir / n for n in names]
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        raise SN7DataError(missing[0], f"listed in {COMPLETE} but not found; re-run `spacenet7 predict`")
+    return files

@@ -8,12 +8,16 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from spacenet7.errors import SN7DataError
 from spacenet7.io.atomic import atomic_path
+
+# what GDAL raises for a failed write: rasterio's own errors, or a CPLE_* one (CPLE_FileIOError on a full disk)
+WRITE_ERRORS: tuple[type[Exception], ...] = (rasterio.errors.RasterioError, CPLE_BaseError)
 
 
 def open_raster(path: str | Path, *, require_crs: bool = True, bands: int | None = None):
@@ -76,16 +80,22 @@ def cog_profile(profile: dict[str, Any], **overrides: Any) -> dict[str, Any]:
 
 
 def write_raster(
-    path: str | Path, array: np.ndarray, profile: dict[str, Any], descriptions: tuple[str, ...] | None = None
+    path: str | Path,
+    array: np.ndarray,
+    profile: dict[str, Any],
+    descriptions: tuple[str, ...] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Path:
-    """Write a (bands, H, W) array with ``profile`` to a temporary file, then rename it into place."""
+    """Write a (bands, H, W) array with ``profile`` (and dataset ``tags``) to a temporary file, then rename it into place."""
     try:
         with atomic_path(path) as tmp:
             with rasterio.open(tmp, "w", **profile) as dst:
                 dst.write(array)
                 if descriptions:
                     dst.descriptions = descriptions
-    except rasterio.errors.RasterioError as exc:
+                if tags:
+                    dst.update_tags(**tags)
+    except WRITE_ERRORS as exc:
         raise SN7DataError(path, write_problem(path, exc)) from None
     return Path(path)
 
@@ -109,7 +119,7 @@ def to_cog(src: str | Path, dst: str | Path) -> None:
     try:
         with atomic_path(dst) as tmp:
             rio_copy(str(src), str(tmp), driver="COG", compress="DEFLATE", predictor="2", blocksize=256)
-    except rasterio.errors.RasterioError as exc:
+    except WRITE_ERRORS as exc:
         raise SN7DataError(dst, write_problem(dst, exc)) from None
 
 

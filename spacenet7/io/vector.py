@@ -8,11 +8,16 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pyogrio
+import pyogrio.errors
 import shapely
 from affine import Affine
 
 from spacenet7.errors import SN7DataError
 from spacenet7.io.atomic import atomic_path
+from spacenet7.io.raster import write_problem
+
+# what pyogrio raises for a failed write (FeatureError, DataLayerError: RuntimeErrors; DataSourceError)
+WRITE_ERRORS: tuple[type[Exception], ...] = (pyogrio.errors.DataLayerError, pyogrio.errors.DataSourceError, OSError)
 
 
 def pixel_to_map(geoms: np.ndarray | list, transform: Affine) -> np.ndarray:
@@ -50,19 +55,25 @@ def write_vector(
 
     Single-layer files are written to a temporary file and renamed. For multi-layer GPKGs
     (``append_layer=True``) the caller is responsible for writing into a temporary file.
+
+    Raises:
+        SN7DataError: the file could not be written (a full disk named as such).
     """
     path = Path(path)
     driver = driver or {".geojson": "GeoJSON", ".gpkg": "GPKG", ".json": "GeoJSON"}[path.suffix.lower()]
     kwargs = dict(
         driver=driver, layer=layer or path.stem, geometry_type="Polygon", promote_to_multi=False, **(layer_options or {})
     )
-    if append_layer:
-        with warnings.catch_warnings():  # the caller's temporary file ends in .partial, not .gpkg
-            warnings.filterwarnings("ignore", message=".*non conformant file extension")
-            warnings.filterwarnings("ignore", message=".*filename extension should be")
-            pyogrio.write_dataframe(gdf, path, append=False, **kwargs)
-        return path
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="'crs' was not provided")  # pixel-space layers
-        pyogrio.write_dataframe(gdf, tmp, **kwargs)
+    try:
+        if append_layer:
+            with warnings.catch_warnings():  # the caller's temporary file ends in .partial, not .gpkg
+                warnings.filterwarnings("ignore", message=".*non conformant file extension")
+                warnings.filterwarnings("ignore", message=".*filename extension should be")
+                pyogrio.write_dataframe(gdf, path, append=False, **kwargs)
+            return path
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="'crs' was not provided")  # pixel-space layers
+            pyogrio.write_dataframe(gdf, tmp, **kwargs)
+    except WRITE_ERRORS as exc:  # a full disk is a FeatureError or DataSourceError
+        raise SN7DataError(path, write_problem(path, exc)) from None
     return path

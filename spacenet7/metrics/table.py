@@ -14,6 +14,7 @@ from spacenet7.errors import SN7DataError
 
 log = logging.getLogger(__name__)
 COLUMNS = ("filename", "id", "geometry")
+MAX_COORD = 1e9  # pixel coordinates: any mosaic is far smaller; beyond it a value is garbage (1e300)
 
 
 def month_rows(filename: str, ids, wkts) -> list[dict]:
@@ -62,7 +63,7 @@ def check_table(df: pd.DataFrame, path: str | Path = "<table>") -> pd.DataFrame:
         i = int(np.flatnonzero(bad.values)[0])
         raise SN7DataError(path, f"row {i + 2}: month {parts[1].iloc[i]} in {df['filename'].iloc[i]!r} is not 01-12")
     ids = pd.to_numeric(df["id"], errors="coerce")
-    bad = ids.isna() | (ids != np.round(ids))
+    bad = ids.isna() | ~np.isfinite(ids.astype(float)) | (ids != np.round(ids))  # inf: not an id either
     if bad.any():
         i = int(np.flatnonzero(bad.values)[0])
         raise SN7DataError(path, f"row {i + 2}: id {str(df['id'].iloc[i])!r} is not an integer")
@@ -81,6 +82,7 @@ def check_table(df: pd.DataFrame, path: str | Path = "<table>") -> pd.DataFrame:
     if invalid.any():
         geoms[invalid] = shapely.make_valid(geoms[invalid])
         log.info("%s: repaired %d invalid polygon(s) of %d (shapely.make_valid)", path, int(invalid.sum()), len(geoms))
+    _check_coordinates(geoms, wkt, path)
     out = pd.DataFrame(
         {
             "filename": names.values,
@@ -97,6 +99,17 @@ def check_unique_ids(df: pd.DataFrame, path: str | Path) -> None:
     """Ids must be unique within one (AOI, month) of one table."""
     live = df[~shapely.is_empty(df["geometry"].values)]
     dup = live.duplicated(["aoi", "month", "id"], keep=False)
+def _check_coordinates(geoms: np.ndarray, wkt: np.ndarray, path: str | Path) -> None:
+    """Every coordinate finite and within :data:`MAX_COORD` pixels (NaN, inf or 1e300 break the overlay)."""
+    coords, row = shapely.get_coordinates(geoms, return_index=True)
+    bad = np.flatnonzero(~(np.abs(coords) <= MAX_COORD).all(axis=1))  # NaN compares False: caught too
+    if len(bad):
+        i = int(row[bad[0]])
+        raise SN7DataError(
+            path, f"row {i + 2}: coordinate {coords[bad[0]].tolist()} is not a finite pixel coordinate ({wkt[i][:60]!r})"
+        )
+
+
     if dup.any():
         row = live[dup].iloc[0]
         raise SN7DataError(path, f"id {row['id']} appears more than once in {row['filename']}")

@@ -83,6 +83,14 @@ class OnnxRuntime:
                 raise SN7Error("predict: device=cuda with engine=onnxruntime needs onnxruntime-gpu (CUDAExecutionProvider)")
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
+            raise SN7DataError(
+                path,
+                f"the model's input(s) {inputs} and output(s) {outputs} are not the {INPUT_NAME!r} -> {OUTPUT_NAME!r} "
+                "that spacenet7 runs; export it with `spacenet7 compile checkpoint=...`",
+            )
         check_channels(path, next((o.shape for o in self.session.get_outputs() if o.name == OUTPUT_NAME), None))
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:

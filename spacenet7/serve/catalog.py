@@ -23,7 +23,7 @@ import shapely
 from spacenet7.data.sn7 import MonthRecord, read_labels, scan
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.export import area_m2
-from spacenet7.vectorize import load_vectors
+from spacenet7.vectorize import load_vectors, read_month_list
 
 log = logging.getLogger(__name__)
 COORD_DECIMALS = 7  # ~1 cm in degrees, as RFC 7946 suggests
@@ -90,11 +90,7 @@ class Catalog:
         self._buildings  # noqa: B018 - every vectors file read now: a truncated one stops the start, not a later request
 
     def _index_aoi(self, path: Path) -> AOI:
-        meta = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else None
-        if meta is None:
-            raise SN7DataError(
-                path.with_suffix(".json"), "month list of the vectorize output not found; re-run `spacenet7 vectorize`"
-            )
+        meta = read_month_list(path.with_suffix(".json"))  # checked: a broken one is one line at start-up, not a 500
         name = meta["aoi"]
         records = self._records(name)
         per_month = {(r.get("aoi"), r.get("month")): r for r in self.metrics.get("per_month", [])}
