@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pandas as pd
+import shapely
 
 from spacenet7.cluster import map_aois
 from spacenet7.config import EvaluateConfig
-from spacenet7.data.sn7 import band_regions, read_truth_pix, scan
+from spacenet7.data.sn7 import band_regions, image_grid, read_truth_pix, scan
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.atomic import atomic_path, ensure_writable_file
 from spacenet7.metrics.pixel import clip_to_region, pixel_counts
@@ -27,12 +29,59 @@ def ground_truth_table(data_root: str | Path, split_dir: str = "train", aois: li
     has no pixel copy (:func:`~spacenet7.data.sn7.read_truth_pix`). ``data_root`` may name several
     roots (``os.pathsep``). Months without buildings get one empty row, so they still count as months.
     """
-    rows = []
+    months = []
     for records in scan(data_root, split_dir, aois).values():
         for rec in records:
             gdf = read_truth_pix(rec)
-            rows += month_rows(rec.stem, gdf["Id"], [g.wkt for g in gdf.geometry])
-    return check_table(pd.DataFrame(rows, columns=["filename", "id", "geometry"]), Path(data_root))
+            rows = month_rows(rec.stem, gdf["Id"], [g.wkt for g in gdf.geometry])
+            months.append(_checked_month(rows, rec.labels_match_pix or rec.labels_match or rec.aoi_dir))
+    return pd.concat(months, ignore_index=True)
+
+
+def _checked_month(rows: list[dict], label_file: Path) -> pd.DataFrame:
+    """One month's truth rows checked as a table; a problem names the label file and its feature (``features[i]``,
+    counted among the month's polygons), not a row of a table that does not exist."""
+    try:
+        return check_table(pd.DataFrame(rows, columns=["filename", "id", "geometry"]), label_file)
+    except SN7DataError as exc:
+        m = re.match(r"row (\d+): (.*)", exc.problem)
+        raise SN7DataError(label_file, f"features[{int(m.group(1)) - 2}]: {m.group(2)}" if m else exc.problem) from None
+
+
+def regions_on_images(regions: dict[str, list[float]], data_root: str | Path, split_dir: str) -> dict[str, list[float]]:
+    """Each AOI's ``[row0, row1, col0, col1]`` cut to its image (memory follows the image, not the numbers given).
+
+    Raises:
+        SN7Error: a region that lies wholly outside an AOI's image (it would score zeros).
+    """
+    out = {}
+    for aoi, recs in scan(data_root, split_dir, sorted(regions)).items():
+        h, w = image_grid(recs[0])[2]
+        r0, r1, c0, c1 = regions[aoi]
+        if r0 >= h or c0 >= w or r1 <= 0 or c1 <= 0:
+            raise SN7Error(
+                f"evaluate: region={[float(v) for v in regions[aoi]]} lies outside the {h}x{w} image of {aoi} "
+                f"(rows 0-{h}, cols 0-{w})"
+            )
+        out[aoi] = [max(r0, 0.0), min(r1, float(h)), max(c0, 0.0), min(c1, float(w))]
+    return out
+
+
+def check_region_holds_truth(truth: pd.DataFrame, regions: dict[str, list[float]], source: Path) -> None:
+    """Refuse regions that hold none of the truth's buildings (outside the image: every score would be 0)."""
+    inside = total = 0
+    for aoi, (r0, r1, c0, c1) in regions.items():
+        geoms = truth.loc[truth["aoi"] == aoi, "geometry"].to_numpy()
+        geoms = geoms[~shapely.is_empty(geoms)] if len(geoms) else geoms
+        total += len(geoms)
+        inside += int(shapely.intersects(geoms, shapely.box(c0, r0, c1, r1)).sum()) if len(geoms) else 0
+    if total and not inside:
+        some = next(iter(regions.values()))
+        raise SN7DataError(
+            source,
+            f"region={some} holds none of the truth's {total} buildings: outside the images? "
+            "(region=[row0, row1, col0, col1] in source pixels)",
+        )
 
 
 def building_scores(months: list, inter: int, union: int) -> dict[str, float]:
@@ -125,6 +174,11 @@ def run(cfg: EvaluateConfig) -> dict[str, Path]:
         regions = band_regions(cfg.data_root, aois, cfg.band_frac, cfg.split_dir)
     elif cfg.region is not None:
         regions = {a: [float(v) for v in cfg.region] for a in aois}
+        r0, r1, c0, c1 = regions[aois[0]]
+        if r1 > r0 and c1 > c0:  # (an empty box is clip_to_region's one line)
+            if not cfg.truth:  # the truth is the data set: its images give each AOI's size
+                regions = regions_on_images(regions, cfg.data_root, cfg.split_dir)
+            check_region_holds_truth(truth, regions, truth_src)
     scored = map_aois(
         evaluate_aoi,
         [

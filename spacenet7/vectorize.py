@@ -26,6 +26,7 @@ from spacenet7.data.sn7 import parse_stem
 from spacenet7.errors import SN7DataError
 from spacenet7.io.atomic import atomic_path, clear_partials, ensure_writable_dir
 from spacenet7.io.probability import completed_rasters, read_prediction
+from spacenet7.io.raster import open_raster
 from spacenet7.io.vector import pixel_to_map
 from spacenet7.polygonize import instances, polygons
 from spacenet7.track import TrackConfig, TrackMode, onset_tracks, track
@@ -62,10 +63,43 @@ def run(cfg: VectorizeConfig) -> list[Path]:
         clear_partials(cfg.out_dir)  # a killed worker's
 
 
+# vectorize holds whole months: bytes per pixel while one month is read and watershedded (uint8 and float32
+# probabilities, masks, labels), and what tracking keeps of every month (footprint probability and mask)
+WORK_BYTES_PER_PIXEL = 48
+KEPT_BYTES_PER_PIXEL = 13
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still get (psutil's ``available``)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_memory(files: list[Path]) -> None:
+    """Refuse, in one line and before any allocation, an AOI whose months do not fit in memory.
+
+    Raises:
+        SN7DataError: naming the first month's raster, its size and the memory it would need.
+    """
+    with open_raster(files[0]) as ds:
+        h, w = ds.height, ds.width
+    need = h * w * (WORK_BYTES_PER_PIXEL + KEPT_BYTES_PER_PIXEL * len(files))
+    free = available_memory()
+    if need > free:
+        raise SN7DataError(
+            files[0],
+            f"{w}x{h} px: vectorizing its {len(files)} month(s) needs about {need / 2**30:.1f} GiB, more than the "
+            f"{free / 2**30:.1f} GiB of memory available (vectorize holds whole months); predict smaller areas "
+            "(crop the mosaics into tiles) or use a machine with more memory",
+        )
+
+
 def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
     """Polygonize and track one AOI."""
     # the months of predict's finished run only: not a killed run's partial set, nor months it left stale
     files = sorted(completed_rasters(aoi_dir), key=lambda p: parse_stem(p.name).month_key)
+    check_memory(files)
     months, preds = [], []
     crs: Any = None
     src_transform: Any = None

@@ -477,3 +477,114 @@ def test_labels_all_outside_their_image_stop_chip(one_aoi, tmp_path, capsys):
         "(labels of another area, or coordinates in another CRS than the file declares?)"
     )
     assert not (tmp_path / "chips" / "chips.json").exists() and not partials(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# E. Memory bounded by input coordinates; H. regions and ids that mislead
+
+
+def _truth_csv(root: Path, path: Path) -> Path:
+    """The data set's own truth as a submission (every building found)."""
+    from spacenet7.evaluate import ground_truth_table
+
+    t = ground_truth_table(root)
+    pd.DataFrame({"filename": t["filename"], "id": t["id"], "geometry": shapely.to_wkt(t["geometry"].to_numpy())}).to_csv(
+        path, index=False
+    )
+    return path
+
+
+def test_a_huge_region_is_cut_to_the_image_not_allocated(one_aoi, tmp_path, capsys):
+    """``region=[0,99999,0,99999]`` grew to 20 GB; it is scored on the AOI's image."""
+    import tracemalloc
+
+    root, _ = one_aoi
+    sub = _truth_csv(root, tmp_path / "sub.csv")
+    tracemalloc.start()
+    try:
+        code, err = cli(
+            capsys, "evaluate", f"data_root={root}", f"proposal={sub}", "region=[0,99999,0,99999]", f"out={tmp_path / 'm.json'}"
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 0, err
+    assert peak < 300 * 2**20, f"{peak / 2**20:.0f} MB"
+    assert json.loads((tmp_path / "m.json").read_text())["f1"] == 1.0
+
+
+def test_a_far_away_proposal_does_not_raise_memory():
+    """One 4x4 proposal far from the rest made pixel IoU rasterize the whole span between them."""
+    import tracemalloc
+
+    from spacenet7.metrics.pixel import pixel_counts
+
+    def table(geoms):
+        return pd.DataFrame({"aoi": "a", "month": "2020-01", "id": range(len(geoms)), "geometry": np.array(geoms, dtype=object)})
+
+    truth = table([box(10, 10, 20, 20), box(40, 40, 50, 52)])
+    far = table([box(10, 10, 20, 20), box(1e8, 1e8, 1e8 + 4, 1e8 + 4)])
+    tracemalloc.start()
+    try:
+        inter, union = pixel_counts(truth, far)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (inter, union) == (100, 100 + 120 + 16)
+    assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MB"
+
+
+def test_a_region_outside_the_image_is_one_line(one_aoi, tmp_path, capsys):
+    root, aoi = one_aoi
+    sub = _truth_csv(root, tmp_path / "sub.csv")
+    out = f"out={tmp_path / 'm.json'}"
+    code, err = cli(capsys, "evaluate", f"data_root={root}", f"proposal={sub}", "region=[5000,6000,0,100]", out)
+    assert code == 1 and err == [
+        f"spacenet7 evaluate: error: region=[5000.0, 6000.0, 0.0, 100.0] lies outside the 256x256 image of {aoi} "
+        "(rows 0-256, cols 0-256)"
+    ], err
+    code, err = cli(capsys, "evaluate", f"truth={sub}", f"proposal={sub}", "region=[5000,6000,0,100]", out)  # no image at hand
+    assert code == 1 and len(err) == 1 and f"{sub}: region=[5000.0, 6000.0, 0.0, 100.0] holds none of the truth's" in err[0], err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_a_bad_label_id_names_the_label_file_and_a_huge_id_is_not_wrapped(one_aoi, tmp_path, capsys):
+    """The truth's problems used to read "<data_root>: row 34: ..."; 1e30 became -9223372036854775808."""
+    root, _ = one_aoi
+    sub = _truth_csv(root, tmp_path / "sub.csv")
+    aoi = sorted(scan(root))[0]
+    rec = scan(root)[aoi][2]
+    label = rec.labels_match_pix or rec.labels_match
+    doc = json.loads(label.read_text())
+    doc["features"][3]["properties"]["Id"] = 1e30
+    label.write_text(json.dumps(doc))
+    code, err = cli(capsys, "evaluate", f"data_root={root}", f"proposal={sub}", f"out={tmp_path / 'm.json'}")
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"spacenet7 evaluate: error: {label}: features[3]: id "), err[0]
+    assert err[0].endswith("is outside the 64-bit integer range"), err[0]
+    csv = tmp_path / "p.csv"
+    csv.write_text(
+        'filename,id,geometry\nglobal_monthly_2018_01_mosaic_L15-0001E-0001N_1_1_13,1e30,"POLYGON ((0 0, 4 0, 4 4, 0 4, 0 0))"\n'
+    )
+    code, err = cli(capsys, "evaluate", f"truth={csv}", f"proposal={csv}", f"out={tmp_path / 'm.json'}")
+    assert code == 1 and err == [f"spacenet7 evaluate: error: {csv}: row 2: id '1e+30' is outside the 64-bit integer range"], err
+
+
+def test_vectorize_refuses_a_raster_too_big_for_memory_before_reading_it(tmp_path, capsys):
+    """A 120000^2 probability raster asked for 40 GiB; now it is one line before any allocation."""
+    from spacenet7.io import probability
+
+    aoi_dir = tmp_path / "pred" / "L15-0001E-0001N_1_1_13"
+    aoi_dir.mkdir(parents=True)
+    path = aoi_dir / "global_monthly_2018_01_mosaic_L15-0001E-0001N_1_1_13.tif"
+    prof = probability.profile("EPSG:3857", rasterio.Affine(4.78, 0, 0, 0, -4.78, 0), 120_000, 120_000)
+    with rasterio.open(path, "w", **prof, SPARSE_OK=True):  # nothing written: a small sparse file
+        pass
+    probability.mark_complete(aoi_dir, [path])
+    assert path.stat().st_size < 8 * 2**20  # its tile index only
+    code, err = cli(capsys, "vectorize", f"pred_dir={tmp_path / 'pred'}", f"out_dir={tmp_path / 'vec'}")
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"spacenet7 vectorize: error: {path}: 120000x120000 px: vectorizing its 1 month(s) needs about "), (
+        err[0]
+    )
+    assert "GiB of memory available" in err[0] and not list((tmp_path / "vec").glob("*.parquet"))

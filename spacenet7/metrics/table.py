@@ -67,6 +67,10 @@ def check_table(df: pd.DataFrame, path: str | Path = "<table>") -> pd.DataFrame:
     if bad.any():
         i = int(np.flatnonzero(bad.values)[0])
         raise SN7DataError(path, f"row {i + 2}: id {str(df['id'].iloc[i])!r} is not an integer")
+    huge = np.flatnonzero((ids.abs() >= 2.0**63).to_numpy())  # int64 would wrap it (1e30 -> -9223372036854775808)
+    if len(huge):
+        i = int(huge[0])
+        raise SN7DataError(path, f"row {i + 2}: id {str(df['id'].iloc[i])!r} is outside the 64-bit integer range")
     wkt = df["geometry"].astype(str).values
     geoms = shapely.from_wkt(wkt, on_invalid="ignore")
     bad = np.flatnonzero(pd.isna(geoms))
@@ -78,11 +82,11 @@ def check_table(df: pd.DataFrame, path: str | Path = "<table>") -> pd.DataFrame:
     if len(bad):
         i = int(bad[0])
         raise SN7DataError(path, f"row {i + 2}: geometry is not a polygon ({wkt[i][:40]!r})")
+    _check_coordinates(geoms, wkt, path)
     invalid = ~shapely.is_valid(geoms)
     if invalid.any():
         geoms[invalid] = shapely.make_valid(geoms[invalid])
         log.info("%s: repaired %d invalid polygon(s) of %d (shapely.make_valid)", path, int(invalid.sum()), len(geoms))
-    _check_coordinates(geoms, wkt, path)
     out = pd.DataFrame(
         {
             "filename": names.values,
@@ -95,10 +99,6 @@ def check_table(df: pd.DataFrame, path: str | Path = "<table>") -> pd.DataFrame:
     return out
 
 
-def check_unique_ids(df: pd.DataFrame, path: str | Path) -> None:
-    """Ids must be unique within one (AOI, month) of one table."""
-    live = df[~shapely.is_empty(df["geometry"].values)]
-    dup = live.duplicated(["aoi", "month", "id"], keep=False)
 def _check_coordinates(geoms: np.ndarray, wkt: np.ndarray, path: str | Path) -> None:
     """Every coordinate finite and within :data:`MAX_COORD` pixels (NaN, inf or 1e300 break the overlay)."""
     coords, row = shapely.get_coordinates(geoms, return_index=True)
@@ -110,6 +110,10 @@ def _check_coordinates(geoms: np.ndarray, wkt: np.ndarray, path: str | Path) -> 
         )
 
 
+def check_unique_ids(df: pd.DataFrame, path: str | Path) -> None:
+    """Ids must be unique within one (AOI, month) of one table."""
+    live = df[~shapely.is_empty(df["geometry"].values)]
+    dup = live.duplicated(["aoi", "month", "id"], keep=False)
     if dup.any():
         row = live[dup].iloc[0]
         raise SN7DataError(path, f"id {row['id']} appears more than once in {row['filename']}")
