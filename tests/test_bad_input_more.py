@@ -588,3 +588,33 @@ def test_vectorize_refuses_a_raster_too_big_for_memory_before_reading_it(tmp_pat
         err[0]
     )
     assert "GiB of memory available" in err[0] and not list((tmp_path / "vec").glob("*.parquet"))
+
+
+def test_libtiff_lines_of_a_failed_write_do_not_drown_the_one_line(tmp_path, monkeypatch, capfd):
+    """On a full disk libtiff printed "_tiffWriteProc: No space left on device." per strip, past every handler."""
+    import shutil
+    from collections import namedtuple
+
+    import rasterio.shutil
+
+    from spacenet7.errors import SN7DataError
+    from spacenet7.io.raster import to_cog
+
+    def full_disk_copy(src, dst, **kw):
+        os.write(2, b"_tiffWriteProc: No space left on device.\n" * 3)  # as libtiff does, to the descriptor
+        raise rasterio.errors.RasterioIOError("TIFFWriteDirectory: Error writing directory")
+
+    src = write_tif(tmp_path / "src.tif", np.zeros((1, 8, 8), np.uint8), tiled=False)
+    monkeypatch.setattr(rasterio.shutil, "copy", full_disk_copy)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: namedtuple("U", "total used free")(100, 100, 0))
+    with pytest.raises(SN7DataError, match="could not be written: No space left on device"):
+        to_cog(src, tmp_path / "out.tif")
+    assert "_tiffWriteProc" not in capfd.readouterr().err
+
+    def noisy_copy(src, dst, **kw):  # a write that succeeds keeps what it printed
+        os.write(2, b"a GDAL note\n")
+        Path(dst).write_bytes(Path(src).read_bytes())
+
+    monkeypatch.setattr(rasterio.shutil, "copy", noisy_copy)
+    to_cog(src, tmp_path / "out.tif")
+    assert "a GDAL note" in capfd.readouterr().err and (tmp_path / "out.tif").exists()

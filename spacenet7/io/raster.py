@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ def write_raster(
 ) -> Path:
     """Write a (bands, H, W) array with ``profile`` (and dataset ``tags``) to a temporary file, then rename it into place."""
     try:
-        with atomic_path(path) as tmp:
+        with c_stderr_kept_on_success(), atomic_path(path) as tmp:
             with rasterio.open(tmp, "w", **profile) as dst:
                 dst.write(array)
                 if descriptions:
@@ -112,12 +113,46 @@ def write_problem(path: str | Path, exc: Exception) -> str:
     return f"could not be written ({_short(exc)})"
 
 
+@contextlib.contextmanager
+def c_stderr_kept_on_success() -> Iterator[None]:
+    """Hold what C code writes to file descriptor 2 while the block runs; write it out when the block succeeds.
+
+    libtiff prints its own lines for a failed write ("_tiffWriteProc: No space left on device.", once per
+    strip) straight to the descriptor, past GDAL's and rasterio's error handlers; the failure itself becomes
+    one :class:`SN7DataError` line, so on failure they are dropped. Python's own ``sys.stderr`` (progress
+    bars, log lines) is flushed first and is not held otherwise: it writes to the same descriptor.
+    """
+    import os
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 (a daemon): nothing to hold
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok and held.tell():
+                held.seek(0)
+                os.write(2, held.read())
+
+
 def to_cog(src: str | Path, dst: str | Path) -> None:
     """Copy a tiled GeoTIFF to a COG (streams; memory stays bounded), atomically."""
     from rasterio.shutil import copy as rio_copy
 
     try:
-        with atomic_path(dst) as tmp:
+        with c_stderr_kept_on_success(), atomic_path(dst) as tmp:
             rio_copy(str(src), str(tmp), driver="COG", compress="DEFLATE", predictor="2", blocksize=256)
     except WRITE_ERRORS as exc:
         raise SN7DataError(dst, write_problem(dst, exc)) from None
