@@ -28,6 +28,7 @@ def oracle_predictions(root: Path, aoi: str, out: Path) -> None:
         (out / aoi).mkdir(parents=True, exist_ok=True)
         with rasterio.open(out / aoi / f"{rec.stem}.tif", "w", **prof) as ds:
             ds.write(stored)
+    probability.mark_complete(out / aoi, sorted((out / aoi).glob("*.tif")))  # as predict does: vectorize requires it
 
 
 def oracle_run(src: Path, dst: Path) -> Path:

@@ -15,8 +15,10 @@ hand cleanup.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -57,7 +59,8 @@ def cli(capsys, *argv: str) -> tuple[int, list[str]]:
 
 
 def partials(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*.partial")]
+    """Temporary files, with their side files (a GeoPackage's ``.partial-journal``)."""
+    return [p for p in folder.rglob("*.partial*")]
 
 
 def write_tif(path: Path, array: np.ndarray, crs: str | None = "EPSG:3857", **kw) -> Path:
@@ -281,6 +284,217 @@ def _predict_uint16(t, c):
     return ["predict", f"checkpoint={c['ckpt']}", f"images=[{c['file']}]", "aoi=area", f"out_dir={t / 'pred'}"], [t / "pred"]
 
 
+# checkpoints forged by hand: nothing in one may run (issue 32 A) or reach prediction unchecked (B)
+SMP_MODEL = {
+    "_target_": "segmentation_models_pytorch.create_model",
+    "arch": "Unet",
+    "encoder_name": "resnet18",
+    "encoder_weights": None,
+    "in_channels": 3,
+    "classes": 3,
+}
+
+
+class _Exec:
+    """Unpickling it runs code: what a hostile file smuggles in (here: it writes a marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (builtins.exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def _torch_load_payload(marker: Path) -> dict:
+    """A model node that Hydra would instantiate as torch.load(BytesIO(<pickle>), weights_only=False)."""
+    return {
+        "_target_": "torch.load",
+        "f": {"_target_": "io.BytesIO", "_args_": [pickle.dumps(_Exec(marker))]},
+        "weights_only": False,
+    }
+
+
+def _write_text_payload(marker: Path) -> dict:
+    """A model node that Hydra would instantiate as pathlib.Path(marker).write_text("ran")."""
+    return {"_target_": "pathlib.Path.write_text", "_args_": [{"_target_": "pathlib.Path", "_args_": [str(marker)]}, "ran"]}
+
+
+def _forged_ckpt(path: Path, model, chip_meta=None) -> Path:
+    import torch
+
+    meta = {"upscale": 1.0} if chip_meta is None else chip_meta
+    torch.save({"state_dict": {}, "hyper_parameters": {"model": model, "chip_meta": meta}}, path)
+    return path
+
+
+def _hostile(entry: str, payload: Callable[[Path], dict]) -> Callable:
+    """``entry`` (predict, compile or serve from a run folder's own checkpoint) on a checkpoint whose
+    model node names a callable: the marker file it would write must not appear."""
+
+    def build(t, c):
+        marker = t / "pwned"
+        if entry == "serve":  # a run folder whose own best.ckpt is hostile: loaded at start-up
+            run = t / "run"
+            shutil.copytree(c["vectors"], run / "vectors")
+            (run / "train" / "checkpoints").mkdir(parents=True)
+            c["file"] = _forged_ckpt(run / "train" / "checkpoints" / "best.ckpt", payload(marker))
+            return ["serve", f"run_dir={run}", "port=0"], [marker]
+        c["file"] = _forged_ckpt(t / "hostile.ckpt", payload(marker))
+        if entry == "compile":
+            return ["compile", f"checkpoint={c['file']}", f"out={t / 'm.onnx'}"], [marker, t / "m.onnx"]
+        root, _ = c["data"]
+        return ["predict", f"checkpoint={c['file']}", f"data_root={root}", f"out_dir={t / 'pred'}"], [marker, t / "pred"]
+
+    return build
+
+
+def _bad_meta(model=SMP_MODEL, chip_meta=None) -> Callable:
+    def build(t, c):
+        root, _ = c["data"]
+        c["file"] = _forged_ckpt(t / "forged.ckpt", model, chip_meta)
+        return ["predict", f"checkpoint={c['file']}", f"data_root={root}", f"out_dir={t / 'pred'}"], [t / "pred"]
+
+    return build
+
+
+def _run_dir_under_file(t, c):
+    (t / "afile").write_text("x")
+    c["file"] = t / "afile"
+    return ["train", f"run_dir={t / 'afile' / 'run'}", f"chip_dir={t / 'chips'}"], [t / "afile" / "run"]
+
+
+def _run_dir_read_only(t, c):
+    ro = t / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() == 0:  # permissions do not stop root: what a user without root meets, as os.access reports it
+        real = os.access
+        c["monkeypatch"].setattr(os, "access", lambda p, mode, **kw: False if Path(p) == ro else real(p, mode, **kw))
+    c["file"] = ro
+    return ["train", f"run_dir={ro / 'run'}", f"chip_dir={t / 'chips'}"], [ro / "run"]
+
+
+def _cuda_without_gpu(t, c):
+    import torch
+
+    c["monkeypatch"].setattr(torch.cuda, "is_available", lambda: False)
+    root, _ = c["data"]
+    c["file"] = ""
+    return ["predict", f"checkpoint={c['ckpt']}", f"data_root={root}", f"out_dir={t / 'pred'}", "device=cuda"], [t / "pred"]
+
+
+def _cluster_not_an_address(t, c):
+    root, _ = c["data"]
+    c["file"] = ""
+    return (
+        ["chip", f"data_root={root}", f"out_dir={t / 'chips'}", "cluster.mode=address", "cluster.address=notanaddress"],
+        [t / "chips" / "chips.json"],
+    )
+
+
+def _proposal(geometry: str, ident: str = "1") -> Callable:
+    def build(t, c):
+        p = t / "proposal.csv"
+        p.write_text(f'filename,id,geometry\nglobal_monthly_2018_01_mosaic_L15-0001E-0001N_1_1_13,{ident},"{geometry}"\n')
+        c["file"] = p
+        return ["evaluate", f"truth={c['truth']}", f"proposal={p}", f"out={t / 'm.json'}"], [t / "m.json"]
+
+    return build
+
+
+def _resume_from(kind: str) -> Callable:
+    def build(t, c):
+        last = t / "train" / "checkpoints" / "last.ckpt"
+        last.parent.mkdir(parents=True)
+        if kind == "truncated":
+            data = (Path(c["ckpt"]).parent / "last.ckpt").read_bytes()
+            last.write_bytes(data[: len(data) // 2])
+        else:  # a pickle that runs code when Lightning (weights_only=False) would load it
+            with last.open("wb") as f:
+                pickle.dump({"state_dict": {}, "payload": _Exec(t / "pwned")}, f)
+        c["file"] = last
+        argv = ["train", f"chip_dir={c['chips']}", f"run_dir={t / 'train'}", "resume=true", "logger.wandb=false"]
+        return argv, [t / "pwned", t / "train" / "metrics.json"]
+
+    return build
+
+
+def _onnx_input_misnamed(t, c):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from spacenet7.data.bands import InputSpec
+    from spacenet7.models.runtime import META_KEY, ModelMeta
+
+    dims = ["batch", 3, "height", "width"]
+    graph = helper.make_graph(
+        [helper.make_node("Sigmoid", ["x"], ["prob"])],
+        "misnamed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, dims)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    meta = ModelMeta(upscale=1.0, input=InputSpec().to_dict(), classes=["footprint", "boundary", "contact"], stride=1)
+    helper.set_model_props(model, {META_KEY: meta.to_json()})
+    onnx.save(model, str(t / "misnamed.onnx"))
+    root, _ = c["data"]
+    c["file"] = t / "misnamed.onnx"
+    argv = ["predict", "engine=onnxruntime", f"model_file={c['file']}", f"data_root={root}", f"out_dir={t / 'pred'}"]
+    return argv, [t / "pred"]
+
+
+def _disk_full(stage: str) -> Callable:
+    """GDAL's CPLE_FileIOError (predict) or pyogrio's FeatureError (export) from a write on a full disk."""
+
+    def build(t, c):
+        import shutil as sh
+        from collections import namedtuple
+
+        import pyogrio
+        import rasterio.shutil
+        from rasterio._err import CPLE_FileIOError
+
+        mp = c["monkeypatch"]
+        mp.setattr(sh, "disk_usage", lambda p: namedtuple("U", "total used free")(100, 100, 0))
+        if stage == "predict":
+
+            def full(*a, **k):
+                raise CPLE_FileIOError(3, 1, "Free disk space available is 0 bytes, whereas 65536 are at least necessary.")
+
+            mp.setattr(rasterio.shutil, "copy", full)
+            root, aoi = c["data"]
+            c["file"] = t / "pred" / aoi
+            return ["predict", f"checkpoint={c['ckpt']}", f"data_root={root}", f"out_dir={t / 'pred'}", "tta=false"], [
+                t / "pred" / aoi / probability_record()
+            ]
+
+        def full_vec(*a, **k):
+            raise pyogrio.errors.FeatureError("failed to write feature 3 to .x.gpkg.partial")
+
+        mp.setattr(pyogrio, "write_dataframe", full_vec)
+        c["file"] = t / "fp"
+        return ["export", f"vec_dir={c['vectors']}", f"out_dir={t / 'fp'}", f"submission={t / 'sub.csv'}"], [t / "sub.csv"]
+
+    return build
+
+
+def probability_record() -> str:
+    from spacenet7.io.probability import COMPLETE
+
+    return COMPLETE
+
+
+def _serve_months_missing(t, c):
+    run = t / "run"
+    shutil.copytree(c["vectors"], run / "vectors")
+    month_list = sorted((run / "vectors").glob("*.json"))[0]
+    doc = json.loads(month_list.read_text())
+    del doc["months"]
+    month_list.write_text(json.dumps(doc))
+    c["file"] = month_list
+    return ["serve", f"run_dir={run}", "port=0"], []
+
+
 def _knob(stage: str, *args: str) -> Callable:
     def build(t, c):
         extra = {
@@ -428,6 +642,62 @@ CASES = [
     Case("own-file-without-aoi-name", _own_file_without_aoi, "give the area a name: aoi=<name>", lambda t, c: str(c["file"])),
     Case("own-files-partly-dated", _own_files_partly_dated, "no date in its name or TIFF tags", lambda t, c: str(c["file"])),
     Case("own-uint16-file", _predict_uint16, "is uint16, but input.scaling=none", lambda t, c: str(c["file"])),
+    # issue 32 A: a checkpoint is data; nothing in it is instantiated, in any entry point
+    *(
+        Case(
+            f"checkpoint-runs-{name}-in-{entry}",
+            _hostile(entry, payload),
+            f"not a spacenet7 checkpoint (model._target_={target!r}; only segmentation_models_pytorch.create_model",
+            lambda t, c: str(c["file"]),
+        )
+        for entry in ("predict", "compile", "serve")
+        for name, payload, target in (
+            ("torch-load", _torch_load_payload, "torch.load"),
+            ("write-text", _write_text_payload, "pathlib.Path.write_text"),
+        )
+    ),
+    Case(
+        "checkpoint-nested-target",
+        _bad_meta(model={**SMP_MODEL, "aux_params": {"_target_": "os.system", "_args_": ["true"]}}),
+        "not a spacenet7 checkpoint (model.aux_params._target_ is not allowed",
+        lambda t, c: str(c["file"]),
+    ),
+    # issue 32 B: one line, no traceback
+    Case("checkpoint-upscale-zero", _bad_meta(chip_meta={"upscale": 0}), "chip_meta.upscale=0 must be a positive number"),
+    Case("checkpoint-upscale-negative", _bad_meta(chip_meta={"upscale": -2}), "chip_meta.upscale=-2 must be a positive"),
+    Case("checkpoint-upscale-text", _bad_meta(chip_meta={"upscale": "abc"}), "chip_meta.upscale='abc' must be a positive"),
+    Case(
+        "checkpoint-input-unknown-key",
+        _bad_meta(chip_meta={"upscale": 1.0, "input": {"rgbb": [1, 2, 3]}}),
+        "not a spacenet7 checkpoint (chip_meta.input: ",
+        lambda t, c: "rgbb",
+    ),
+    Case(
+        "checkpoint-model-none",
+        _bad_meta(model=None),
+        "not a spacenet7 checkpoint (model is NoneType",
+        lambda t, c: str(c["file"]),
+    ),
+    Case("train-run-dir-under-a-file", _run_dir_under_file, "is a file, not a folder", lambda t, c: str(c["file"])),
+    Case("train-run-dir-read-only", _run_dir_read_only, "is not writable", lambda t, c: str(c["file"])),
+    Case(
+        "predict-cuda-without-gpu",
+        _cuda_without_gpu,
+        "device=cuda: torch sees no CUDA GPU",
+        lambda t, c: "device=auto or device=cpu",
+    ),
+    Case("cluster-not-an-address", _cluster_not_an_address, "cannot reach the Dask scheduler", lambda t, c: "notanaddress"),
+    Case("evaluate-id-inf", _proposal("POLYGON ((0 0, 4 0, 4 4, 0 4, 0 0))", "inf"), "id 'inf' is not an integer"),
+    Case("evaluate-nan-coordinate", _proposal("POLYGON ((0 0, 4 0, 4 NaN, 0 4, 0 0))"), "row 2: coordinate [4.0, nan]"),
+    Case("evaluate-huge-coordinate", _proposal("POLYGON ((0 0, 1e300 0, 4 4, 0 4, 0 0))"), "is not a finite pixel coordinate"),
+    Case("resume-truncated-last-ckpt", _resume_from("truncated"), "not a loadable checkpoint", lambda t, c: str(c["file"])),
+    Case("resume-pickled-last-ckpt", _resume_from("pickled"), "not a loadable checkpoint", lambda t, c: str(c["file"])),
+    Case("onnx-input-misnamed", _onnx_input_misnamed, "input(s) ['x'] and output(s) ['prob']", lambda t, c: str(c["file"])),
+    Case(
+        "predict-disk-full", _disk_full("predict"), "could not be written: No space left on device", lambda t, c: str(c["file"])
+    ),
+    Case("export-disk-full", _disk_full("export"), "could not be written: No space left on device", lambda t, c: str(c["file"])),
+    Case("serve-month-list-without-months", _serve_months_missing, "not a vectorize month list", lambda t, c: str(c["file"])),
 ]
 
 
@@ -443,8 +713,8 @@ def hand_offs(tiny_run):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_is_one_line_nonzero_and_leaves_nothing(case, one_aoi, hand_offs, tmp_path, capsys):
-    ctx = {**hand_offs, "data": one_aoi}
+def test_bad_input_is_one_line_nonzero_and_leaves_nothing(case, one_aoi, hand_offs, monkeypatch, tmp_path, capsys):
+    ctx = {**hand_offs, "data": one_aoi, "monkeypatch": monkeypatch}
     truth = tmp_path / "truth.csv"
     truth.write_text(
         'filename,id,geometry\nglobal_monthly_2018_01_mosaic_L15-0001E-0001N_1_1_13,1,"POLYGON ((0 0, 4 0, 4 4, 0 4, 0 0))"\n'
@@ -813,3 +1083,101 @@ def test_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
     assert str(tmp_path / "x.tif") in str(e.value) and not partials(tmp_path)
     err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "m.json"))
     assert os_error_line(err) == f"{tmp_path / 'm.json'}: No space left on device"
+
+
+# ---------------------------------------------------------------------------------------------
+# Killed or stale files are never used (issue 32 C)
+
+
+def test_vectorize_refuses_an_aoi_whose_predict_was_killed_until_predict_finishes(trained, one_aoi, tmp_path, capsys):
+    """predict killed before its last month's rename: a finished run's record no longer vouches for the folder."""
+    root, aoi = one_aoi
+    pred, vec = tmp_path / "pred", tmp_path / "vec"
+    argv = ["predict", f"checkpoint={trained}", f"data_root={root}", f"out_dir={pred}", "tta=false", "progress=false"]
+    assert cli(capsys, *argv)[0] == 0  # a finished run first: every month there, from that run
+    last = scan(root)[aoi][-1].stem
+    killed = _sub([*argv, "fusion_weight=0.5"], kill=f"{last}.tif", cwd=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    code, err = cli(capsys, "vectorize", f"pred_dir={pred}", f"out_dir={vec}")
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"spacenet7 vectorize: error: {pred / aoi}: no completion record") and "re-run it" in err[0]
+    assert not (vec / f"{aoi}.parquet").exists()
+    assert cli(capsys, *argv)[0] == 0
+    assert cli(capsys, "vectorize", f"pred_dir={pred}", f"out_dir={vec}")[0] == 0
+    assert len(json.loads((vec / f"{aoi}.json").read_text())["months"]) == len(scan(root)[aoi])
+
+
+def _chip_argv(root: Path, out: Path, layout: str, *extra: str) -> list[str]:
+    size = ["chip_size=128", "overlap=0"] if layout == "chips" else []
+    return ["chip", f"data_root={root}", f"out_dir={out}", f"layout={layout}", *size, "split=spatial", "progress=false", *extra]
+
+
+def _prepared(out: Path) -> dict[str, np.ndarray]:
+    """Every prepared raster of a chip folder (chips or targets) by its relative path."""
+    arrays = {}
+    for p in sorted(out.rglob("*.tif")):
+        with rasterio.open(p) as ds:
+            arrays[str(p.relative_to(out))] = ds.read()
+    return arrays
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
+    """The files of ``b`` that ``a`` lacks or holds with other contents."""
+    return [k for k in b if k not in a or not np.array_equal(a[k], b[k])]
+
+
+@pytest.mark.parametrize("layout", ["chips", "rasters"])
+def test_chip_rebuilds_the_months_whose_labels_were_edited(layout, one_aoi, tmp_path, capsys):
+    import geopandas as gpd
+
+    root, aoi = one_aoi
+    assert cli(capsys, *_chip_argv(root, tmp_path / "chips", layout))[0] == 0
+    rec = scan(root)[aoi][2]
+    gdf = gpd.read_file(rec.labels_match)
+    gdf.iloc[: len(gdf) // 2].to_file(rec.labels_match, driver="GeoJSON")  # half the month's buildings removed
+    assert cli(capsys, *_chip_argv(root, tmp_path / "chips", layout))[0] == 0
+    assert cli(capsys, *_chip_argv(root, tmp_path / "fresh", layout))[0] == 0
+    stale = _same(_prepared(tmp_path / "chips"), _prepared(tmp_path / "fresh"))
+    assert not stale, f"{len(stale)} stale file(s), e.g. {stale[:3]}"
+    assert pd.read_parquet(tmp_path / "chips" / "index.parquet").equals(pd.read_parquet(tmp_path / "fresh" / "index.parquet"))
+
+
+def test_chip_killed_with_other_settings_then_rerun_rebuilds_what_that_run_wrote(one_aoi, tmp_path, capsys, monkeypatch):
+    from spacenet7 import chip
+    from spacenet7.config import compose
+
+    root, aoi = one_aoi
+    out = tmp_path / "chips"
+    assert cli(capsys, *_chip_argv(root, out, "chips"))[0] == 0
+    written = []
+    real = chip._write_chip
+
+    def killed_after_some(*args, **kwargs):
+        if len(written) == 6:
+            raise RuntimeError("killed")
+        written.append(args[0])
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(chip, "_write_chip", killed_after_some)
+    with pytest.raises(RuntimeError, match="killed"):
+        chip.run(compose("chip", [*_chip_argv(root, out, "chips", "boundary_width=3")[1:]]))
+    assert len(written) == 6
+    assert not (out / "chips.json").exists()  # train refuses the folder until a run finishes
+    monkeypatch.setattr(chip, "_write_chip", real)
+    assert cli(capsys, *_chip_argv(root, out, "chips"))[0] == 0
+    assert cli(capsys, *_chip_argv(root, tmp_path / "fresh", "chips"))[0] == 0
+    stale = _same(_prepared(out), _prepared(tmp_path / "fresh"))
+    assert not stale, f"{len(stale)} stale file(s), e.g. {stale[:3]}"
+
+
+def test_export_removes_the_journal_that_a_killed_gpkg_write_left(hand_offs, tmp_path, capsys):
+    """SQLite writes ``<temporary>.partial-journal`` beside a GeoPackage being written; a kill leaves it."""
+    fp = tmp_path / "fp"
+    fp.mkdir()
+    aoi = sorted(Path(hand_offs["vectors"]).glob("*.parquet"))[0].stem
+    (fp / f".{aoi}.gpkg.k2j4h1x0.partial").write_bytes(b"SQLite format 3\x00")
+    (fp / f".{aoi}.gpkg.k2j4h1x0.partial-journal").write_bytes(b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7" + bytes(504))
+    code, err = cli(capsys, "export", f"vec_dir={hand_offs['vectors']}", f"out_dir={fp}", f"submission={tmp_path / 'sub.csv'}")
+    assert code == 0, err
+    assert not partials(tmp_path), partials(tmp_path)
+    assert (fp / f"{aoi}.gpkg").exists()

@@ -176,6 +176,7 @@ def _write_prediction(path, footprint: np.ndarray) -> None:
 def test_gap_under_clouds_is_not_filled_like_the_sn7_labels(tmp_path, fill_masked):
     from spacenet7 import vectorize
     from spacenet7.config import VectorizeConfig
+    from spacenet7.io import probability
 
     aoi = "L15-0001E-0001N_1_1_13"
     (tmp_path / "pred" / aoi).mkdir(parents=True)
@@ -185,6 +186,7 @@ def test_gap_under_clouds_is_not_filled_like_the_sn7_labels(tmp_path, fill_maske
     cloud[4:20, 4:20] = np.nan  # the UDM / alpha 0 over the building
     for m, p in enumerate([building, cloud, building, building]):
         _write_prediction(tmp_path / "pred" / aoi / f"global_monthly_2020_{m + 1:02d}_mosaic_{aoi}.tif", p)
+    probability.mark_complete(tmp_path / "pred" / aoi, sorted((tmp_path / "pred" / aoi).glob("*.tif")))
     cfg = VectorizeConfig(pred_dir=str(tmp_path / "pred"), out_dir=str(tmp_path / "vec"))
     cfg.track.fill_masked = fill_masked
     rows = gpd.read_parquet(vectorize.run(cfg)[0])
