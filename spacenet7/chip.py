@@ -19,6 +19,7 @@ removed before any file is written, so that a killed run leaves no index that ``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ from spacenet7.data.bands import InputSpec
 from spacenet7.data.sn7 import (
     check_labels_on_image,
     data_roots,
+    image_grid,
     instance_raster,
     read_image,
     read_labels,
@@ -123,6 +125,8 @@ def _settings(cfg: ChipConfig) -> dict:
         "boundary_width",
         "contact_width",
         "label_shift_px",
+        "register_labels",
+        "register_months",
     )
     out = {k: getattr(cfg, k) for k in keys}
     out["data_root"] = os.pathsep.join(str(r.resolve()) for r in data_roots(cfg.data_root))
@@ -157,9 +161,15 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
         (cfg.label_shift_px[0], cfg.label_shift_px[1]),
         hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
     )
+    cuts = {aoi: cut for aoi in records}
+    shifts: dict[str, list[float]] = {}
+    if cfg.register_labels:  # each AOI's labels moved onto its imagery by its own measured offset
+        for aoi, recs in records.items():
+            shifts[aoi] = _registration(recs, cfg, by_aoi.get(aoi))
+            cuts[aoi] = dataclasses.replace(cut, label_shift=(shifts[aoi][0], shifts[aoi][1]))
     if cfg.cluster.mode is ClusterMode.none:
         for rec in tqdm(jobs, desc="chip", disable=not cfg.progress):
-            rows += month_fn(rec, cut, out, by_aoi.get(rec.aoi), reuse)
+            rows += month_fn(rec, cuts[rec.aoi], out, by_aoi.get(rec.aoi), reuse)
     else:  # one Dask task per AOI (its months in order); rows in the same order as in process
         by_name: dict[str, list] = {}
         for rec in jobs:
@@ -167,7 +177,7 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
         try:
             per_aoi = map_aois(
                 chip_aoi,
-                [(a, (month_fn, recs, cut, out, by_aoi.get(a), reuse)) for a, recs in by_name.items()],
+                [(a, (month_fn, recs, cuts[a], out, by_aoi.get(a), reuse)) for a, recs in by_name.items()],
                 cfg.cluster,
                 stage="chip",
                 progress=cfg.progress,
@@ -189,6 +199,7 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
         "aois": sorted(records),
         "data_root": str(cfg.data_root),
         "settings": settings,
+        "label_shifts": shifts or None,  # register_labels: (dx, dy) source pixels added to each AOI's labels
     }
     idx_path = out / f"index.{cfg.index_format}"
     with atomic_path(idx_path) as tmp:
@@ -198,6 +209,25 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
     counts = index["split"].value_counts().to_dict()
     log.info("chip: %d %s (%s) in %s", len(index), "chips" if layout is Layout.chips else "regions", counts, out)
     return {"index": idx_path, "meta": meta_path}
+
+
+def _registration(recs: list, cfg: ChipConfig, aoi_side: str | None) -> list[float]:
+    """An AOI's measured label offset ``[dx, dy]`` (:func:`spacenet7.data.registration.estimate_offset`),
+    from its training area only (never the held-out band); ``label_shift_px`` where nothing can be measured."""
+    from spacenet7.data.registration import estimate_offset
+
+    cols = None
+    if cfg.split is Split.spatial:
+        w = image_grid(recs[0])[2][1]
+        cols = (0, int(round(w * (1 - cfg.val_frac))))
+    off = estimate_offset(recs, cols=cols, spec=cfg.input, max_months=cfg.register_months)
+    if off.months == 0:
+        log.warning("chip: %s: no labelled month to register; label_shift_px=%s kept", recs[0].aoi, cfg.label_shift_px)
+        return [float(v) for v in cfg.label_shift_px]
+    log.info(
+        "chip: %s: labels moved by dx %+.3f dy %+.3f source px (measured on %d months)", recs[0].aoi, off.dx, off.dy, off.months
+    )
+    return [off.dx, off.dy]
 
 
 def chip_aoi(month_fn, recs: list, cut: Cutting, out: Path, aoi_side: str | None, reuse: bool) -> list[dict]:

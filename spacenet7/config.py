@@ -189,11 +189,16 @@ class ChipConfig:
     # are offset from their imagery onto it, so that the model learns footprints where the image shows them
     # (SN7: [0.3333, 0.3333], python bench/label_offset.py; vectorize.shift_px puts its output back)
     label_shift_px: List[float] = field(default_factory=lambda: [0.0, 0.0])
+    # measure each AOI's label offset on its imagery (model-free, spacenet7/data/registration.py; on the training
+    # area only) and move its labels by that instead of label_shift_px; the offsets go to chips.json's label_shifts
+    register_labels: bool = False
+    register_months: int = 2  # register_labels: labelled months measured per AOI (evenly spread; ~10-25 s each)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # per-AOI work on Dask: cluster.mode=local|address
 
     def __post_init__(self) -> None:
         self.layout = choice(self.layout, Layout, "chip", "layout")
         self.label_shift_px = _pixel_shift(self.label_shift_px, "chip", "label_shift_px")
+        check(self.register_months >= 1, "chip", f"register_months={self.register_months} must be >= 1")
         self.split = choice(self.split, Split, "chip", "split")
         self.index_format = choice(self.index_format, IndexFormat, "chip", "index_format")
         check(self.chip_size > 0, "chip", f"chip_size={self.chip_size} must be > 0")

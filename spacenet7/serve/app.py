@@ -286,9 +286,12 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
     @app.get("/files/data/{path:path}", summary="A file of the data root (mosaics, labels)", responses=NOT_FOUND)
     def data_file(path: str) -> FileResponse:
-        if catalog.data_root is None:
+        if not catalog.data_roots:
             raise HTTPException(404, "this run has no data root")
-        return _serve_file(catalog.data_root, path)
+        for root in catalog.data_roots[:-1]:  # several roots: the first that holds the file
+            if safe_path(root, path) is not None:
+                return _serve_file(root, path)
+        return _serve_file(catalog.data_roots[-1], path)
 
     # -- the inference API ------------------------------------------------------------------------
     @app.post(

@@ -20,7 +20,7 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from spacenet7.data.sn7 import MonthRecord, read_labels, scan
+from spacenet7.data.sn7 import MonthRecord, data_roots, read_labels, scan
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.export import area_m2
 from spacenet7.vectorize import load_vectors, read_month_list
@@ -74,7 +74,9 @@ class Catalog:
             raise SN7DataError(self.run_dir, "run folder not found (run `spacenet7 pipeline run_dir=...` first)")
         manifest = _read_json(self.run_dir / "pipeline.json")
         root = data_root if data_root is not None else manifest.get("data_root")
-        self.data_root: Path | None = Path(root).resolve() if root else None
+        # a data set of several roots (joined by os.pathsep) serves the files of each
+        self.data_roots: list[Path] = [r.resolve() for r in data_roots(root)] if root else []
+        self.data_root: Path | None = self.data_roots[0] if self.data_roots else None
         self.metrics: dict[str, Any] = _read_json(self.run_dir / "metrics.json")
         vec = sorted(p for p in (self.run_dir / "vectors").glob("*.parquet") if not p.name.startswith("."))
         if not vec:
@@ -112,10 +114,11 @@ class Catalog:
 
     def _records(self, aoi: str) -> dict[str, MonthRecord]:
         """The data set's months of ``aoi`` by ``YYYY-MM`` (none when the data root lacks it)."""
-        if self.data_root is None or not (self.data_root / "train" / aoi / "images").is_dir():
+        root = next((r for r in self.data_roots if (r / "train" / aoi / "images").is_dir()), None)
+        if root is None:
             return {}
         try:
-            return {r.month_key: r for r in scan(self.data_root, aois=[aoi])[aoi]}
+            return {r.month_key: r for r in scan(root, aois=[aoi])[aoi]}
         except SN7Error as exc:
             log.warning("serve: no imagery for %s (%s)", aoi, exc)
             return {}
