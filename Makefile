@@ -13,7 +13,7 @@ export WANDB_SILENT := true
 export MPLBACKEND := Agg
 RUN_DIR ?= runs/demo
 
-.PHONY: install system-packages demo real test test-slow lint notebook bench clean serve
+.PHONY: install system-packages demo real model test test-slow lint notebook bench clean serve
 
 # Re-install only when the package metadata changed.
 $(STAMP): setup.cfg pyproject.toml
@@ -41,6 +41,13 @@ demo: $(STAMP)
 # tracked and scored: SCOT and per-place F1 / pixel IoU (conf/recipe/real.yaml).
 real: $(STAMP)
 	$(BIN)/spacenet7 pipeline recipe=real
+
+# The shipped model (spacenet7/models/shipped/spacenet7-real.bundle, used by predict and serve without
+# checkpoint=): `make real`'s last checkpoint as a bundle, with that run's vectorize settings and scores.
+SHIPPED := spacenet7/models/shipped/spacenet7-real.bundle
+model: $(STAMP)
+	test -f runs/real/train/checkpoints/last.ckpt || $(MAKE) real
+	$(BIN)/spacenet7 bundle checkpoint=runs/real/train/checkpoints/last.ckpt out=$(SHIPPED) recipe_name=real name=spacenet7-real
 
 # --durations: the slowest tests are listed, so the default run can be kept near 10 minutes on 2 cores
 test: $(STAMP) $(NODE_STAMP) system-packages

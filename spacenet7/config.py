@@ -311,7 +311,9 @@ class TrainConfig:
 class PredictConfig:
     """``spacenet7 predict``: probability rasters for every mosaic (``conf/predict.yaml``)."""
 
-    checkpoint: str = "runs/demo/train/checkpoints/best.ckpt"
+    # a .ckpt of `spacenet7 train` or a .bundle of `spacenet7 bundle`; null = the shipped real model
+    # (spacenet7/models/shipped/spacenet7-real.bundle, `make model`)
+    checkpoint: Optional[str] = None
     data_root: str = "data/synthetic"
     split_dir: str = "train"
     aois: Optional[List[str]] = None
@@ -545,8 +547,15 @@ class VectorizeConfig:
     shift_px: List[float] = field(default_factory=lambda: [0.0, 0.0])
     track: TrackConfig = field(default_factory=TrackConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # per-AOI work on Dask: cluster.mode=local|address
+    # a model bundle whose card's settings (thresholds, min sizes, shift_px, track) replace these: the ones
+    # the model was measured with; "shipped" = the shipped real model's. null = these settings
+    bundle: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.bundle is not None:
+            from spacenet7.models.bundle import apply_vectorize_settings
+
+            apply_vectorize_settings(self)
         check(0 < self.threshold < 1, "vectorize", f"threshold={self.threshold} must be between 0 and 1")
         check(0 < self.seed_threshold <= 1, "vectorize", f"seed_threshold={self.seed_threshold} must be within (0, 1]")
         check(
@@ -744,7 +753,8 @@ class ServeConfig:
 
     run_dir: str = "runs/demo"
     data_root: Optional[str] = None  # the imagery and truth; None = the run's pipeline.json
-    checkpoint: Optional[str] = None  # the inference API's model; None = the run's (pipeline.json), none = no API
+    # the inference API's model (a .ckpt or a .bundle); None = the run's (pipeline.json), else the shipped model
+    checkpoint: Optional[str] = None
     host: str = "127.0.0.1"  # another address exposes the server beyond this machine
     port: int = 8000  # 0 = any free port
     # the names a request's Host header may give (DNS rebinding: a web page must not reach the server under its
@@ -772,6 +782,25 @@ class ServeConfig:
         )
 
 
+@dataclass
+class BundleConfig:
+    """``spacenet7 bundle``: a checkpoint as a model bundle, safetensors weights and a JSON card (``conf/bundle.yaml``)."""
+
+    checkpoint: str = MISSING  # a .ckpt of `spacenet7 train` (or a bundle, to re-card it)
+    out: str = MISSING  # the bundle folder to write, e.g. models/my-area.bundle
+    name: Optional[str] = None  # the card's name; None = out's stem
+    # vectorize settings for the card over the run's (pipeline.json, when the checkpoint is RUN/train/checkpoints/x.ckpt),
+    # e.g. +vectorize.shift_px=[-0.3333,-0.3333]: threshold, seed_threshold, min_seed_px, min_area_px, simplify_px, shift_px, track
+    vectorize: Dict[str, Any] = field(default_factory=dict)
+    recipe_name: Optional[str] = None  # provenance: the recipe the checkpoint was trained with (e.g. real)
+    data: Optional[str] = None  # provenance: the training data; None = the checkpoint's chip metadata
+    seed: Optional[int] = None  # provenance: the training seed; None = the run's
+    scores: Optional[str] = None  # a metrics.json measured with this model; None = the run's metrics.json, if any
+
+    def __post_init__(self) -> None:
+        check(str(self.out).endswith(".bundle"), "bundle", f"out={self.out} must be a folder name ending in .bundle")
+
+
 SCHEMAS: dict[str, type] = {
     "synth": SynthConfig,
     "chip": ChipConfig,
@@ -784,6 +813,7 @@ SCHEMAS: dict[str, type] = {
     "tune": TuneConfig,
     "compile": CompileConfig,
     "serve": ServeConfig,
+    "bundle": BundleConfig,
 }
 """Each stage's typed config; registered as its composition schema ``_<stage>_schema``, except the
 pipeline's, which is generated from :class:`PipelineConfig` (:func:`_pipeline_schema`) and resolved

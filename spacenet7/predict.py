@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from spacenet7.cluster import map_aois, once_per_process
 from spacenet7.config import ClusterMode, Engine, Grid, PredictConfig, TTAViews
-from spacenet7.data.bands import InputSpec, check_fits
+from spacenet7.data.bands import InputSpec, check_fits, rgb_fallback
 from spacenet7.data.fusion import fuse, same_grid
 from spacenet7.data.sn7 import Image, MonthRecord, read_image, records_from_files, scan
 from spacenet7.data.targets import CHANNELS
@@ -36,6 +36,7 @@ from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io import probability
 from spacenet7.io.atomic import clear_partials, ensure_writable_dir
 from spacenet7.io.raster import WRITE_ERRORS, iter_windows, open_raster, to_cog, write_problem
+from spacenet7.models.bundle import shipped_or_fail
 from spacenet7.models.inference import LoadedModel, load_model, load_model_file, sliding_window
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,26 @@ def _records(cfg: PredictConfig) -> dict[str, list[MonthRecord]]:
 
 
 def run(cfg: PredictConfig) -> list[Path]:
-    """Predict every mosaic; returns the written probability rasters."""
+    """Predict every mosaic; returns the written probability rasters.
+
+    Without ``checkpoint`` (and ``engine=torch``) the shipped real model predicts
+    (:data:`spacenet7.models.bundle.SHIPPED`). A 3-band file read by a model of RGB + alpha
+    imagery is read as RGB without an alpha band, unless ``input`` is given.
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.engine is Engine.torch and cfg.checkpoint is None:
+        cfg = dataclasses.replace(cfg, checkpoint=str(shipped_or_fail("predict")))
+        log.info("predict: the shipped model %s", cfg.checkpoint)
     records = _records(cfg)
     for recs in records.values():  # a month of another place would be predicted as all nodata on the AOI's grid
         check_overlap(recs)
     on_cluster = cfg.cluster.mode is not ClusterMode.none  # then only the input spec is used here: workers load their own
     model = _load(dataclasses.replace(cfg, device="cpu") if on_cluster else cfg)
+    if not cfg.input and (rgb := rgb_fallback(model.spec, _first_count(records))) is not None:
+        cfg = dataclasses.replace(cfg, input={"count": 3, "alpha": None})
+        model.spec = rgb
+        log.info("predict: 3-band imagery, read as RGB without an alpha band (input.count=3, input.alpha=null)")
     for rec in (r for recs in records.values() for r in recs):  # every header, before any output
         with open_raster(rec.image) as ds:
             try:
@@ -78,6 +91,15 @@ def run(cfg: PredictConfig) -> list[Path]:
             written = _predict_all(model, records, cfg)
     log.info("predict: wrote %d probability rasters under %s", len(written), cfg.out_dir)
     return written
+
+
+def _first_count(records: dict[str, list[MonthRecord]]) -> int:
+    """The band count of the first image (``0`` without one)."""
+    first = next((r for recs in records.values() for r in recs), None)
+    if first is None:
+        return 0
+    with open_raster(first.image) as ds:
+        return int(ds.count)
 
 
 def check_overlap(recs: list[MonthRecord]) -> None:

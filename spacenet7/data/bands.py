@@ -10,7 +10,7 @@ that does not fit its spec is a one-line error, never a silent ``value mod 256``
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import List, Optional
@@ -107,6 +107,14 @@ class InputSpec:
     def from_dict(cls, d: dict | None) -> InputSpec:
         """Inverse of :meth:`to_dict`; ``None`` (chips and checkpoints older than specs) is the SN7 layout."""
         return cls(**d) if d else cls()
+
+
+def rgb_fallback(spec: InputSpec, count: int) -> InputSpec | None:
+    """The spec that reads a 3-band RGB file for a model of RGB + alpha imagery (SN7's 4-band mosaics):
+    ``count=3, alpha=None``; ``None`` when ``spec`` already fits ``count`` or is another layout."""
+    if count == 3 and spec.count == 4 and spec.alpha == 4 and [int(b) for b in spec.rgb] == [1, 2, 3]:
+        return replace(spec, count=3, alpha=None)
+    return None
 
 
 def check_fits(ds, spec: InputSpec, path: str | Path) -> None:

@@ -45,11 +45,14 @@ class LoadedModel:
             self.runtime = TorchRuntime(self.net, self.device, self.amp_dtype)
 
 
-def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: str = "auto", amp: bool = False) -> LoadedModel:
-    """Rebuild the trained network from a spacenet7 checkpoint.
+def load_model(
+    checkpoint: str | Path | None, model_cfg: dict | None = None, device: str = "auto", amp: bool = False
+) -> LoadedModel:
+    """Rebuild the trained network from a spacenet7 checkpoint or model bundle.
 
     Args:
-        checkpoint: a ``.ckpt`` written by ``spacenet7 train``.
+        checkpoint: a ``.ckpt`` written by ``spacenet7 train``, a ``.bundle`` written by ``spacenet7 bundle``,
+            or ``None``: the shipped real model.
         model_cfg: the architecture you expect; ``None`` uses the one stored in the checkpoint.
         device: ``auto``, ``cpu`` or ``cuda``.
         amp: bf16/fp16 autocast where the hardware runs it natively.
@@ -59,6 +62,10 @@ def load_model(checkpoint: str | Path, model_cfg: dict | None = None, device: st
             this machine does not have.
     """
     dev = resolve_device(device)
+    if checkpoint is None:
+        from spacenet7.models.bundle import shipped_or_fail
+
+        checkpoint = shipped_or_fail("predict")
     path = Path(checkpoint)
     state, hp = read_checkpoint(path)
     cfg = model_cfg or hp["model"]

@@ -117,11 +117,16 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
     The file is read with ``weights_only=True``, and its model config is checked as plain data
     (:func:`model_kwargs`) and its chip metadata as values prediction can use (:func:`check_chip_meta`):
-    a checkpoint can never run code.
+    a checkpoint can never run code. A model bundle (a ``.bundle`` folder, :mod:`spacenet7.models.bundle`)
+    is read the same way: its card as validated data, its weights as safetensors.
 
     Raises:
-        SN7DataError: missing or unloadable file, or not a spacenet7 checkpoint.
+        SN7DataError: missing or unloadable file, or not a spacenet7 checkpoint (or bundle).
     """
+    from spacenet7.models.bundle import is_bundle, read_bundle
+
+    if is_bundle(path):
+        return read_bundle(path)
     path = Path(path)
     if not path.is_file():
         raise SN7DataError(path, "checkpoint not found")

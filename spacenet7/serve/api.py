@@ -26,7 +26,7 @@ import rasterio
 from omegaconf import OmegaConf
 
 from spacenet7.config import PredictConfig, VectorizeConfig, compose_checked, to_overrides
-from spacenet7.data.bands import InputSpec, check_fits
+from spacenet7.data.bands import InputSpec, check_fits, rgb_fallback
 from spacenet7.data.sn7 import records_from_files
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.export import area_m2
@@ -89,10 +89,12 @@ def run_settings(run_dir: Path, overrides: dict[str, Any] | None = None) -> tupl
 def run_checkpoint(run_dir: Path, predict_cfg: PredictConfig) -> Path | None:
     """The checkpoint the run predicted with (``pipeline.json``; looked up in the run's ``train/checkpoints``
     too, for a run moved elsewhere), else the run's best one; ``None`` without either."""
-    named = Path(predict_cfg.checkpoint)
-    candidates = [named] if (run_dir / "pipeline.json").exists() else []
-    candidates += [run_dir / "train" / "checkpoints" / named.name, run_dir / "train" / "checkpoints" / "best.ckpt"]
-    return next((p for p in candidates if p.is_file()), None)
+    named = Path(predict_cfg.checkpoint) if predict_cfg.checkpoint else None
+    candidates = [named] if named is not None and (run_dir / "pipeline.json").exists() else []
+    if named is not None:
+        candidates.append(run_dir / "train" / "checkpoints" / named.name)
+    candidates.append(run_dir / "train" / "checkpoints" / "best.ckpt")
+    return next((p for p in candidates if p.is_file() or (p.suffix == ".bundle" and p.is_dir())), None)
 
 
 class Inference:
@@ -163,7 +165,7 @@ class Inference:
             if ds.crs is None:
                 raise UploadError(400, f"{name}: GeoTIFF has no CRS (expected a georeferenced mosaic)")
             try:
-                check_fits(ds, self.model.spec, name)
+                check_fits(ds, self.spec_for(ds.count), name)
             except SN7DataError as exc:
                 raise UploadError(400, str(exc)) from None
             pixels = ds.width * ds.height * self.model.upscale**2
@@ -173,6 +175,13 @@ class Inference:
                     f"{name}: {ds.width}x{ds.height} px is {pixels:.0f} px on the model's grid "
                     f"(x{self.model.upscale:g}), over the limit of {self.limits.max_pixels} (max_pixels)",
                 )
+
+    def spec_for(self, count: int) -> InputSpec:
+        """The input spec for a file of ``count`` bands: the model's, or RGB without alpha for a 3-band
+        file when the model reads RGB + alpha (:func:`spacenet7.data.bands.rgb_fallback`) and no
+        ``input`` override is set."""
+        rgb = None if self.predict_cfg.input else rgb_fallback(self.model.spec, count)
+        return rgb or self.model.spec
 
     def predict(self, files: list[tuple[Path, str]], months: list[str] | None, work: Path) -> bytes:
         """Footprints of uploaded GeoTIFFs as an RFC 7946 FeatureCollection (EPSG:4326).
@@ -192,8 +201,10 @@ class Inference:
         names = {str(p): name for p, name in files}
         try:
             records = records_from_files([p for p, _ in files], AOI)
+            with rasterio.open(files[0][0]) as ds:
+                model = replace(self.model, spec=self.spec_for(ds.count))
             with rasterio.Env(GDAL_CACHEMAX=self.predict_cfg.gdal_cache_mb * 2**20):
-                _predict_all(self.model, records, replace(self.predict_cfg, out_dir=str(work / "pred")))
+                _predict_all(model, records, replace(self.predict_cfg, out_dir=str(work / "pred")))
             vec = vectorize_aoi(work / "pred" / AOI, replace(self.vectorize_cfg, out_dir=str(work / "vec")))
             gdf, _ = load_vectors(vec)
         except SN7Error as exc:
