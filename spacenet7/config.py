@@ -108,6 +108,13 @@ class Holdout(StrEnum):
     band = "band"  # the right band_frac of every AOI
 
 
+class Regularize(StrEnum):
+    """How ``export`` regularizes building outlines."""
+
+    none = "none"  # the watershed outlines as they are
+    rectangle = "rectangle"  # building-like outlines as their minimum rotated rectangle
+
+
 class ClusterMode(StrEnum):
     """Where the per-AOI work of a stage runs (:mod:`spacenet7.cluster`)."""
 
@@ -573,10 +580,20 @@ class ExportConfig:
     vec_dir: str = "runs/demo/vectors"
     out_dir: str = "runs/demo/footprints"
     submission: str = "runs/demo/submission.csv"
-    crs: Optional[str] = None  # None = source CRS; "EPSG:4326" writes RFC 7946 GeoJSON
+    crs: Optional[str] = None  # the GPKG's CRS; None = the source CRS (GeoJSON is always RFC 7946: EPSG:4326)
     geojson: bool = True
     gpkg: bool = True
+    regularize: Regularize = Regularize.none  # rectangle: building-like outlines as their minimum rotated rectangle
+    regularize_min_fill: float = 0.75  # rectangle: only outlines filling at least this fraction of their rectangle
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # per-AOI work on Dask: cluster.mode=local|address
+
+    def __post_init__(self) -> None:
+        self.regularize = choice(self.regularize, Regularize, "export", "regularize")
+        check(
+            0 < self.regularize_min_fill <= 1,
+            "export",
+            f"regularize_min_fill={self.regularize_min_fill} must be within (0, 1]",
+        )
 
 
 @dataclass

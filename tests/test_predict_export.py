@@ -226,15 +226,16 @@ def test_exports_read_back_with_crs_and_counts(run):
     gdf, meta = vectorize.load_vectors(run["dir"] / "vec" / f"{run['aoi']}.parquet")
     gpkg = run["dir"] / "fp" / f"{run['aoi']}.gpkg"
     layers = [name for name, _ in pyogrio.list_layers(gpkg)]
-    assert "buildings" in layers and len(layers) == len(meta["months"]) + 1
+    assert {"buildings", "buildings_by_month", "layer_styles"} <= set(layers)
+    assert len(layers) == len(meta["months"]) + 3
     for m in meta["months"]:
         gj = run["dir"] / "fp" / run["aoi"] / f"{m['stem']}.geojson"
         back = gpd.read_file(gj)
         n = int((gdf["stem"] == m["stem"]).sum())
         assert len(back) == n
-        assert back.crs is not None and back.crs.to_epsg() == 3857
-        assert list(back.columns[:3]) == ["id", "first_seen", "area_m2"]
-        layer = gpd.read_file(gpkg, layer=m["month"].replace("-", "_"))
+        assert back.crs is not None and back.crs.to_epsg() == 4326  # RFC 7946, whatever the source CRS
+        assert list(back.columns[:4]) == ["id", "month", "first_seen", "last_seen"]
+        layer = gpd.read_file(gpkg, layer="m" + m["month"].replace("-", "_"))
         assert len(layer) == n and layer.crs.to_epsg() == 3857
     b = gpd.read_file(gpkg, layer="buildings")
     assert len(b) == gdf["id"].nunique() and set(b.columns) >= {"first_seen", "last_seen", "n_months"}
@@ -250,11 +251,12 @@ def test_gdal_ogrinfo_reads_every_export(run):
     for m in meta["months"]:
         n = int((gdf["stem"] == m["stem"]).sum())
         gj = run["dir"] / "fp" / run["aoi"] / f"{m['stem']}.geojson"
-        for path, layer in ((gj, []), (gpkg, [m["month"].replace("-", "_")])):
+        for path, layer, epsg in ((gj, [], "4326"), (gpkg, ["m" + m["month"].replace("-", "_")], "3857")):
             info = subprocess.run(["ogrinfo", "-so", str(path), *(layer or ["-al"])], capture_output=True, text=True)
             assert info.returncode == 0, info.stderr
             assert f"Feature Count: {n}" in info.stdout
-            assert "3857" in info.stdout
+            assert epsg in info.stdout
+            assert "month: Date" in info.stdout or "month: DateTime" in info.stdout
 
 
 def test_area_is_true_ground_area():
@@ -305,8 +307,8 @@ def test_empty_month_writes_valid_empty_layers(tmp_path):
     )
     export.run(ExportConfig(vec_dir=str(tmp_path / "vec"), out_dir=str(tmp_path / "fp"), submission=str(tmp_path / "s.csv")))
     empty = gpd.read_file(tmp_path / "fp" / aoi / f"{stems[1]}.geojson")
-    assert len(empty) == 0 and empty.crs.to_epsg() == 3857
-    assert len(gpd.read_file(tmp_path / "fp" / f"{aoi}.gpkg", layer="2020_02")) == 0
+    assert len(empty) == 0 and empty.crs.to_epsg() == 4326
+    assert len(gpd.read_file(tmp_path / "fp" / f"{aoi}.gpkg", layer="m2020_02")) == 0
     sub = pd.read_csv(tmp_path / "s.csv")
     assert (sub["filename"] == stems[1]).sum() == 1 and sub.loc[sub.filename == stems[1], "geometry"].iloc[0] == "POLYGON EMPTY"
 
