@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from spacenet7.config import BundleConfig
-from spacenet7.errors import SN7DataError
+from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.models.bundle import card_summary, read_card, write_bundle
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ def run(cfg: BundleConfig) -> Path:
     Raises:
         SN7Error: an unreadable checkpoint or scores file, or settings the card cannot hold.
     """
+    if cfg.out is None:
+        raise SN7Error("bundle: give out=NAME.bundle (the bundle folder to write)")
     scores = None
     if cfg.scores:
         try:

@@ -37,6 +37,7 @@ def _help() -> str:
 def run_stage(stage: str, cfg) -> object:
     """Call ``spacenet7.<stage>.run`` with the typed config."""
     module = importlib.import_module(f"spacenet7.{stage}")
+    single_log_lines()  # again: the stage's imports may have brought Lightning's own console handler
     return module.run(cfg)
 
 
@@ -54,6 +55,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"spacenet7: error: unknown stage {stage!r}; choose one of: {', '.join(STAGES)}", file=sys.stderr)
         sys.exit(2)
 
+    if any(a in ("-h", "--help") for a in argv):  # the stage's settings, not Hydra's raw dump
+        from spacenet7.stage_help import stage_help
+
+        print(stage_help(stage))
+        sys.exit(0)
+
     import hydra
 
     from spacenet7.config import CONF_DIR, register, to_config
@@ -66,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
 
     @hydra.main(config_path=str(CONF_DIR), config_name=stage, version_base="1.3")
     def _app(cfg) -> None:
+        single_log_lines()
         for noisy in ("pyogrio", "rasterio", "fiona", "matplotlib", "PIL"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         logging.getLogger("rasterio._env").setLevel(logging.ERROR)  # GDAL's warnings while it writes ("A strile cannot...")
@@ -82,6 +90,30 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = [f"spacenet7-{stage}", *argv, *hydra_overrides(stage, argv)]
     with stop_on_sigterm(stage):
         _app()
+
+
+class _DropAdverts(logging.Filter):
+    """Drops Lightning's advertising lines ("💡 Tip: ... litlogger ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg) and "💡" not in str(record.msg)
+
+
+def single_log_lines() -> None:
+    """One line per log record, in Hydra's format and log file: Lightning's own console handler (added when it
+    is imported before Hydra configures logging) is removed, its records go to the root handlers; no adverts."""
+    if not logging.getLogger().handlers:  # no root handler (tests, notebooks): Lightning's own stays
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropAdverts) for f in logger.filters):
+            logger.addFilter(_DropAdverts())
 
 
 def quiet_libraries() -> None:

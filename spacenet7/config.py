@@ -803,8 +803,8 @@ class ServeConfig:
 class BundleConfig:
     """``spacenet7 bundle``: a checkpoint as a model bundle, safetensors weights and a JSON card (``conf/bundle.yaml``)."""
 
-    checkpoint: str = MISSING  # a .ckpt of `spacenet7 train` (or a bundle, to re-card it)
-    out: str = MISSING  # the bundle folder to write, e.g. models/my-area.bundle
+    checkpoint: str = "runs/real/train/checkpoints/last.ckpt"  # a .ckpt of `spacenet7 train` (or a bundle, to re-card it)
+    out: Optional[str] = None  # the bundle folder to write, e.g. models/my-area.bundle (required)
     name: Optional[str] = None  # the card's name; None = out's stem
     # vectorize settings for the card over the run's (pipeline.json, when the checkpoint is RUN/train/checkpoints/x.ckpt),
     # e.g. +vectorize.shift_px=[-0.3333,-0.3333]: threshold, seed_threshold, min_seed_px, min_area_px, simplify_px, shift_px, track
@@ -815,7 +815,11 @@ class BundleConfig:
     scores: Optional[str] = None  # a metrics.json measured with this model; None = the run's metrics.json, if any
 
     def __post_init__(self) -> None:
-        check(str(self.out).endswith(".bundle"), "bundle", f"out={self.out} must be a folder name ending in .bundle")
+        check(
+            self.out is None or str(self.out).endswith(".bundle"),
+            "bundle",
+            f"out={self.out} must be a folder name ending in .bundle",
+        )
 
 
 SCHEMAS: dict[str, type] = {

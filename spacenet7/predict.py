@@ -30,6 +30,7 @@ from spacenet7.cluster import map_aois, once_per_process
 from spacenet7.config import ClusterMode, Engine, Grid, PredictConfig, TTAViews
 from spacenet7.data.bands import InputSpec, check_fits, rgb_fallback
 from spacenet7.data.fusion import fuse, same_grid
+from spacenet7.data.months import is_dated, month_label
 from spacenet7.data.sn7 import Image, MonthRecord, read_image, records_from_files, scan
 from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7DataError, SN7Error
@@ -62,6 +63,14 @@ def run(cfg: PredictConfig) -> list[Path]:
         cfg = dataclasses.replace(cfg, checkpoint=str(shipped_or_fail("predict")))
         log.info("predict: the shipped model %s", cfg.checkpoint)
     records = _records(cfg)
+    for aoi, recs in records.items():
+        if recs and not is_dated(recs[0].month_key):
+            log.info(
+                "predict: %s: no date in the file names or TIFF tags: the months are the list order, labelled m01..%s "
+                "in the outputs (name the files area_YYYY-MM.tif to date them)",
+                aoi,
+                month_label(recs[-1].month_key),
+            )
     for recs in records.values():  # a month of another place would be predicted as all nodata on the AOI's grid
         check_overlap(recs)
     on_cluster = cfg.cluster.mode is not ClusterMode.none  # then only the input spec is used here: workers load their own

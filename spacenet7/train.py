@@ -47,6 +47,48 @@ def drop_empty_chips(index: pd.DataFrame, keep: float, seed: int) -> pd.DataFram
     return index.drop(empty.sample(frac=1 - keep, random_state=seed).index)
 
 
+class EpochProgress(Callback):
+    """One line per epoch in the stage's log: ``train: epoch 3/40  loss 0.4123  val IoU 0.3561  (2m05s)``.
+
+    Written by rank 0 after the epoch's validation (``val IoU`` is ``-`` in an epoch without one).
+    """
+
+    def __init__(self) -> None:
+        self.start = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the clock."""
+        import time
+
+        self.start = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log the epoch's line (Lightning runs this epoch's validation before this hook)."""
+        import time
+
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        loss = metrics.get("train/loss")
+        iou = metrics.get("val/iou") if trainer.validating or _validated(trainer) else None
+        elapsed = int(time.monotonic() - self.start)
+        log.info(
+            "train: epoch %d/%d  loss %s  val IoU %s  (%dm%02ds)",
+            trainer.current_epoch + 1,
+            trainer.max_epochs or 0,
+            f"{float(loss):.4f}" if loss is not None else "-",
+            f"{float(iou):.4f}" if iou is not None else "-",
+            elapsed // 60,
+            elapsed % 60,
+        )
+
+
+def _validated(trainer: L.Trainer) -> bool:
+    """Whether validation ran at the end of the current epoch."""
+    every = trainer.check_val_every_n_epoch or 1
+    return trainer.num_val_batches != [] and (trainer.current_epoch + 1) % every == 0
+
+
 def init_weights(net: torch.nn.Module, checkpoint: str | Path) -> None:
     """Load the network weights of a spacenet7 checkpoint into ``net`` (not its optimizer state or epoch).
 
@@ -158,6 +200,9 @@ def run(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, 
     for key in ("model", "loss", "optimizer"):
         if not getattr(cfg, key):
             raise SN7Error(f"train: config has no {key} (choose one, e.g. {key}=...)")
+    from spacenet7.cli import single_log_lines
+
+    single_log_lines()  # one line per Lightning record, no adverts (also when the pipeline or tune runs this)
     resume_from = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
     if cfg.resume and resume_from.exists():  # read with weights_only before Lightning loads it: a truncated or
         read_checkpoint(resume_from)  # pickled file is one line, and nothing in it runs
@@ -188,7 +233,7 @@ def run(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, 
     last_cb = ModelCheckpoint(
         dirpath=ckpt_dir, filename="last", save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False
     )
-    callbacks = [best_cb, last_cb, *(callbacks or [])]
+    callbacks = [best_cb, last_cb, EpochProgress(), *(callbacks or [])]
     if cfg.ema_decay is not None:  # validation, best.ckpt and last.ckpt see the averaged weights
         callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay))
     if cfg.early_stopping_patience > 0:
@@ -198,9 +243,11 @@ def run(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, 
         loggers.append(CSVLogger(run_dir, name="csv"))
     if cfg.logger.wandb:
         os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.append(
-            WandbLogger(project=cfg.logger.project, save_dir=str(run_dir), mode=cfg.logger.wandb_mode, config=asdict(cfg))
+        wandb_logger = WandbLogger(
+            project=cfg.logger.project, save_dir=str(run_dir), mode=cfg.logger.wandb_mode, config=asdict(cfg)
         )
+        getattr(wandb_logger, "_wandb_init", {}).pop("anonymous", None)  # Lightning passes None: wandb warns it has no effect
+        loggers.append(wandb_logger)
     trainer_kw = {k: v for k, v in asdict(cfg.trainer).items() if v is not None}
     trainer_kw["strategy"] = _strategy(cfg.trainer.strategy, trainer_kw.pop("process_group_backend", None))
     trainer_kw["precision"] = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)

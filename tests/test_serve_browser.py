@@ -97,6 +97,24 @@ def test_map_page_draws_each_months_export_and_shows_a_building(browser, served_
         page.wait_for_selector("#info-id")
         assert page.text_content("#info-id") == str(target["id"])
         assert "m²" in page.text_content("#info") and "gap-filled" in page.text_content("#info")
+        # ... and the map: a popup on the building, drawn highlighted
+        page.wait_for_selector(".building-popup #popup-id")
+        assert page.text_content(".building-popup #popup-id") == str(target["id"])
+        assert page.evaluate("window.sn7.state.selected.options.color") == "#ffe600"
+
+        # "changes only": the month's new and gap-filled buildings, nothing else
+        changes = page.evaluate("window.sn7.state.data.features.filter((f) => f.properties.new || f.properties.filled).length")
+        page.check("#changes-only")
+        page.wait_for_function(f"window.sn7.drawnCount() === {changes}")
+        page.uncheck("#changes-only")
+        page.wait_for_function(f"window.sn7.drawnCount() === {_export_count(run, aoi, months[1]['stem'])}")
+
+        # a metric scale bar, and download links to the run's GIS files that answer
+        assert page.locator(".leaflet-control-scale-line").first.is_visible()
+        links = page.eval_on_selector_all("#downloads a", "(as) => as.map((a) => a.getAttribute('href'))")
+        assert any(h.endswith(f"{aoi}.gpkg") for h in links) and any(h.endswith(".geojson") for h in links)
+        for href in links:
+            assert page.request.get(url.rstrip("/") + href).status == 200, href
 
         # ground truth and the month's scores
         page.check("#show-truth")

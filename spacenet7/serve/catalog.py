@@ -20,6 +20,7 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
+from spacenet7.data.months import month_label
 from spacenet7.data.sn7 import MonthRecord, data_roots, read_labels, scan
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.export import area_m2
@@ -185,10 +186,13 @@ class Catalog:
                     "aoi": name,
                     **self.extent(name),
                     "scot": aoi.scot,
+                    "downloads": self.downloads(name),
                     "months": [
                         {
                             "month": m.month,
+                            "label": month_label(m.month),  # m01, m02, ... for imagery without dates
                             "stem": m.stem,
+                            "geojson": self._run_file(Path("footprints") / name / f"{m.stem}.geojson"),
                             "n_buildings": int(counts.get(m.stem, 0)),
                             "n_new": int(new.get(m.stem, 0)) if k else 0,
                             "image": m.image is not None,
@@ -202,6 +206,20 @@ class Catalog:
             )
         overall = {k: v for k, v in self.metrics.items() if not isinstance(v, (dict, list))}
         return {"run_dir": self.run_dir.name, "aois": aois, "metrics": overall}  # the folder's name: no server paths
+
+    def _run_file(self, relative: Path) -> str | None:
+        """``relative`` (a path in the run folder, ``/files/run/`` serves it) when the file exists."""
+        return relative.as_posix() if (self.run_dir / relative).is_file() else None
+
+    def downloads(self, aoi: str) -> list[dict[str, str]]:
+        """The run's GIS files of ``aoi`` that exist: its GeoPackage, QGIS style, the submission and the scores."""
+        files = [
+            ("GeoPackage (all months, QGIS-ready)", Path("footprints") / f"{aoi}.gpkg"),
+            ("QGIS style (.qml)", Path("footprints") / f"{aoi}.qml"),
+            ("submission CSV (SN7)", Path("submission.csv")),
+            ("scores (metrics.json)", Path("metrics.json")),
+        ]
+        return [{"label": label, "path": path} for label, rel in files if (path := self._run_file(rel))]
 
     @functools.lru_cache(maxsize=64)  # noqa: B019
     def extent(self, aoi: str) -> dict[str, Any]:

@@ -16,11 +16,15 @@
     return `rgb(${ch(1)},${ch(3)},${ch(5)})`;
   }
 
-  const state = { run: null, aoi: null, t: 0, monthIndex: {}, request: 0 };
+  const state = { run: null, aoi: null, t: 0, monthIndex: {}, labels: {}, request: 0, data: null, selected: null };
+  const HIGHLIGHT = { color: "#ffe600", weight: 4, opacity: 1 };
+  const label = (month) => state.labels[month] ?? month;  // m01, m02, ... for imagery without dates
+  const isChange = (p) => p.new || p.filled;
   // ?renderer=svg draws with SVG instead (bench/bench_serve.py measures both)
   const svg = new URLSearchParams(location.search).get("renderer") === "svg";
   const renderer = svg ? L.svg({ padding: 0.3 }) : L.canvas({ padding: 0.3, tolerance: 2 });
   const map = L.map("map", { preferCanvas: !svg, renderer, keyboard: false, zoomSnap: 0.25 });
+  L.control.scale({ metric: true, imperial: false, maxWidth: 160 }).addTo(map);
   let mosaic = null, prob = null, basemap = null;
 
   const colorOf = (month) => {
@@ -35,20 +39,34 @@
   };
   const footprints = L.geoJSON(null, {
     style: styleOf,
-    onEachFeature: (f, layer) => layer.on("click", () => showInfo(f.properties)),
+    filter: (f) => !$("changes-only").checked || isChange(f.properties),  // "changes only": new or gap-filled
+    onEachFeature: (f, layer) => layer.on("click", (e) => select(f, layer, e.latlng)),
   });
   const truth = L.geoJSON(null, { style: { renderer, color: "#ffd400", weight: 1.6, fill: false, dashArray: "4 3" }, interactive: false });
 
+  function select(f, layer, latlng) {  // highlight the clicked building, its popup and the side panel
+    if (state.selected && footprints.hasLayer(state.selected)) footprints.resetStyle(state.selected);
+    state.selected = layer;
+    layer.setStyle(HIGHLIGHT);
+    if (!svg && layer.bringToFront) layer.bringToFront();
+    layer.bindPopup(infoHtml(f.properties, "popup-id"), { className: "building-popup", maxWidth: 260 }).openPopup(latlng);
+    showInfo(f.properties);
+  }
+
   function showInfo(p) {
-    const m = state.aoi.months[state.t].month;
-    $("info").innerHTML = `<b>building <span id="info-id">${p.id}</span></b><table>
-      <tr><td>first month</td><td>${p.first_seen}</td></tr>
-      <tr><td>last month</td><td>${p.last_seen}</td></tr>
+    $("info").innerHTML = infoHtml(p, "info-id");
+    $("info").dataset.id = p.id;
+  }
+
+  function infoHtml(p, id) {
+    const m = label(state.aoi.months[state.t].month);
+    return `<b>building <span id="${id}">${p.id}</span></b><table>
+      <tr><td>first month</td><td>${label(p.first_seen)}</td></tr>
+      <tr><td>last month</td><td>${label(p.last_seen)}</td></tr>
       <tr><td>months present</td><td>${p.n_months}</td></tr>
       <tr><td>area</td><td>${fmt(p.area_m2, 1)} m²</td></tr>
       <tr><td>gap-filled in ${m}</td><td>${p.filled ? "yes (not seen; carried over)" : "no"}</td></tr>
       <tr><td>new in ${m}</td><td>${p.new ? "yes" : "no"}</td></tr></table>`;
-    $("info").dataset.id = p.id;
   }
 
   function tileLayer(kind, m, opts) {
@@ -72,7 +90,7 @@
     const s = m.scores || {}, a = state.aoi.scot || {};
     let html = "";
     if (Object.keys(s).length) {
-      html += `<h3>${m.month} vs ground truth</h3>` + scoresTable([
+      html += `<h3>${label(m.month)} vs ground truth</h3>` + scoresTable([
         ["F1 (IoU ≥ 0.5)", fmt(s.f1_50)], ["precision / recall", `${fmt(s.precision50)} / ${fmt(s.recall50)}`],
         ["F1 (IoU > 0.25)", fmt(s.f1)], ["buildings: truth / predicted", `${s.n_truth} / ${s.n_proposal}`]]);
     }
@@ -100,15 +118,16 @@
     const m = a.months[t];
     state.t = t;
     $("month").value = t;
-    $("month-label").textContent = m.month;
+    $("month-label").textContent = m.label ?? m.month;
     $("show-truth").disabled = !m.truth;
     const t0 = performance.now();
     const res = await fetch(`/api/aois/${enc(a.aoi)}/${m.month}/footprints.geojson`);
     const data = await res.json();
     if (request !== state.request) return;  // a later month was asked for meanwhile
-    map.removeLayer(footprints);
-    footprints.clearLayers();
-    footprints.addData(data);
+    state.data = data;
+    state.selected = null;
+    map.closePopup();
+    drawFootprints();
     if ($("show-footprints").checked) footprints.addTo(map);
     setTiles(m);
     showScores(m);
@@ -116,21 +135,39 @@
     await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));  // the canvas has painted
     const ms = performance.now() - t0;
     const n = data.features.length, nNew = data.features.filter((f) => f.properties.new).length;
-    $("count").textContent = `${n} buildings, ${nNew} new this month`;
+    const nFilled = data.features.filter((f) => f.properties.filled).length;
+    $("count").textContent = `${n} buildings, ${nNew} new this month` + (nFilled ? `, ${nFilled} gap-filled` : "");
     $("count").dataset.count = n;
     $("render-time").textContent = `drawn in ${ms.toFixed(0)} ms`;
     document.body.dataset.month = m.month;
+    downloads(m);
     window.sn7.lastRender = { month: m.month, n, ms };
   }
 
+  function drawFootprints() {  // the month's data through the "changes only" filter
+    map.removeLayer(footprints);
+    footprints.clearLayers();
+    if (state.data) footprints.addData(state.data);
+    if ($("show-footprints").checked) footprints.addTo(map);
+  }
+
+  function downloads(m) {  // the run's GIS files (served from /files/run/)
+    const files = [...(state.aoi.downloads || [])];
+    if (m.geojson) files.unshift({ label: `${label(m.month)} footprints (GeoJSON)`, path: m.geojson });
+    $("downloads").innerHTML = files.length
+      ? "<h3>downloads</h3>" + files.map((f) => `<a href="/files/run/${f.path.split("/").map(enc).join("/")}" download>${f.label}</a>`).join("<br>")
+      : "";
+  }
+
   function legend() {
-    $("legend").innerHTML = state.aoi.months.map((m) => `<span style="background:${colorOf(m.month)}">${m.month}</span>`).join("")
+    $("legend").innerHTML = state.aoi.months.map((m) => `<span style="background:${colorOf(m.month)}">${label(m.month)}</span>`).join("")
       + `<span class="new">new</span>`;
   }
 
   async function showAoi(name) {
     state.aoi = state.run.aois.find((a) => a.aoi === name);
     state.monthIndex = Object.fromEntries(state.aoi.months.map((m, i) => [m.month, i]));
+    state.labels = Object.fromEntries(state.aoi.months.map((m) => [m.month, m.label ?? m.month]));
     $("month").max = state.aoi.months.length - 1;
     if (state.aoi.bounds) {
       map.setMaxBounds(L.latLngBounds(state.aoi.bounds).pad(1.5));
@@ -156,6 +193,7 @@
   for (const id of ["show-mosaic", "show-prob"]) $(id).addEventListener("change", () => setTiles(state.aoi.months[state.t]));
   $("show-footprints").addEventListener("change", (e) => (e.target.checked ? footprints.addTo(map) : map.removeLayer(footprints)));
   $("show-truth").addEventListener("change", () => showTruth(state.aoi.months[state.t]));
+  $("changes-only").addEventListener("change", () => { map.closePopup(); state.selected = null; drawFootprints(); });
   $("show-basemap").addEventListener("change", (e) => {
     if (e.target.checked) {  // only on request: the page itself never leaves this server
       basemap = L.tileLayer("https://tile.openstreetmap.org/{z}/{x}/{y}.png", {
