@@ -199,7 +199,7 @@ def predict_aoi_task(aoi: str, recs: list[MonthRecord], cfg: PredictConfig) -> l
     """:func:`predict_aoi` as a Dask task: the network is loaded once per worker process."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    ckpt = Path(cfg.checkpoint if cfg.engine is Engine.torch else str(cfg.model_file)).resolve()
+    ckpt = Path(str(cfg.checkpoint) if cfg.engine is Engine.torch else str(cfg.model_file)).resolve()
     st = ckpt.stat()
     key = (
         str(ckpt),

@@ -46,7 +46,8 @@ def field_docs(cls: type) -> dict[str, str]:
             continue
         text = comments.get(node.end_lineno or node.lineno) or comments.get(node.lineno)
         if not text:  # comment lines just above the field
-            above, k = [], node.lineno - 1
+            above: list[str] = []
+            k = node.lineno - 1
             while k >= 1 and lines[k - 1].strip().startswith("#"):
                 above.insert(0, comments.get(k, ""))
                 k -= 1
