@@ -153,7 +153,7 @@ def gis_table(gdf: gpd.GeoDataFrame, months: list[str]) -> gpd.GeoDataFrame:
             "n_months": gdf["n_months"].to_numpy(np.int64),
             "new": ((gdf["first_seen"] == gdf["month"]) & (gdf["month"] != first)).to_numpy(bool),
             "filled": gdf["filled"].to_numpy(bool),
-            "area_m2": np.round(gdf["area_m2"].to_numpy(float), 2),
+            "area_m2": np.round(gdf["area_m2"].to_numpy(float), 1),  # as serve and the API give it
         },
         geometry=list(gdf.geometry),
         crs=gdf.crs,

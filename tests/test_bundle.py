@@ -164,3 +164,15 @@ def test_rebundling_keeps_the_card(made, tmp_path):
     card = bundle.read_card(again)
     assert card["vectorize"]["threshold"] == 0.35 and card["vectorize"]["shift_px"] == [-0.3333, -0.3333]
     assert card["scores"]["scot"] == 0.41
+
+
+def test_train_init_from_a_bundle(made):
+    from model_fixtures import ARCH
+
+    from spacenet7.models.task import build_net
+    from spacenet7.train import init_weights
+
+    net = build_net(ARCH)
+    init_weights(net, made)
+    state, _ = bundle.read_bundle(made)
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())

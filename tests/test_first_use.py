@@ -115,3 +115,26 @@ def test_serve_summary_gives_labels_and_download_links(tmp_path):
     assert paths == [f"footprints/{a['aoi']}.gpkg", f"footprints/{a['aoi']}.qml", "metrics.json"]
     (run / "s.csv").rename(run / "submission.csv")
     assert "submission.csv" in [d["path"] for d in Catalog(run).summary()["aois"][0]["downloads"]]
+
+
+def test_serve_without_a_run_model_uses_the_shipped_bundle(tmp_path, monkeypatch):
+    pytest.importorskip("fastapi", reason="spacenet7 serve needs the serve extra")
+    from fastapi.testclient import TestClient
+    from test_gis_export import _export
+
+    from spacenet7.config import ServeConfig
+    from spacenet7.models import bundle
+    from spacenet7.serve.app import create_app
+
+    run = tmp_path / "run"
+    fp = _export(run, ["2020-01", "2020-02", "2020-03"])
+    (run / "vectors").symlink_to(run / "vec")
+    (run / "footprints").symlink_to(fp)
+    monkeypatch.setattr(bundle, "SHIPPED", tmp_path / "absent.bundle")
+    with TestClient(create_app(ServeConfig(run_dir=str(run))), base_url="http://localhost") as client:
+        assert client.get("/api/run").json()["inference"] is None  # no model: the API says how in one line (503)
+    shipped = bundle.write_bundle(random_checkpoint(tmp_path / "m.ckpt"), tmp_path / "s.bundle", vectorize={"threshold": 0.45})
+    monkeypatch.setattr(bundle, "SHIPPED", shipped)
+    with TestClient(create_app(ServeConfig(run_dir=str(run))), base_url="http://localhost") as client:
+        inference = client.get("/api/run").json()["inference"]
+    assert inference["checkpoint"] == "s.bundle" and inference["threshold"] == 0.45  # the bundle's own settings

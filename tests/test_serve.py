@@ -242,6 +242,8 @@ def test_predict_and_track_match_the_pipeline(client, run, months, uploads, tmp_
     ref = _reference(run, [(recs[1].image, "2018-01")], tmp_path / "one")
     assert one.crs.to_epsg() == 4326 and len(one) == len(ref) > 0
     assert np.allclose(sorted(one["area_m2"]), sorted(np.round(area_m2(ref.to_crs("EPSG:3857")), 1)), atol=0.1)
+    rgb = _post(client, "/api/predict", [("rgb.tif", _geotiff(tmp_path / "rgb.tif", 3))])  # 3-band RGB, no alpha band
+    assert rgb.status_code == 200 and gpd.read_file(rgb.content).crs.to_epsg() == 4326, rgb.text
 
     keys = [rec.month_key for rec in recs]
     r = _post(client, "/api/track", [(f"m{i}.tif", rec.image.read_bytes()) for i, rec in enumerate(recs)], keys)
@@ -302,7 +304,7 @@ def test_bad_requests_are_4xx_with_one_message_and_leave_nothing(client, months,
             "tile.png: not a GeoTIFF (a PNG raster)",
         ),
         ("/api/predict", [("nocrs.tif", _geotiff(tmp_path / "b.tif", crs=None))], None, 400, "nocrs.tif: GeoTIFF has no CRS"),
-        ("/api/predict", [("rgb.tif", _geotiff(tmp_path / "c.tif", 3))], None, 400, "rgb.tif: has 3 band(s) but input.count=4"),
+        ("/api/predict", [("two.tif", _geotiff(tmp_path / "c.tif", 2))], None, 400, "two.tif: has 2 band(s) but input.count=4"),
         ("/api/predict", [("u16.tif", _geotiff(tmp_path / "d.tif", dtype="uint16"))], None, 400, "u16.tif: is uint16"),
         (
             "/api/predict",

@@ -35,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from spacenet7 import __version__
 from spacenet7.config import ServeConfig
 from spacenet7.errors import SN7Error
-from spacenet7.models.bundle import CARD, SHIPPED, is_bundle
+from spacenet7.models import bundle as model_bundle
 from spacenet7.serve import tiles
 from spacenet7.serve.api import Inference, Limits, UploadError, run_checkpoint, run_settings, series_names
 from spacenet7.serve.catalog import Catalog
@@ -150,10 +150,11 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     leaflet, swagger = npm_package("leaflet/dist", "leaflet.js"), npm_package("swagger-ui-dist", "swagger-ui-bundle.js")
     predict_cfg, vectorize_cfg = run_settings(catalog.run_dir, cfg.overrides)
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else run_checkpoint(catalog.run_dir, predict_cfg)
-    if checkpoint is None and (SHIPPED / CARD).is_file():  # a run without a model of its own: the shipped one
-        checkpoint = SHIPPED
-        log.info("serve: the inference API uses the shipped model %s", SHIPPED)
-    if checkpoint is not None and is_bundle(checkpoint) and not cfg.overrides.get("vectorize"):
+    shipped = model_bundle.SHIPPED
+    if checkpoint is None and (shipped / model_bundle.CARD).is_file():  # a run without a model of its own: the shipped one
+        checkpoint = shipped
+        log.info("serve: the inference API uses the shipped model %s", shipped)
+    if checkpoint is not None and model_bundle.is_bundle(checkpoint) and not cfg.overrides.get("vectorize"):
         vectorize_cfg = replace(vectorize_cfg, bundle=str(checkpoint))  # the settings the model was measured with
     limits = Limits(int(cfg.max_upload_mb * 2**20), cfg.max_pixels, cfg.max_files)
     inference = Inference(checkpoint, predict_cfg, vectorize_cfg, limits) if checkpoint is not None else None
@@ -162,7 +163,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             "serve: no checkpoint in %s and no shipped model (%s): the inference API answers 503 "
             "(start with checkpoint=PATH, or `make model`)",
             catalog.run_dir,
-            SHIPPED,
+            shipped,
         )
     gate = Gate(cfg.workers, cfg.queue)
     tmp_root = Path(cfg.tmp_dir) if cfg.tmp_dir else None
