@@ -72,20 +72,23 @@ class Model:
         Args:
             bundle_or_checkpoint: the model; ``None``: the shipped real model (``make model``).
             device: ``auto`` (a CUDA GPU when there is one), ``cpu`` or ``cuda[:N]``.
-            tta: average over the 8 rotations/mirrors (8x the inference time; ``False`` for speed).
-            predict: further ``PredictConfig`` settings, e.g. ``{"tile": 512, "input": {"count": 3, "alpha": None}}``.
+            tta: average over the test-time views (``False`` for speed: the d4 views cost 8x).
+            predict: ``PredictConfig`` settings over the bundle's (the ones its scores were measured with: tiling,
+                views, fusion, grid), e.g. ``{"tile": 512, "input": {"count": 3, "alpha": None}}``.
             vectorize: ``VectorizeConfig`` settings over the bundle's, e.g. ``{"threshold": 0.3, "track": {"min_persist": 1}}``.
 
         Raises:
             SN7Error: no such model, not a spacenet7 bundle or checkpoint, the shipped model not installed,
                 or a setting that is not one.
         """
-        from spacenet7.models.bundle import is_bundle, shipped_or_fail
+        from spacenet7.models.bundle import is_bundle, read_card, shipped_or_fail
         from spacenet7.models.inference import load_model
 
         source = Path(bundle_or_checkpoint) if bundle_or_checkpoint is not None else shipped_or_fail("Model.load")
+        measured = (read_card(source).get("predict") or {}) if is_bundle(source) else {}  # the settings of its scores
         predict_cfg = _settings(
-            PredictConfig, {"checkpoint": str(source), "device": device, "tta": tta, "progress": False, **(predict or {})}
+            PredictConfig,
+            {**measured, "checkpoint": str(source), "device": device, "tta": tta, "progress": False, **(predict or {})},
         )
         vec = dict(vectorize or {})
         base = VectorizeConfig(bundle=str(source)) if is_bundle(source) else VectorizeConfig()

@@ -20,7 +20,11 @@ from spacenet7.models import bundle
 def model_bundle(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("api")
     ckpt = random_checkpoint(d / "m.ckpt")
-    return bundle.write_bundle(ckpt, d / "m.bundle", vectorize={"threshold": 0.45, "track": {"min_persist": 1}})
+    out = bundle.write_bundle(ckpt, d / "m.bundle", vectorize={"threshold": 0.45, "track": {"min_persist": 1}})
+    card = json.loads((out / "card.json").read_text())
+    card["predict"] = {"grid": "upscaled", "tile": 128, "overlap": 32}  # as `spacenet7 bundle` takes it from a run
+    (out / "card.json").write_text(json.dumps(card))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +36,7 @@ def model(model_bundle):
 
 def test_model_takes_the_bundles_settings(model, model_bundle):
     assert model.vectorize_cfg.threshold == 0.45 and model.vectorize_cfg.track.min_persist == 1
+    assert (model.predict_cfg.grid, model.predict_cfg.tile, model.predict_cfg.tta) == ("upscaled", 128, False)
     assert model.card["name"] == "m" and "Unet/timm-regnetx_004" in repr(model)
     from spacenet7 import Model
 

@@ -27,7 +27,17 @@ def ckpt(tmp_path_factory) -> Path:
     (run / "train" / "checkpoints").mkdir(parents=True)
     vec = {"threshold": 0.25, "seed_threshold": 0.3, "shift_px": [-0.3333, -0.3333], "track": {"min_persist": 3}}
     (run / "pipeline.json").write_text(
-        json.dumps({"config": {"vectorize": {**vec, "out_dir": "x"}, "train": {"seed": 7}, "holdout": "band", "band_frac": 0.25}})
+        json.dumps(
+            {
+                "config": {
+                    "vectorize": {**vec, "out_dir": "x"},
+                    "predict": {"grid": "upscaled", "tta_views": "flips", "out_dir": "y", "threads": 2},
+                    "train": {"seed": 7},
+                    "holdout": "band",
+                    "band_frac": 0.25,
+                }
+            }
+        )
     )
     (run / "metrics.json").write_text(json.dumps({"scot": 0.41, "f1": 0.58, "pixel_iou": 0.52}))
     return random_checkpoint(run / "train" / "checkpoints" / "last.ckpt")
@@ -48,6 +58,7 @@ def test_bundle_card_describes_the_model(made):
     assert card["input"]["input"]["resampling"] == "bilinear"  # the full spec, not only what chips.json set
     assert card["vectorize"]["shift_px"] == [-0.3333, -0.3333] and card["vectorize"]["threshold"] == 0.25
     assert card["vectorize"]["track"] == {"min_persist": 3} and "out_dir" not in card["vectorize"]
+    assert card["predict"] == {"grid": "upscaled", "tta_views": "flips"}  # what its scores were measured with
     assert card["provenance"]["recipe"] == "real" and card["provenance"]["seed"] == 7
     assert card["provenance"]["checkpoint"] == "last.ckpt" and card["provenance"]["git_commit"]
     assert card["scores"] == {"scot": 0.41, "f1": 0.58, "pixel_iou": 0.52}
@@ -115,6 +126,8 @@ HOSTILE = {
     "bad value: threshold": lambda c, m: c["vectorize"].update(threshold=1.5),
     "unknown key": lambda c, m: c.update(run="rm -rf /"),
     "unknown vectorize key": lambda c, m: c["vectorize"].update(out_dir="/etc"),
+    "unknown predict key": lambda c, m: c["predict"].update(checkpoint="/tmp/evil.ckpt"),
+    "wrong type: predict grid": lambda c, m: c["predict"].update(grid=["upscaled"]),
     "unknown input key": lambda c, m: c["input"]["input"].update(command="x"),
     "weights outside": lambda c, m: c["weights"].update(file="../../etc/passwd.safetensors"),
     "changed weights": lambda c, m: c["weights"].update(sha256="0" * 64),

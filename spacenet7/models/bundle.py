@@ -49,6 +49,7 @@ _KEYS = {
     "architecture": dict,
     "input": dict,
     "vectorize": dict,
+    "predict": dict,
     "provenance": dict,
     "scores": dict,
     "weights": dict,
@@ -56,6 +57,8 @@ _KEYS = {
 _REQUIRED = ("format", "format_version", "architecture", "input", "weights")
 VECTORIZE_KEYS = ("threshold", "seed_threshold", "min_seed_px", "min_area_px", "simplify_px", "shift_px", "track")
 """The ``vectorize`` settings a card carries (the ones tuned with the model)."""
+PREDICT_KEYS = ("tile", "overlap", "tta", "tta_views", "tta_scales", "fusion", "fusion_weight", "grid")
+"""The ``predict`` settings a card carries: the ones its scores were measured with (the Python API and serve use them)."""
 
 
 def is_bundle(path: str | Path) -> bool:
@@ -125,7 +128,7 @@ def check_card(card: Any) -> dict[str, Any]:
         raise ValueError(f"format={card['format'][:40]!r}, expected {FORMAT!r}")
     if card["format_version"] != FORMAT_VERSION:
         raise ValueError(f"format_version={card['format_version']} is not one this spacenet7 reads ({FORMAT_VERSION})")
-    for key in ("architecture", "input", "vectorize", "provenance", "scores", "weights"):
+    for key in ("architecture", "input", "vectorize", "predict", "provenance", "scores", "weights"):
         if key in card:
             _plain_map(card[key], key)
     if "_target_" in card["architecture"]:
@@ -140,6 +143,8 @@ def check_card(card: Any) -> dict[str, Any]:
         raise ValueError(problem.replace("chip_meta.", "input."))
     if "vectorize" in card:
         vectorize_settings(card["vectorize"])
+    if "predict" in card:
+        predict_settings(card["predict"])
     weights = card["weights"]
     if set(weights) != {"file", "sha256"} or not all(isinstance(weights[k], str) for k in ("file", "sha256")):
         raise ValueError("weights must be {file: <name>.safetensors, sha256: <hex>}")
@@ -171,6 +176,28 @@ def vectorize_settings(settings: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"vectorize.{str(exc).removeprefix('vectorize: ')}") from None
     except Exception as exc:  # omegaconf: a wrong type, an unknown track key
         raise ValueError(f"vectorize: {(str(exc).splitlines() or [type(exc).__name__])[0][:160]}") from None
+    return settings
+
+
+def predict_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A card's ``predict`` map checked against :class:`spacenet7.config.PredictConfig` (keys :data:`PREDICT_KEYS`).
+
+    Raises:
+        ValueError: an unknown key, a wrong type or a bad value.
+    """
+    from omegaconf import OmegaConf
+
+    from spacenet7.config import PredictConfig
+
+    unknown = sorted(set(settings) - set(PREDICT_KEYS))
+    if unknown:
+        raise ValueError(f"predict has unknown key(s) {unknown}; it has {list(PREDICT_KEYS)}")
+    try:
+        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PredictConfig), settings))
+    except SN7Error as exc:
+        raise ValueError(f"predict.{str(exc).removeprefix('predict: ')}") from None
+    except Exception as exc:  # omegaconf: a wrong type
+        raise ValueError(f"predict: {(str(exc).splitlines() or [type(exc).__name__])[0][:160]}") from None
     return settings
 
 
@@ -288,6 +315,7 @@ def make_card(
         from spacenet7.track import TrackConfig
 
         vec["track"] = {k: v for k, v in vec["track"].items() if k in TrackConfig.__dataclass_fields__}
+    pred = {k: v for k, v in (config.get("predict") or {}).items() if k in PREDICT_KEYS}
     meta = hp.get("chip_meta") or {}
     train = config.get("train") or {}
     prov: dict[str, Any] = {
@@ -314,6 +342,7 @@ def make_card(
             "architecture": model_kwargs(hp["model"]),
             "input": {"upscale": float(meta.get("upscale", 1.0)), "input": InputSpec.from_dict(meta.get("input")).to_dict()},
             "vectorize": vec,
+            "predict": pred,
             "provenance": prov,
             "scores": scores,
         }

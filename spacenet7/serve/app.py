@@ -154,8 +154,11 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     if checkpoint is None and (shipped / model_bundle.CARD).is_file():  # a run without a model of its own: the shipped one
         checkpoint = shipped
         log.info("serve: the inference API uses the shipped model %s", shipped)
-    if checkpoint is not None and model_bundle.is_bundle(checkpoint) and not cfg.overrides.get("vectorize"):
-        vectorize_cfg = replace(vectorize_cfg, bundle=str(checkpoint))  # the settings the model was measured with
+    if checkpoint is not None and model_bundle.is_bundle(checkpoint):  # the settings the model was measured with
+        if not cfg.overrides.get("vectorize"):
+            vectorize_cfg = replace(vectorize_cfg, bundle=str(checkpoint))
+        if not cfg.overrides.get("predict"):
+            predict_cfg = replace(predict_cfg, **(model_bundle.read_card(checkpoint).get("predict") or {}))
     limits = Limits(int(cfg.max_upload_mb * 2**20), cfg.max_pixels, cfg.max_files)
     inference = Inference(checkpoint, predict_cfg, vectorize_cfg, limits) if checkpoint is not None else None
     if inference is None:
