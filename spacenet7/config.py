@@ -321,18 +321,18 @@ class PredictConfig:
     # a .ckpt of `spacenet7 train` or a .bundle of `spacenet7 bundle`; null = the shipped real model
     # (spacenet7/models/shipped/spacenet7-real.bundle, `make model`)
     checkpoint: Optional[str] = None
-    data_root: str = "data/synthetic"
-    split_dir: str = "train"
-    aois: Optional[List[str]] = None
+    data_root: str = "data/synthetic"  # an SN7-layout data set (dataset=real_sample | sn7 set it)
+    split_dir: str = "train"  # the data set's split folder
+    aois: Optional[List[str]] = None  # the AOIs to predict; None = every AOI of data_root
     images: Optional[List[str]] = (
         None  # GeoTIFFs of one area instead of a data root (month from the name, TIFF date tag or list order)
     )
-    out_dir: str = "runs/demo/predictions"
-    tile: int = 256
-    overlap: int = 64
+    out_dir: str = "runs/demo/predictions"  # <out_dir>/<AOI>/<stem>.tif probability COGs
+    tile: int = 256  # sliding-window tile side on the model's grid
+    overlap: int = 64  # overlap of neighbouring tiles (blended)
     block: int = 1024  # output block size; bounds memory on huge mosaics
     gdal_cache_mb: int = 256  # GDAL block cache (its default is 5% of RAM)
-    batch_size: int = 8
+    batch_size: int = 8  # tiles per forward pass
     tta: bool = True  # average the probabilities over test-time views (rotations and mirrors)
     tta_views: TTAViews = TTAViews.d4  # d4: the 8 rotations/mirrors | flips: identity + 2 mirrors
     # input scales averaged (relative to the checkpoint's upscale), e.g. [0.87, 1, 1.15]: each costs
@@ -342,10 +342,10 @@ class PredictConfig:
     fusion: bool = True  # blend each month with the AOI's all-month mean
     fusion_weight: float = 0.35
     grid: Grid = Grid.source  # source | upscaled
-    device: str = "auto"
+    device: str = "auto"  # auto (a CUDA GPU when there is one) | cpu | cuda[:N]
     model: Any = None  # expected architecture; None = the one stored in the checkpoint
-    progress: bool = True
-    threads: int = 0
+    progress: bool = True  # a progress bar per AOI
+    threads: int = 0  # torch CPU threads; 0 = library default
     aoi: Optional[str] = None  # images=: the area's name, for files without an SN7 name
     # the imagery's band layout and scaling (InputSpec keys) over the checkpoint's, e.g. for 4-band
     # uint16 BGRN: +input={rgb:[3,2,1],alpha:null,scaling:percentile}; empty = the checkpoint's

@@ -44,7 +44,8 @@ def field_docs(cls: type) -> dict[str, str]:
     for node in getattr(body, "body", []):
         if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
             continue
-        text = comments.get(node.end_lineno or node.lineno) or comments.get(node.lineno)
+        inside = [comments[k] for k in range(node.lineno, (node.end_lineno or node.lineno) + 1) if k in comments]
+        text = " ".join(inside)
         if not text:  # comment lines just above the field
             above: list[str] = []
             k = node.lineno - 1
