@@ -145,15 +145,15 @@ def test_hostile_card_is_refused_as_data(case, made, tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-@pytest.mark.parametrize("stage", ["predict", "vectorize"])
+@pytest.mark.parametrize("stage", ["predict", "vectorize", "compile"])
 def test_hostile_card_on_the_cli_is_one_line_exit_1(stage, made, tmp_path):
     path = _card(made, tmp_path, HOSTILE["nested _target_"])
     img = geotiff(tmp_path / "area_2020-01.tif")
-    args = (
-        [f"checkpoint={path}", f"images=[{img}]", "aoi=area", f"out_dir={tmp_path / 'p'}"]
-        if stage == "predict"
-        else [f"bundle={path}"]
-    )
+    args = {
+        "predict": [f"checkpoint={path}", f"images=[{img}]", "aoi=area", f"out_dir={tmp_path / 'p'}"],
+        "vectorize": [f"bundle={path}"],
+        "compile": [f"checkpoint={path}", f"out={tmp_path / 'p' / 'm.onnx'}"],
+    }[stage]
     r = subprocess.run([*EXE, stage, *args], capture_output=True, text=True, timeout=300, env={**_env(tmp_path)})
     assert r.returncode == 1, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
