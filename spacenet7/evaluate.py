@@ -89,7 +89,7 @@ def building_scores(months: list, inter: int, union: int) -> dict[str, float]:
     and the pixel IoU of the sums ``inter`` / ``union``."""
     nt = sum(m.n_truth for m in months)
     npr = sum(m.n_proposal for m in months)
-    out = {}
+    out: dict[str, float] = {}
     for key, tp in (("", sum(m.tp50 for m in months)), ("_iou25", sum(m.tp for m in months))):
         p = tp / npr if npr else 0.0
         r = tp / nt if nt else 0.0

@@ -50,11 +50,12 @@ def test_hand_off_paths_chain_the_stages_through_run_dir(tmp_path):
     assert wired.predict.aois == wired.vectorize.aois == wired.evaluate.aois == ["c"]
 
 
-def test_band_holdout_wires_a_spatial_split_the_last_checkpoint_and_the_region(tmp_path):
+def test_band_holdout_wires_a_spatial_split_the_last_checkpoint_and_each_aois_band(tmp_path):
     cfg = _pipeline(tmp_path, "holdout=band", "band_frac=0.3")
     assert (cfg.chip.split, cfg.chip.val_frac) == ("spatial", 0.3)
     assert cfg.predict.checkpoint.endswith("train/checkpoints/last.ckpt")
-    assert wire(cfg, ["a"], ["a"], [0, 10, 7, 10]).evaluate.region == [0.0, 10.0, 7.0, 10.0]
+    wired = wire(cfg, ["a"], ["a"]).evaluate
+    assert wired.band_frac == 0.3 and wired.region is None  # each AOI's own band, cut from its own size
 
 
 def test_stage_settings_need_no_plus_and_reach_their_stage(tmp_path):
