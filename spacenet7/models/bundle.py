@@ -156,27 +156,35 @@ def check_card(card: Any) -> dict[str, Any]:
     return card
 
 
-def vectorize_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """A card's ``vectorize`` map checked against :class:`spacenet7.config.VectorizeConfig` (types and values).
+def _stage_settings(stage: str, settings: dict[str, Any], schema: type, keys: Any) -> dict[str, Any]:
+    """A card's ``stage`` map checked against the stage's schema dataclass: only ``keys``, its types and values.
 
     Raises:
         ValueError: an unknown key, a wrong type or a bad value.
     """
     from omegaconf import OmegaConf
 
+    unknown = sorted(set(settings) - set(keys))
+    if unknown:
+        raise ValueError(f"{stage} has unknown key(s) {unknown}; it has {list(keys)}")
+    try:
+        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), settings))
+    except SN7Error as exc:
+        raise ValueError(f"{stage}.{str(exc).removeprefix(f'{stage}: ')}") from None
+    except Exception as exc:  # omegaconf: a wrong type, an unknown nested key
+        raise ValueError(f"{stage}: {(str(exc).splitlines() or [type(exc).__name__])[0][:160]}") from None
+    return settings
+
+
+def vectorize_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A card's ``vectorize`` map checked against :class:`spacenet7.config.VectorizeConfig` (types and values).
+
+    Raises:
+        ValueError: an unknown key, a wrong type or a bad value.
+    """
     from spacenet7.config import VectorizeConfig
 
-    unknown = sorted(set(settings) - set(VECTORIZE_KEYS))
-    if unknown:
-        raise ValueError(f"vectorize has unknown key(s) {unknown}; it has {list(VECTORIZE_KEYS)}")
-    try:
-        node = OmegaConf.merge(OmegaConf.structured(VectorizeConfig), settings)
-        OmegaConf.to_object(node)
-    except SN7Error as exc:
-        raise ValueError(f"vectorize.{str(exc).removeprefix('vectorize: ')}") from None
-    except Exception as exc:  # omegaconf: a wrong type, an unknown track key
-        raise ValueError(f"vectorize: {(str(exc).splitlines() or [type(exc).__name__])[0][:160]}") from None
-    return settings
+    return _stage_settings("vectorize", settings, VectorizeConfig, VECTORIZE_KEYS)
 
 
 def predict_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -185,20 +193,9 @@ def predict_settings(settings: dict[str, Any]) -> dict[str, Any]:
     Raises:
         ValueError: an unknown key, a wrong type or a bad value.
     """
-    from omegaconf import OmegaConf
-
     from spacenet7.config import PredictConfig
 
-    unknown = sorted(set(settings) - set(PREDICT_KEYS))
-    if unknown:
-        raise ValueError(f"predict has unknown key(s) {unknown}; it has {list(PREDICT_KEYS)}")
-    try:
-        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PredictConfig), settings))
-    except SN7Error as exc:
-        raise ValueError(f"predict.{str(exc).removeprefix('predict: ')}") from None
-    except Exception as exc:  # omegaconf: a wrong type
-        raise ValueError(f"predict: {(str(exc).splitlines() or [type(exc).__name__])[0][:160]}") from None
-    return settings
+    return _stage_settings("predict", settings, PredictConfig, PREDICT_KEYS)
 
 
 def read_card(path: str | Path) -> dict[str, Any]:
