@@ -23,6 +23,7 @@ months write valid empty layers (solaris #286).
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -203,7 +204,9 @@ def _store_styles(gpkg: Path, layers: list[str], style: str) -> None:
     """Store ``style`` as the default QGIS style of every layer (the ``layer_styles`` table QGIS reads on opening)."""
     import pyogrio
 
-    now = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%dT%H:%M:%S")
+    # a fixed time (SOURCE_DATE_EPOCH when set): the same vectors give the same GeoPackage, byte for byte,
+    # in process or on any Dask worker
+    stamp = pd.Timestamp(int(os.environ.get("SOURCE_DATE_EPOCH", "0")), unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%S")
     rows = pd.DataFrame(
         {
             "f_table_catalog": "",
@@ -217,7 +220,7 @@ def _store_styles(gpkg: Path, layers: list[str], style: str) -> None:
             "description": "spacenet7: new (red), filled (dashed), first month (blue), later (orange)",
             "owner": "",
             "ui": "",
-            "update_time": now,
+            "update_time": stamp,
         }
     )
     try:
