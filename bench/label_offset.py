@@ -24,21 +24,15 @@ from affine import Affine
 from scipy import ndimage
 
 from spacenet7.data.bands import InputSpec
+from spacenet7.data.registration import parabola_peak
 from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan, shift_labels
 
 UP = 6  # analysis grid: a sixth of a source pixel
 
 
 def _vertex(scores: np.ndarray, shifts: np.ndarray, axis: int) -> float:
-    """Sub-step location of the maximum along ``axis`` (parabola through the best and its neighbours)."""
-    profile = scores.max(axis=1 - axis)
-    i = int(np.argmax(profile))
-    if 0 < i < len(profile) - 1:
-        a, b, c = profile[i - 1], profile[i], profile[i + 1]
-        den = a - 2 * b + c
-        if den < 0:
-            return float(shifts[i] + 0.5 * (a - c) / den * (shifts[1] - shifts[0]))
-    return float(shifts[i])
+    """Sub-step location of the maximum along ``axis`` (the library's parabola, :mod:`spacenet7.data.registration`)."""
+    return float(shifts[0]) + parabola_peak(scores.max(axis=1 - axis), float(shifts[1] - shifts[0]))
 
 
 def main() -> None:

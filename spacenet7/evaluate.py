@@ -84,17 +84,19 @@ def check_region_holds_truth(truth: pd.DataFrame, regions: dict[str, list[float]
         )
 
 
-def building_scores(months: list, inter: int, union: int) -> dict[str, float]:
-    """Building F1, precision and recall at IoU >= 0.5 and > 0.25 pooled over ``months`` (:class:`MonthScore`),
-    and the pixel IoU of the sums ``inter`` / ``union``."""
-    nt = sum(m.n_truth for m in months)
-    npr = sum(m.n_proposal for m in months)
-    out: dict[str, float] = {}
-    for key, tp in (("", sum(m.tp50 for m in months)), ("_iou25", sum(m.tp for m in months))):
-        p = tp / npr if npr else 0.0
-        r = tp / nt if nt else 0.0
-        out |= {f"f1{key}": 2 * p * r / (p + r) if p + r else 0.0, f"precision{key}": p, f"recall{key}": r}
-    return out | {"pixel_iou": inter / union if union else 0.0}
+def building_scores(score: AOIScore, inter: int, union: int) -> dict[str, float]:
+    """One AOI's building F1, precision and recall at IoU >= 0.5 and > 0.25 pooled over its months (as
+    :func:`~spacenet7.metrics.scot.summarize` pools a submission's), and the pixel IoU of ``inter`` / ``union``."""
+    r = summarize([score])
+    return {
+        "f1": r.f1,
+        "precision": r.precision,
+        "recall": r.recall,
+        "f1_iou25": r.f1_25,
+        "precision_iou25": r.precision_25,
+        "recall_iou25": r.recall_25,
+        "pixel_iou": inter / union if union else 0.0,
+    }
 
 
 def format_buildings(metrics: dict) -> str:
@@ -206,7 +208,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Path]:
     metrics["region"] = [float(v) for v in cfg.region] if cfg.region is not None and cfg.band_frac is None else None
     metrics["regions"] = regions or None
     for score, i, u in scored:  # building scores per place
-        metrics["per_aoi"][score.aoi] |= building_scores(score.months, i, u)
+        metrics["per_aoi"][score.aoi] |= building_scores(score, i, u)
     print(format_table(result))
     if len(scored) > 1:
         for score, _, _ in scored:

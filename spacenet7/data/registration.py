@@ -30,7 +30,7 @@ class Offset:
     gain: float  # edge score at the best shift over the score unshifted (1 = no evidence of an offset)
 
 
-def _vertex(profile: np.ndarray, step: float) -> float:
+def parabola_peak(profile: np.ndarray, step: float) -> float:
     """Sub-step offset (in units of ``step``) of the maximum of a 1-D profile, from a parabola through it."""
     i = int(np.argmax(profile))
     if 0 < i < len(profile) - 1:
@@ -109,7 +109,7 @@ def estimate_offset(
     if total is None or shifts is None:
         return Offset(0.0, 0.0, 0, 1.0)
     step = float(shifts[1] - shifts[0]) if len(shifts) > 1 else 1.0
-    dy = float(shifts[0]) + _vertex(total.max(axis=1), step)
-    dx = float(shifts[0]) + _vertex(total.max(axis=0), step)
+    dy = float(shifts[0]) + parabola_peak(total.max(axis=1), step)
+    dx = float(shifts[0]) + parabola_peak(total.max(axis=0), step)
     mid = len(shifts) // 2
     return Offset(round(dx, 4), round(dy, 4), n, float(total.max() / total[mid, mid]))

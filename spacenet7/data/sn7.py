@@ -481,8 +481,8 @@ def read_truth_pix(record: MonthRecord) -> gpd.GeoDataFrame:
     """
     if record.labels_match_pix is not None or record.labels_match is None:
         return read_labels_pix(record)
-    transform, _, _ = image_grid(record)
-    gdf = read_labels(record)
+    transform, crs, _ = image_grid(record)
+    gdf = read_labels(record, crs)
     inv = ~transform
     pix = gdf.geometry.affine_transform([inv.a, inv.b, inv.d, inv.e, inv.c, inv.f])
     return gpd.GeoDataFrame({"Id": gdf["Id"].to_numpy()}, geometry=np.asarray(pix, dtype=object), crs=None)
