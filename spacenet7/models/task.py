@@ -207,8 +207,8 @@ class SegmentationTask(L.LightningModule):
 
     def configure_optimizers(self):
         """The optimizer and, if configured, its per-epoch scheduler."""
-        opt = instantiate(self.hparams.optimizer)(params=self.parameters())
-        if not self.hparams.scheduler:
+        opt = instantiate(self.hparams["optimizer"])(params=self.parameters())
+        if not self.hparams.get("scheduler"):
             return opt
-        sched = instantiate(self.hparams.scheduler)(optimizer=opt)
+        sched = instantiate(self.hparams["scheduler"])(optimizer=opt)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
