@@ -34,6 +34,13 @@ def synth_root(synth_cfg) -> Path:
     return Path(synth_cfg.out_dir)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that takes the ``real_sample`` fixture reads ../shared: it is in the ``real_data`` tier."""
+    for item in items:
+        if "real_sample" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_data)
+
+
 @pytest.fixture
 def real_sample() -> Path:
     if not (REAL_SAMPLE / "train" / REAL_AOI).is_dir():

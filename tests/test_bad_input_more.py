@@ -141,6 +141,7 @@ def test_a_stage_sees_a_runnable_argv0_for_lightnings_relaunch(capsys, monkeypat
 
 
 @pytest.mark.slow
+@pytest.mark.ddp
 def test_ddp_cpu_through_the_console_script(synth_root, tmp_path):
     """The README's command, ``spacenet7 train trainer=ddp_cpu``, as the installed console script runs it."""
     from spacenet7 import chip
@@ -184,6 +185,7 @@ def test_ddp_cpu_through_the_console_script(synth_root, tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 1
 
 
+@pytest.mark.dask
 def test_readme_dask_commands_exist():
     """The README's scheduler and worker commands are those the installed distributed has (``dask scheduler``)."""
     text = (REPO / "README.md").read_text()

@@ -37,6 +37,7 @@ from spacenet7.data.sn7 import scan
 from spacenet7.errors import SN7Error
 
 PROGRESS = re.compile(r"\d+%\|")
+pytestmark = pytest.mark.dask
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from spacenet7 import chip
 from spacenet7.config import ChipConfig, compose
 from spacenet7.data.sn7 import scan
 
+pytestmark = pytest.mark.ddp
+
 
 @pytest.fixture(scope="module")
 def chip_dir(synth_root, tmp_path_factory):

@@ -121,6 +121,7 @@ def test_onset_tracks_rows():
     assert two["n_months"].tolist() == [2, 2] and two["geometry"].iloc[0].equals(geoms[1])
 
 
+@pytest.mark.real_data
 def test_real_timeseries_truth_in_pixels():
     if not (REAL_TS / "train" / TS_AOI).is_dir():
         pytest.skip(f"real SN7 time series not found at {REAL_TS} (it lives in ../shared, absent in a user's clone)")

@@ -17,6 +17,7 @@ from spacenet7.serve.headless import ARGS, CHROMIUM  # noqa: E402 (no FastAPI ne
 SCREENSHOT_ENV = "SPACENET7_SCREENSHOT"
 LARGE_MONTH = 20_000  # footprints in the stress month
 RENDER_BUDGET_S = 2.0  # the bound for drawing that month
+pytestmark = pytest.mark.browser
 
 pytest.importorskip("fastapi", reason="spacenet7 serve needs the serve extra: pip install '.[serve]'")
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (pip install playwright)")

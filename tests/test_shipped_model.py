@@ -39,6 +39,7 @@ def test_shipped_model_is_a_small_valid_bundle_that_predicts(shipped, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_data
 def test_shipped_model_rescores_to_its_card(shipped, tmp_path):
     from spacenet7 import evaluate, export, predict, vectorize
     from spacenet7.config import EvaluateConfig, ExportConfig, PredictConfig, VectorizeConfig
