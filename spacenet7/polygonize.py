@@ -13,8 +13,8 @@ def instances(
     prob: np.ndarray,
     valid: np.ndarray | None = None,
     *,
-    threshold: float = 0.5,
-    seed_threshold: float = 0.5,
+    threshold: float,
+    seed_threshold: float,
     min_seed_px: int = 2,
 ) -> np.ndarray:
     """Split the footprint mask into buildings.
@@ -26,8 +26,9 @@ def instances(
     Args:
         prob: (3, H, W) probabilities (footprint, boundary, contact) or (H, W) footprint only.
         valid: pixels to consider (all when ``None``).
-        threshold: footprint probability above which a pixel belongs to a building.
-        seed_threshold: core score above which a pixel seeds a building.
+        threshold: footprint probability above which a pixel belongs to a building (no default here:
+            the tuned value's one home is ``VectorizeConfig``).
+        seed_threshold: core score above which a pixel seeds a building (unused for footprint-only ``prob``).
         min_seed_px: smaller seeds are dropped (noise).
 
     Returns:

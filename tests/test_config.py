@@ -267,13 +267,45 @@ def test_the_dataclass_defaults_are_what_a_stage_composes_to(tmp_path):
             assert getattr(train, f.name) == getattr(SCHEMAS["train"](), f.name), f.name
 
 
+def _threshold_defaults(source: str) -> list[str]:
+    """``function(param=default)`` for every ``threshold`` / ``seed_threshold`` parameter with a default."""
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            a = node.args
+            pos = a.posonlyargs + a.args
+            pairs = [*zip(pos[len(pos) - len(a.defaults) :], a.defaults), *zip(a.kwonlyargs, a.kw_defaults)]
+            out += [
+                f"{node.name}({arg.arg}={ast.unparse(d)})"
+                for arg, d in pairs
+                if d is not None and arg.arg in ("threshold", "seed_threshold")
+            ]
+    return out
+
+
 def test_the_tuned_vectorize_thresholds_live_in_one_place():
+    """VectorizeConfig's footprint / seed thresholds: their value is written nowhere else, and no function
+    (polygonize.instances, ...) has a default of its own that a caller could fall back on unseen.
+    (``threshold`` in spacenet7/metrics/ is a match's IoU, SN7's 0.25: another quantity.)"""
     hits = [
         p.relative_to(ROOT)
         for p in [*ROOT.glob("conf/**/*.yaml"), *ROOT.glob("spacenet7/**/*.py")]
         if re.search(r"seed_threshold\b[^\n]*0\.55|\bthreshold\b[^\n]*\b0\.4\b", p.read_text())
     ]
     assert hits == [Path("spacenet7/config.py")], hits
+    defaults = {
+        str(p.relative_to(ROOT)): found
+        for p in ROOT.glob("spacenet7/**/*.py")
+        if p.parent.name != "metrics" and (found := _threshold_defaults(p.read_text()))
+    }
+    assert defaults == {}, defaults
+    # the check sees what the line regex above misses: a default on its own line, of another value
+    old_polygonize = (
+        "def instances(\n    prob,\n    *,\n    threshold: float = 0.5,\n    seed_threshold: float = 0.5,\n):\n    pass\n"
+    )
+    assert _threshold_defaults(old_polygonize) == ["instances(threshold=0.5)", "instances(seed_threshold=0.5)"]
 
 
 def test_the_stage_order_is_defined_once():

@@ -66,7 +66,7 @@ def test_watershed_splits_two_touching_buildings():
     prob[1, 8:20, 5:35] = 0.0
     prob[1, 8, 5:35] = prob[1, 19, 5:35] = prob[1, 8:20, 5] = prob[1, 8:20, 34] = 0.9  # rims
     prob[2, 8:20, 19:21] = 0.9  # the contact seam between the two halves
-    one = instances(prob[0], threshold=0.5)
+    one = instances(prob[0], threshold=0.5, seed_threshold=0.5)
     two = instances(prob, threshold=0.5, seed_threshold=0.5)
     assert len(np.unique(one)) - 1 == 1
     assert len(np.unique(two)) - 1 == 2
