@@ -37,13 +37,38 @@ def _cfg(chip_dir, run_dir, *extra):
     )
 
 
+def _footprint_counts(ckpt, chip_dir) -> tuple[int, int, int]:
+    """(tp, fp, fn) of the checkpoint's footprint channel (> 0.5) over the validation chips, ignored pixels left out."""
+    from spacenet7.chip import load_index
+    from spacenet7.data.dataset import ChipDataset
+    from spacenet7.models.inference import load_model
+
+    net = load_model(ckpt, device="cpu").net.eval()
+    index, _ = load_index(chip_dir)
+    tp = fp = fn = 0
+    with torch.no_grad():
+        for item in ChipDataset(chip_dir, index[index["split"] == "val"]):
+            pred = net(item["image"][None])[0, 0].sigmoid() > 0.5
+            truth, keep = item["target"][0] == 1, ~item["ignore"]
+            tp += int((pred & truth & keep).sum())
+            fp += int((pred & ~truth & keep).sum())
+            fn += int((~pred & truth & keep).sum())
+    return tp, fp, fn
+
+
 def test_train_writes_checkpoints_config_and_metrics(chip_dir, tmp_path):
-    out = train.run(_cfg(chip_dir, tmp_path, "trainer.limit_train_batches=3", "logger.wandb=true"))
+    # fp32 (not bf16 autocast where the CPU has it): the scores are recomputed below without autocast
+    out = train.run(_cfg(chip_dir, tmp_path, "trainer.limit_train_batches=3", "logger.wandb=true", "trainer.precision=32-true"))
     assert list((tmp_path / "wandb").glob("offline-run-*")), "no offline wandb run"
     assert (tmp_path / "csv" / "version_0" / "metrics.csv").exists()
     assert out["best"].exists() and out["last"].exists()
     m = json.loads(out["metrics"].read_text())
-    assert 0 <= m["val_iou"] <= 1 and 0 <= m["val_f1"] <= 1 and m["epochs"] == 1
+    assert m["epochs"] == 1 and m["best_checkpoint"] == str(out["best"])
+    # the scores are the best checkpoint's on the validation chips: footprint probability > 0.5,
+    # pixels pooled over the chips, ignored pixels left out (recomputed here without Lightning)
+    tp, fp, fn = _footprint_counts(out["best"], chip_dir)
+    assert tp + fn > 0 and m["val_iou"] == pytest.approx(tp / (tp + fp + fn), rel=0.01, abs=1e-6)
+    assert m["val_f1"] == pytest.approx(2 * m["val_iou"] / (1 + m["val_iou"]), abs=1e-4)  # F1 and IoU of the same counts
     assert (tmp_path / "config.yaml").exists()
     ckpt = torch.load(out["best"], weights_only=False)
     assert ckpt["hyper_parameters"]["model"]["_target_"] == "segmentation_models_pytorch.create_model"
@@ -186,13 +211,36 @@ def test_demo_cpu_learns(tmp_path_factory):
 
 @pytest.mark.parametrize("loss", ["bce_dice", "bce_jaccard", "focal_dice", "bce_dice_lovasz"])
 def test_every_loss_config_trains_a_step(loss, tmp_path):
+    """Each loss config: a training step reaches every layer, the loss ranks right answers below wrong
+    ones on every target channel, and ignored pixels (-1) neither count nor get a gradient."""
     cfg = compose("train", [f"loss={loss}", "experiment=demo_cpu", f"run_dir={tmp_path}"])
     task = SegmentationTask(cfg.model, cfg.loss, cfg.optimizer)
-    target = (torch.rand(2, 3, 64, 64) > 0.7).float()
+    g = torch.Generator().manual_seed(0)
+    target = (torch.rand(2, 3, 64, 64, generator=g) > 0.7).float()
     target[:, :, :8] = -1
-    loss_value = task.training_step({"image": torch.rand(2, 3, 64, 64), "target": target}, 0)
+    loss_value = task.training_step({"image": torch.rand(2, 3, 64, 64, generator=g), "target": target}, 0)
     loss_value.backward()
     assert torch.isfinite(loss_value) and loss_value > 0
+    grads = {n: p.grad for n, p in task.net.named_parameters() if p.requires_grad}
+    assert all(v is not None and torch.isfinite(v).all() for v in grads.values())
+    assert grads["segmentation_head.0.weight"].abs().sum() > 0
+    assert any(v.abs().sum() > 0 for n, v in grads.items() if n.startswith("encoder."))  # back through the decoder
+
+    fn = task.loss_fn
+    sure = torch.where(target > 0, 8.0, -8.0)  # confident and right wherever a target is set
+    right, wrong = fn(sure, target).item(), fn(-sure, target).item()
+    assert 0 <= right < 0.1 * wrong, (right, wrong)
+    for c in range(3):  # every channel is weighted in: getting one wrong costs
+        one_wrong = sure.clone()
+        one_wrong[:, c] = -sure[:, c]
+        assert fn(one_wrong, target).item() > right + 0.05, c
+    noisy = torch.randn(2, 3, 64, 64, generator=g, requires_grad=True)
+    scrambled = noisy.detach().clone()
+    scrambled[:, :, :8] = 100 * torch.randn(2, 3, 8, 64, generator=g)  # only the ignored rows change
+    value = fn(noisy, target)
+    assert fn(scrambled, target).item() == pytest.approx(value.item(), rel=1e-6)
+    value.backward()
+    assert (noisy.grad[:, :, :8] == 0).all() and noisy.grad[:, :, 8:].abs().sum() > 0
 
 
 def test_a_term_applies_to_its_channels_only():
