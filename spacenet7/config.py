@@ -22,6 +22,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from spacenet7 import PIPELINE_STAGES
 from spacenet7.data.bands import InputSpec
 from spacenet7.errors import SN7Error, check, choice
+from spacenet7.io.layout import DEMO, REAL
 from spacenet7.track import TrackConfig  # the schema of vectorize's track node
 
 
@@ -176,7 +177,7 @@ class ChipConfig:
 
     data_root: str = "data/synthetic"
     split_dir: str = "train"
-    out_dir: str = "runs/demo/chips"
+    out_dir: str = DEMO.chips.as_posix()
     aois: Optional[List[str]] = None  # None = every AOI under data_root
     layout: Layout = Layout.chips  # 7-band chips, or target rasters that training draws windows from
     chip_size: int = 256
@@ -277,8 +278,8 @@ class WindowsConfig:
 class TrainConfig:
     """``spacenet7 train`` (``conf/train.yaml`` and its groups)."""
 
-    chip_dir: str = "runs/demo/chips"
-    run_dir: str = "runs/demo/train"
+    chip_dir: str = DEMO.chips.as_posix()
+    run_dir: str = DEMO.train.root.as_posix()
     model: Any = None
     loss: Any = None
     optimizer: Any = None
@@ -327,7 +328,7 @@ class PredictConfig:
     images: Optional[List[str]] = (
         None  # GeoTIFFs of one area instead of a data root (month from the name, TIFF date tag or list order)
     )
-    out_dir: str = "runs/demo/predictions"  # <out_dir>/<AOI>/<stem>.tif probability COGs
+    out_dir: str = DEMO.predictions.as_posix()  # <out_dir>/<AOI>/<stem>.tif probability COGs
     tile: int = 256  # sliding-window tile side on the model's grid
     overlap: int = 64  # overlap of neighbouring tiles (blended)
     block: int = 1024  # output block size; bounds memory on huge mosaics
@@ -394,7 +395,7 @@ class PredictConfig:
 class CompileConfig:
     """``spacenet7 compile``: export a checkpoint for a fast runtime (``conf/compile.yaml``)."""
 
-    checkpoint: str = "runs/demo/train/checkpoints/best.ckpt"
+    checkpoint: str = DEMO.train.best.as_posix()
     format: ModelFormat = ModelFormat.onnx
     out: Optional[str] = None  # None: beside the checkpoint, <stem>.onnx or <stem>.xml (+ .bin)
     opset: int = 17
@@ -505,7 +506,7 @@ class TuneConfig:
     train: Dict[str, Any] = field(
         default_factory=lambda: {
             "experiment": "demo_cpu",
-            "chip_dir": "runs/demo/chips",
+            "chip_dir": DEMO.chips.as_posix(),
             "max_epochs": 8,
             "logger": {"wandb": False},
         }
@@ -538,8 +539,8 @@ class TuneConfig:
 class VectorizeConfig:
     """``spacenet7 vectorize``: watershed polygons and tracking (``conf/vectorize.yaml``)."""
 
-    pred_dir: str = "runs/demo/predictions"
-    out_dir: str = "runs/demo/vectors"
+    pred_dir: str = DEMO.predictions.as_posix()
+    out_dir: str = DEMO.vectors.as_posix()
     aois: Optional[List[str]] = None
     # the tuned thresholds (their one home): chosen with TTA on the demo's validation AOI, never the held-out one
     threshold: float = 0.4
@@ -577,9 +578,9 @@ class VectorizeConfig:
 class ExportConfig:
     """``spacenet7 export``: GIS files and the SN7 submission (``conf/export.yaml``)."""
 
-    vec_dir: str = "runs/demo/vectors"
-    out_dir: str = "runs/demo/footprints"
-    submission: str = "runs/demo/submission.csv"
+    vec_dir: str = DEMO.vectors.as_posix()
+    out_dir: str = DEMO.footprints.as_posix()
+    submission: str = DEMO.submission.as_posix()
     crs: Optional[str] = None  # the GPKG's CRS; None = the source CRS (GeoJSON is always RFC 7946: EPSG:4326)
     geojson: bool = True
     gpkg: bool = True
@@ -602,11 +603,11 @@ class EvaluateConfig:
 
     truth: Optional[str] = None
     proposal: Optional[str] = None
-    out: str = "runs/demo/metrics.json"
+    out: str = DEMO.metrics.as_posix()
     data_root: str = "data/synthetic"  # ground truth when truth is None
     split_dir: str = "train"
     aois: Optional[List[str]] = None
-    submission: str = "runs/demo/submission.csv"  # proposal when proposal is None
+    submission: str = DEMO.submission.as_posix()  # proposal when proposal is None
     iou_threshold: float = 0.25
     min_truth_area: float = 4.0
     beta: float = 2.0
@@ -662,7 +663,7 @@ class PipelineConfig:
     paths (:func:`spacenet7.pipeline.handoffs`) set from ``run_dir`` and ``data_root``.
     """
 
-    run_dir: str = "runs/demo"
+    run_dir: str = DEMO.root.as_posix()
     data_root: str = "data/synthetic"
     n_test_aois: int = 1  # holdout=aoi: the last AOIs (sorted) are held out, never chipped or trained on
     holdout: Holdout = Holdout.aoi  # aoi | band (the right band_frac of every AOI is held out: one-AOI data)
@@ -768,7 +769,7 @@ _PIPELINE_SCHEMA = _pipeline_schema_node()
 class ServeConfig:
     """``spacenet7 serve``: the map viewer and the inference API over a run directory (``conf/serve.yaml``)."""
 
-    run_dir: str = "runs/demo"
+    run_dir: str = DEMO.root.as_posix()
     data_root: Optional[str] = None  # the imagery and truth; None = the run's pipeline.json
     # the inference API's model (a .ckpt or a .bundle); None = the run's (pipeline.json), else the shipped model
     checkpoint: Optional[str] = None
@@ -803,7 +804,7 @@ class ServeConfig:
 class BundleConfig:
     """``spacenet7 bundle``: a checkpoint as a model bundle, safetensors weights and a JSON card (``conf/bundle.yaml``)."""
 
-    checkpoint: str = "runs/real/train/checkpoints/last.ckpt"  # a .ckpt of `spacenet7 train` (or a bundle, to re-card it)
+    checkpoint: str = REAL.train.last.as_posix()  # a .ckpt of `spacenet7 train` (or a bundle, to re-card it)
     out: Optional[str] = None  # the bundle folder to write, e.g. models/my-area.bundle (required)
     name: Optional[str] = None  # the card's name; None = out's stem
     # vectorize settings for the card over the run's (pipeline.json, when the checkpoint is RUN/train/checkpoints/x.ckpt),

@@ -30,6 +30,7 @@ from spacenet7.config import TRAIN_GROUPS, Holdout, PipelineConfig, StageGroups,
 from spacenet7.data.sn7 import band_regions, check_not_too_deep, data_roots, scan
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path, ensure_writable_dir
+from spacenet7.io.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -55,28 +56,28 @@ def handoffs(
         train_aois: the AOIs chipped and trained on (``None`` until the data has been scanned).
         test_aois: the held-out AOIs, predicted and scored.
     """
-    run, root = Path(run_dir), str(data_root)
-    ckpt = run / "train" / "checkpoints" / ("last.ckpt" if holdout is Holdout.band else "best.ckpt")
+    run, root = RunLayout(Path(run_dir)), str(data_root)
+    ckpt = run.train.last if holdout is Holdout.band else run.train.best
     out: dict[str, dict[str, Any]] = {
         "synth": {"out_dir": root},
-        "chip": {"data_root": root, "out_dir": str(run / "chips"), "aois": train_aois},
-        "train": {"chip_dir": str(run / "chips"), "run_dir": str(run / "train")},
-        "predict": {"checkpoint": str(ckpt), "data_root": root, "aois": test_aois, "out_dir": str(run / "predictions")},
-        "vectorize": {"pred_dir": str(run / "predictions"), "out_dir": str(run / "vectors"), "aois": test_aois},
+        "chip": {"data_root": root, "out_dir": str(run.chips), "aois": train_aois},
+        "train": {"chip_dir": str(run.chips), "run_dir": str(run.train.root)},
+        "predict": {"checkpoint": str(ckpt), "data_root": root, "aois": test_aois, "out_dir": str(run.predictions)},
+        "vectorize": {"pred_dir": str(run.predictions), "out_dir": str(run.vectors), "aois": test_aois},
         "export": {
-            "vec_dir": str(run / "vectors"),
-            "out_dir": str(run / "footprints"),
-            "submission": str(run / "submission.csv"),
+            "vec_dir": str(run.vectors),
+            "out_dir": str(run.footprints),
+            "submission": str(run.submission),
         },
         "evaluate": {
             "data_root": root,
             "aois": test_aois,
-            "submission": str(run / "submission.csv"),
-            "out": str(run / "metrics.json"),
+            "submission": str(run.submission),
+            "out": str(run.metrics),
         },
     }
     if pretrain_dir is not None:
-        out["train"]["init_from"] = str(Path(pretrain_dir) / "train" / "checkpoints" / "best.ckpt")
+        out["train"]["init_from"] = str(RunLayout(Path(pretrain_dir)).train.best)
     if holdout is Holdout.band:
         out["chip"] |= {"split": "spatial", "val_frac": band_frac}
         out["evaluate"]["band_frac"] = band_frac
@@ -134,9 +135,9 @@ def _stage_node(
 def _pretrain_tree(spec: DictConfig) -> DictConfig:
     """The nested pretraining pipeline's tree: the default ``conf/pipeline.yaml`` (no recipe) under
     ``<run_dir>/pretrain``, running synth -> chip -> train, with ``spec.pretrain`` merged in."""
-    run_dir = Path(spec.run_dir) / "pretrain"
+    pre = RunLayout(Path(spec.run_dir)).pretrain
     base = compose_node("pipeline")
-    wired = {"run_dir": str(run_dir), "data_root": str(run_dir / "data"), "stages": ["synth", "chip", "train"]}
+    wired = {"run_dir": str(pre.root), "data_root": str(pre.synthetic_data), "stages": ["synth", "chip", "train"]}
     return cast(DictConfig, OmegaConf.merge(base, set_values(spec.pretrain), wired))
 
 
@@ -187,7 +188,7 @@ def wire(cfg: PipelineConfig, train_aois: list[str], test_aois: list[str]) -> Pi
 
 def write_manifest(cfg: PipelineConfig, train_aois: list[str], test_aois: list[str]) -> Path:
     """``<run_dir>/pipeline.json``: where the data is, which AOIs were held out, and the resolved config tree."""
-    path = Path(cfg.run_dir) / "pipeline.json"
+    path = RunLayout(Path(cfg.run_dir)).manifest
     doc = {
         "data_root": os.pathsep.join(str(r.resolve()) for r in data_roots(cfg.data_root)),
         "train_aois": train_aois,
@@ -241,7 +242,7 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
         t0 = time.perf_counter()
         outputs[stage] = run_stage(stage, getattr(cfg, stage))
         timings[stage] = time.perf_counter() - t0
-    run_dir = Path(cfg.run_dir)
+    layout = RunLayout(Path(cfg.run_dir))
     print("\n=== timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f" (total {sum(timings.values()):.0f}s)")
     if bands:
         for aoi, (r0, r1, c0, c1) in bands.items():
@@ -249,10 +250,10 @@ def run(cfg: PipelineConfig) -> dict[str, object]:
     else:
         print(f"held-out:      {', '.join(test_aois)}")
     if "train" in stages:
-        print(f"checkpoints:   {run_dir / 'train' / 'checkpoints'}")
+        print(f"checkpoints:   {layout.train.checkpoints}")
     if "export" in stages:
-        print(f"GIS files:     {run_dir / 'footprints'}/<AOI>.gpkg and <AOI>/<stem>.geojson")
-        print(f"submission:    {run_dir / 'submission.csv'}")
+        print(f"GIS files:     {layout.footprints}/<AOI>.gpkg and <AOI>/<stem>.geojson")
+        print(f"submission:    {layout.submission}")
     if "evaluate" in stages:
-        print(f"metrics:       {run_dir / 'metrics.json'}")
+        print(f"metrics:       {layout.metrics}")
     return outputs

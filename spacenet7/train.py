@@ -31,6 +31,7 @@ from spacenet7.data.dataset import ChipDataModule
 from spacenet7.data.windows import WindowDataModule
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.atomic import atomic_path, ensure_writable_dir
+from spacenet7.io.layout import TrainLayout
 from spacenet7.models.precision import resolve_precision
 from spacenet7.models.task import SegmentationTask, read_checkpoint
 
@@ -203,7 +204,8 @@ def run(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, 
     from spacenet7.cli import single_log_lines
 
     single_log_lines()  # one line per Lightning record, no adverts (also when the pipeline or tune runs this)
-    resume_from = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
+    layout = TrainLayout(Path(cfg.run_dir))
+    resume_from = layout.last
     if cfg.resume and resume_from.exists():  # read with weights_only before Lightning loads it: a truncated or
         read_checkpoint(resume_from)  # pickled file is one line, and nothing in it runs
     if cfg.threads:
@@ -213,9 +215,9 @@ def run(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, 
     index, meta = load_index(cfg.chip_dir)
     if not (index["split"] == "val").any():
         raise SN7Error(f"{cfg.chip_dir}: chip index has no 'val' chips (check chip split/val_frac)")
-    run_dir = Path(cfg.run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
+    run_dir = layout.root
+    ckpt_dir = layout.checkpoints
+    last = layout.last
     if cfg.resume and not last.exists():
         raise SN7Error(f"{last}: resume=true but there is no last checkpoint to resume from")
     task = SegmentationTask(cfg.model, cfg.loss, cfg.optimizer, cfg.scheduler, chip_meta=meta)
@@ -226,12 +228,12 @@ def run(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, 
         augment.set_random_seed(cfg.seed)  # albumentations 2.x has its own RNG, untouched by seed_everything
     dm = _datamodule(cfg, index, meta, augment)
     best_cb = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor=cfg.monitor, mode="max", save_top_k=1, enable_version_counter=False
+        dirpath=ckpt_dir, filename=layout.best.stem, monitor=cfg.monitor, mode="max", save_top_k=1, enable_version_counter=False
     )
     # Lightning's save_last only writes when the monitored checkpoint improves; resume needs every epoch,
     # validated or not (check_val_every_n_epoch > 1)
     last_cb = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="last", save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False
+        dirpath=ckpt_dir, filename=layout.last.stem, save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False
     )
     callbacks = [best_cb, last_cb, EpochProgress(), *(callbacks or [])]
     if cfg.ema_decay is not None:  # validation, best.ckpt and last.ckpt see the averaged weights
@@ -262,9 +264,9 @@ def run(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, 
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     if getattr(rank_zero_only, "rank", 0) == 0:  # DDP: every process runs this function; one writes
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        layout.config.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     trainer.fit(task, dm, ckpt_path=str(last) if cfg.resume else None)
-    best = Path(best_cb.best_model_path) if best_cb.best_model_path else ckpt_dir / "best.ckpt"
+    best = Path(best_cb.best_model_path) if best_cb.best_model_path else layout.best
     if not best_cb.best_model_path and trainer.is_global_zero:  # validation never ran (check_val_every_n_epoch)
         log.warning("train: no validation epoch ran; best.ckpt is the last checkpoint")
         shutil.copyfile(last, best)
@@ -274,11 +276,11 @@ def run(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, 
     metrics: dict[str, float | int | str] = {k.replace("/", "_"): float(v) for k, v in scores.items()}
     metrics.update(best_checkpoint=str(best), epochs=epochs, global_step=steps)
     if trainer.is_global_zero:
-        with atomic_path(run_dir / "metrics.json") as tmp:
+        with atomic_path(layout.metrics) as tmp:
             tmp.write_text(json.dumps(metrics, indent=2))
     if cfg.logger.wandb:
         import wandb
 
         wandb.finish()
     log.info("train: best %s = %.4f (%s)", cfg.monitor, metrics.get(cfg.monitor.replace("/", "_"), float("nan")), best)
-    return {"best": best, "last": last, "metrics": run_dir / "metrics.json"}
+    return {"best": best, "last": last, "metrics": layout.metrics}

@@ -30,6 +30,7 @@ import yaml
 from spacenet7.config import CONF_DIR, Dist, Objective, Param, Pruner, TuneConfig, compose_checked, override_value, to_overrides
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path, ensure_writable_dir
+from spacenet7.io.layout import RunLayout
 
 log = logging.getLogger(__name__)
 METRIC = {Objective.iou: "val/iou", Objective.f1: "val/f1", Objective.scot: "val/iou"}  # reported each epoch, for pruning
@@ -298,6 +299,7 @@ def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path
     from spacenet7 import evaluate, export, predict, vectorize
     from spacenet7.chip import load_index
 
+    run = RunLayout(work)  # the trial's predictions, vectors, submission and scores, as in a pipeline run
     index, meta = load_index(chip_dir)
     aois = sorted(index.loc[index["split"] == "val", "aoi"].unique())
     root = str(meta.get("data_root"))
@@ -312,7 +314,7 @@ def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path
                 f"data_root={root}",
                 f"split_dir={split_dir}",
                 f"aois={listed}",
-                f"out_dir={work / 'predictions'}",
+                f"out_dir={run.predictions}",
                 "progress=false",
                 *to_overrides(cfg.scot_predict),
             ],
@@ -322,8 +324,8 @@ def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path
         compose_checked(
             "vectorize",
             [
-                f"pred_dir={work / 'predictions'}",
-                f"out_dir={work / 'vectors'}",
+                f"pred_dir={run.predictions}",
+                f"out_dir={run.vectors}",
                 f"aois={listed}",
                 *to_overrides(cfg.scot_vectorize),
             ],
@@ -333,9 +335,9 @@ def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path
         compose_checked(
             "export",
             [
-                f"vec_dir={work / 'vectors'}",
-                f"out_dir={work / 'footprints'}",
-                f"submission={work / 'submission.csv'}",
+                f"vec_dir={run.vectors}",
+                f"out_dir={run.footprints}",
+                f"submission={run.submission}",
                 "geojson=false",
                 "gpkg=false",
             ],
@@ -345,10 +347,10 @@ def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path
         f"data_root={root}",
         f"split_dir={split_dir}",
         f"aois={listed}",
-        f"submission={work / 'submission.csv'}",
-        f"out={work / 'metrics.json'}",
+        f"submission={run.submission}",
+        f"out={run.metrics}",
     ]
     if band is not None:
         ev.append(f"band_frac={band}")
     evaluate.run(compose_checked("evaluate", ev))
-    return float(json.loads((work / "metrics.json").read_text())["scot"])
+    return float(json.loads(run.metrics.read_text())["scot"])

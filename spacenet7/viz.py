@@ -20,6 +20,7 @@ from matplotlib.collections import PolyCollection
 
 from spacenet7.data.sn7 import MonthRecord, read_image, read_labels, scan
 from spacenet7.errors import SN7Error
+from spacenet7.io.layout import RunLayout
 from spacenet7.io.probability import read_prediction
 from spacenet7.metrics.matching import match
 from spacenet7.vectorize import load_vectors
@@ -47,14 +48,14 @@ class Run:
 def load_run(run_dir: str | Path) -> Run:
     """Load ``pipeline.json``, ``metrics.json`` and the vectors of a run directory."""
     run_dir = Path(run_dir)
-    manifest = run_dir / "pipeline.json"
-    if not manifest.exists():
-        raise SN7Error(f"{manifest}: not a pipeline run (run `spacenet7 pipeline run_dir={run_dir}` first)")
-    m = json.loads(manifest.read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    run = RunLayout(run_dir)
+    if not run.manifest.exists():
+        raise SN7Error(f"{run.manifest}: not a pipeline run (run `spacenet7 pipeline run_dir={run_dir}` first)")
+    m = json.loads(run.manifest.read_text())
+    metrics = json.loads(run.metrics.read_text())
     aois = m["test_aois"]
     records = scan(m["data_root"], aois=aois)
-    vectors = {a: load_vectors(run_dir / "vectors" / f"{a}.parquet")[0] for a in aois}
+    vectors = {a: load_vectors(run.vector_file(a))[0] for a in aois}
     return Run(run_dir, Path(m["data_root"]), aois, metrics, records, vectors)
 
 
@@ -80,7 +81,7 @@ def plot_month(run: Run, aoi: str, which: str | int) -> plt.Figure:
     img = read_image(rec)
     rgb = np.moveaxis(img.rgb, 0, -1)
     truth = read_labels(rec, img.crs)
-    prob, valid, _, _, _ = read_prediction(run.run_dir / "predictions" / aoi / f"{rec.stem}.tif")
+    prob, valid, _, _, _ = read_prediction(RunLayout(run.run_dir).prediction(aoi, rec.stem))
     pred = run.vectors[aoi]
     pred = pred[pred["stem"] == rec.stem]
     month_keys = [r.month_key for r in run.records[aoi]]

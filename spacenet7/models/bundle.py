@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from spacenet7.errors import SN7DataError, SN7Error
+from spacenet7.io.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +269,8 @@ def git_commit(folder: Path) -> str | None:
 
 def run_folder(checkpoint: Path) -> Path | None:
     """The pipeline run a checkpoint belongs to (``RUN/train/checkpoints/x.ckpt`` with ``RUN/pipeline.json``)."""
-    run = checkpoint.resolve().parent.parent.parent
-    return run if (run / "pipeline.json").is_file() and checkpoint.resolve().parent.name == "checkpoints" else None
+    run = RunLayout.of_checkpoint(checkpoint)
+    return run.root if run is not None and run.manifest.is_file() else None
 
 
 def _json_safe(value: Any) -> Any:
@@ -304,7 +305,7 @@ def make_card(
 
     path = Path(checkpoint)
     run = run_folder(path)
-    doc = json.loads((run / "pipeline.json").read_text()) if run else {}
+    doc = json.loads(RunLayout(run).manifest.read_text()) if run else {}
     config = doc.get("config") or {}
     vec = {k: v for k, v in (config.get("vectorize") or {}).items() if k in VECTORIZE_KEYS}
     vec.update(vectorize or {})
@@ -328,7 +329,7 @@ def make_card(
     }
     prov.update(provenance or {})
     if scores is None:
-        metrics = run / "metrics.json" if run else None
+        metrics = RunLayout(run).metrics if run else None
         scores = json.loads(metrics.read_text()) if metrics and metrics.is_file() else {}
     return _json_safe(
         {

@@ -30,6 +30,7 @@ from spacenet7.data.bands import InputSpec, check_fits, rgb_fallback
 from spacenet7.data.sn7 import records_from_files
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.export import area_m2
+from spacenet7.io.layout import RunLayout
 from spacenet7.io.raster import open_raster
 from spacenet7.io.vector import write_vector
 from spacenet7.models.inference import LoadedModel, load_model
@@ -69,7 +70,7 @@ def run_settings(run_dir: Path, overrides: dict[str, Any] | None = None) -> tupl
     Raises:
         SN7Error: a setting that is not a key of the stage's config, or of the wrong type.
     """
-    manifest = run_dir / "pipeline.json"
+    manifest = RunLayout(run_dir).manifest
     doc = json.loads(manifest.read_text()) if manifest.exists() else {}
     out: list[Any] = []
     for stage, schema in (("predict", PredictConfig), ("vectorize", VectorizeConfig)):
@@ -89,11 +90,12 @@ def run_settings(run_dir: Path, overrides: dict[str, Any] | None = None) -> tupl
 def run_checkpoint(run_dir: Path, predict_cfg: PredictConfig) -> Path | None:
     """The checkpoint the run predicted with (``pipeline.json``; looked up in the run's ``train/checkpoints``
     too, for a run moved elsewhere), else the run's best one; ``None`` without either."""
+    run = RunLayout(run_dir)
     named = Path(predict_cfg.checkpoint) if predict_cfg.checkpoint else None
-    candidates = [named] if named is not None and (run_dir / "pipeline.json").exists() else []
+    candidates = [named] if named is not None and run.manifest.exists() else []
     if named is not None:
-        candidates.append(run_dir / "train" / "checkpoints" / named.name)
-    candidates.append(run_dir / "train" / "checkpoints" / "best.ckpt")
+        candidates.append(run.train.checkpoints / named.name)
+    candidates.append(run.train.best)
     return next((p for p in candidates if p.is_file() or (p.suffix == ".bundle" and p.is_dir())), None)
 
 

@@ -24,6 +24,7 @@ from spacenet7.data.months import month_label
 from spacenet7.data.sn7 import MonthRecord, data_roots, read_labels, scan
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.export import area_m2
+from spacenet7.io.layout import RunLayout
 from spacenet7.vectorize import load_vectors, read_month_list
 
 log = logging.getLogger(__name__)
@@ -73,16 +74,17 @@ class Catalog:
         self.run_dir = Path(run_dir).resolve()
         if not self.run_dir.is_dir():
             raise SN7DataError(self.run_dir, "run folder not found (run `spacenet7 pipeline run_dir=...` first)")
-        manifest = _read_json(self.run_dir / "pipeline.json")
+        self.layout = RunLayout(self.run_dir)
+        manifest = _read_json(self.layout.manifest)
         root = data_root if data_root is not None else manifest.get("data_root")
         # a data set of several roots (joined by os.pathsep) serves the files of each
         self.data_roots: list[Path] = [r.resolve() for r in data_roots(root)] if root else []
         self.data_root: Path | None = self.data_roots[0] if self.data_roots else None
-        self.metrics: dict[str, Any] = _read_json(self.run_dir / "metrics.json")
-        vec = sorted(p for p in (self.run_dir / "vectors").glob("*.parquet") if not p.name.startswith("."))
+        self.metrics: dict[str, Any] = _read_json(self.layout.metrics)
+        vec = sorted(p for p in self.layout.vectors.glob("*.parquet") if not p.name.startswith("."))
         if not vec:
             raise SN7DataError(
-                self.run_dir / "vectors",
+                self.layout.vectors,
                 "no vectorize outputs (<AOI>.parquet): nothing to show; "
                 "run `spacenet7 pipeline` (or predict, vectorize) into this run first",
             )
@@ -100,7 +102,7 @@ class Catalog:
         months = []
         for m in meta["months"]:
             rec = records.get(m["month"])
-            pred = self.run_dir / "predictions" / name / f"{m['stem']}.tif"
+            pred = self.layout.prediction(name, m["stem"])
             months.append(
                 Month(
                     m["month"],
@@ -192,7 +194,9 @@ class Catalog:
                             "month": m.month,
                             "label": month_label(m.month),  # m01, m02, ... for imagery without dates
                             "stem": m.stem,
-                            "geojson": self._run_file(Path("footprints") / name / f"{m.stem}.geojson"),
+                            "geojson": self._run_file(
+                                (self.layout.footprints / name / f"{m.stem}.geojson").relative_to(self.run_dir)
+                            ),
                             "n_buildings": int(counts.get(m.stem, 0)),
                             "n_new": int(new.get(m.stem, 0)) if k else 0,
                             "image": m.image is not None,
@@ -213,13 +217,16 @@ class Catalog:
 
     def downloads(self, aoi: str) -> list[dict[str, str]]:
         """The run's GIS files of ``aoi`` that exist: its GeoPackage, QGIS style, the submission and the scores."""
+        run = self.layout
         files = [
-            ("GeoPackage (all months, QGIS-ready)", Path("footprints") / f"{aoi}.gpkg"),
-            ("QGIS style (.qml)", Path("footprints") / f"{aoi}.qml"),
-            ("submission CSV (SN7)", Path("submission.csv")),
-            ("scores (metrics.json)", Path("metrics.json")),
+            ("GeoPackage (all months, QGIS-ready)", run.footprints / f"{aoi}.gpkg"),
+            ("QGIS style (.qml)", run.footprints / f"{aoi}.qml"),
+            ("submission CSV (SN7)", run.submission),
+            ("scores (metrics.json)", run.metrics),
         ]
-        return [{"label": label, "path": path} for label, rel in files if (path := self._run_file(rel))]
+        return [
+            {"label": label, "path": path} for label, file in files if (path := self._run_file(file.relative_to(self.run_dir)))
+        ]
 
     @functools.lru_cache(maxsize=64)  # noqa: B019
     def extent(self, aoi: str) -> dict[str, Any]:

@@ -1,0 +1,44 @@
+"""The package's structure: one home for the run folder's layout, and no stage reaching into another."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from spacenet7.config import ChipConfig, EvaluateConfig, ExportConfig, Holdout, PredictConfig, TrainConfig, VectorizeConfig
+from spacenet7.io.layout import DEMO, RunLayout, TrainLayout
+
+
+def test_run_layout_is_every_path_of_a_run_folder(tmp_path):
+    run = RunLayout(tmp_path / "run")
+    assert run == RunLayout(str(tmp_path / "run")) and isinstance(run.root, Path)
+    assert run.manifest == run.root / "pipeline.json"
+    assert run.train == TrainLayout(run.root / "train")
+    assert (run.train.best, run.train.last) == (run.root / "train/checkpoints/best.ckpt", run.root / "train/checkpoints/last.ckpt")
+    assert run.prediction("A", "m1") == run.predictions / "A" / "m1.tif"
+    assert run.vector_file("A") == run.vectors / "A.parquet"
+    assert run.pretrain.train.best == run.root / "pretrain/train/checkpoints/best.ckpt"
+    assert RunLayout.of_checkpoint(run.train.last) == RunLayout(run.root.resolve())
+    assert RunLayout.of_checkpoint(tmp_path / "model.ckpt") is None
+
+
+def test_the_stage_defaults_are_the_demo_runs_layout():
+    """Run one by one with their defaults, the stages hand off through ``runs/demo`` as the pipeline does."""
+    assert ChipConfig().out_dir == TrainConfig().chip_dir == DEMO.chips.as_posix() == "runs/demo/chips"
+    assert TrainConfig().run_dir == "runs/demo/train"
+    assert PredictConfig().out_dir == VectorizeConfig().pred_dir == "runs/demo/predictions"
+    assert VectorizeConfig().out_dir == ExportConfig().vec_dir == "runs/demo/vectors"
+    assert ExportConfig().submission == EvaluateConfig().submission == "runs/demo/submission.csv"
+    assert EvaluateConfig().out == "runs/demo/metrics.json"
+
+
+def test_the_pipelines_handoffs_follow_the_run_layout(tmp_path):
+    from spacenet7.pipeline import handoffs
+
+    run = RunLayout(tmp_path / "run")
+    wired = handoffs(run.root, "data", Holdout.band, 0.25, pretrain_dir=run.pretrain.root)
+    paths = json.dumps(wired)
+    assert wired["predict"]["checkpoint"] == str(run.train.last) and wired["train"]["init_from"] == str(run.pretrain.train.best)
+    for path in (run.chips, run.train.root, run.predictions, run.vectors, run.footprints, run.submission, run.metrics):
+        assert json.dumps(str(path)) in paths
+    assert handoffs(run.root, "data", Holdout.aoi, 0.25)["predict"]["checkpoint"] == str(run.train.best)
