@@ -75,4 +75,17 @@ def test_hydra_multirun_runs_each_job(tmp_path):
         f"hydra.sweep.dir={tmp_path}/multirun",
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (tmp_path / "s1" / "train").is_dir() and (tmp_path / "s2" / "train").is_dir()
+    # each job ran with its own seed: its data set is byte for byte what that seed gives in process
+    from spacenet7 import synth
+    from spacenet7.config import SynthConfig
+
+    truth = "sn7_train_ground_truth_pix.csv"
+    for seed in (1, 2):
+        synth.run(SynthConfig(out_dir=str(tmp_path / f"ref{seed}"), n_aois=1, n_months=1, size=64, seed=seed))
+        assert (tmp_path / f"s{seed}" / truth).read_bytes() == (tmp_path / f"ref{seed}" / truth).read_bytes(), seed
+        made = sorted(p.relative_to(tmp_path / f"s{seed}") for p in (tmp_path / f"s{seed}").rglob("*.tif"))
+        assert made and made == sorted(p.relative_to(tmp_path / f"ref{seed}") for p in (tmp_path / f"ref{seed}").rglob("*.tif"))
+    assert (tmp_path / "s1" / truth).read_bytes() != (tmp_path / "s2" / truth).read_bytes()
+    # and Hydra's sweep record has one job folder per value, with that job's override
+    for num, seed in ((0, 1), (1, 2)):
+        assert f"seed={seed}" in (tmp_path / "multirun" / str(num) / ".hydra" / "overrides.yaml").read_text()

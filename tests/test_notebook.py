@@ -1,5 +1,7 @@
 """The exploration notebook runs top to bottom on a pipeline run, and is stored without outputs."""
 
+import base64
+import io
 import re
 from pathlib import Path
 
@@ -28,10 +30,36 @@ def test_notebook_executes_on_a_pipeline_run(tiny_run, monkeypatch):
     monkeypatch.setenv("SPACENET7_OFFLINE", "1")
     nb = nbformat.read(NB, 4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NB.parent)}}).execute()
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 6
-    html = [o for c in nb.cells[-1:] for o in c.outputs if "text/html" in o.get("data", {})]
-    assert html, "the folium map did not render"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+
+    def cell(call: str):
+        (found,) = [c for c in code if call in c.source]
+        return found
+
+    def pngs(c) -> list[bytes]:
+        return [base64.b64decode(o["data"]["image/png"]) for o in c.outputs if "image/png" in o.get("data", {})]
+
+    def printed(c) -> str:
+        return "".join(o.get("text", "") for o in c.outputs if o.output_type == "stream" and o.get("name") == "stdout")
+
+    # each plotting cell draws its figures: two months, the timeline, the scores, the errors, the static map
+    expected = {"viz.plot_month": 2, "viz.plot_timeline": 1, "viz.plot_scores": 1, "viz.plot_errors": 1, "viz.web_map": 1}
+    assert {call: len(pngs(cell(call))) for call in expected} == expected
+    for png in [p for call in expected for p in pngs(cell(call))]:
+        img = plt.imread(io.BytesIO(png))
+        assert min(img.shape[:2]) >= 100 and img[..., :3].std() > 0.01  # a drawn figure, not an empty canvas
+    # and what the cells print is this run's
+    loaded = viz.load_run(run)
+    assert f"held-out AOIs: {loaded.test_aois}" in printed(cell("viz.load_run"))
+    aoi, month = viz.worst_month(loaded)
+    assert printed(cell("viz.worst_month")).split() == [aoi, str(month)]
+    image = loaded.records[loaded.test_aois[0]][-1].image
+    assert re.match(rf"\d+ footprints in {re.escape(image.name)} ", printed(cell("model.predict")))
+    for call in ("viz.timeline", "viz.scot_breakdown", "footprints.head()"):  # the tables shown
+        assert any("text/html" in o.get("data", {}) for o in cell(call).outputs), call
+    html = [o for o in cell("viz.web_map").outputs if "text/html" in o.get("data", {})]
+    assert html and "first_seen" in html[0]["data"]["text/html"], "the folium map did not render"
 
 
 def test_viz_helpers(tiny_run):
