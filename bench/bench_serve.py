@@ -1,6 +1,6 @@
 """``spacenet7 serve`` under load: drawing a month of 20,000 footprints, and a burst of tiles and predictions.
 
-1. A synthetic AOI of 2048^2 px whose second month holds 20,000 footprints (``tests/serve_fixtures.py``),
+1. A synthetic AOI of 2048^2 px whose second month holds 20,000 footprints (``spacenet7/serve/testing.py``),
    drawn in headless Chromium (Debian's, driven by Playwright) with Leaflet's canvas renderer (the
    page's default, ``preferCanvas``) and with its SVG renderer, side by side: time from the month's
    request to the painted frame, median of 5 switches.
@@ -20,15 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from serve_fixtures import large_month_run, load_burst, oracle_run, percentiles  # noqa: E402
-
-from spacenet7.config import ServeConfig, compose  # noqa: E402
-from spacenet7.data.sn7 import scan  # noqa: E402
-from spacenet7.serve.app import create_app  # noqa: E402
-from spacenet7.serve.headless import ARGS, CHROMIUM  # noqa: E402
-from spacenet7.serve.server import serve_in_thread  # noqa: E402
+from spacenet7.config import ServeConfig, compose
+from spacenet7.data.sn7 import scan
+from spacenet7.serve.app import create_app
+from spacenet7.serve.headless import ARGS, CHROMIUM
+from spacenet7.serve.server import serve_in_thread
+from spacenet7.serve.testing import large_month_run, load_burst, oracle_run, percentiles
 
 N = 20_000
 REPEATS = 5

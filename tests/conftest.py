@@ -85,6 +85,6 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def served_run(request, tmp_path_factory) -> Path:
     """The tiny pipeline run with oracle predictions (buildings that appear month by month) and its checkpoint."""
-    from serve_fixtures import oracle_run
+    from spacenet7.serve.testing import oracle_run
 
     return oracle_run(request.getfixturevalue("tiny_run")[0], tmp_path_factory.mktemp("served") / "run")

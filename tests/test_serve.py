@@ -24,7 +24,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from spacenet7 import predict, vectorize  # noqa: E402
 from spacenet7.config import ServeConfig, compose, compose_checked  # noqa: E402
 from spacenet7.data.sn7 import scan  # noqa: E402
-from spacenet7.export import area_m2  # noqa: E402
+from spacenet7.io.artifacts import load_vectors  # noqa: E402
+from spacenet7.io.vector import area_m2  # noqa: E402
 from spacenet7.serve.api import run_settings  # noqa: E402
 from spacenet7.serve.app import create_app  # noqa: E402
 from spacenet7.serve.server import serve_in_thread  # noqa: E402
@@ -221,7 +222,7 @@ def _reference(run: Path, files: list[Path], tmp: Path) -> gpd.GeoDataFrame:
     pcfg, vcfg = run_settings(run, OVERRIDES)
     predict.run(replace(pcfg, images=[str(p) for p in paths], aoi="ref", out_dir=str(tmp / "pred"), progress=False))
     vectorize.run(replace(vcfg, pred_dir=str(tmp / "pred"), out_dir=str(tmp / "vec"), aois=None))
-    gdf, _ = vectorize.load_vectors(tmp / "vec" / "ref.parquet")
+    gdf, _ = load_vectors(tmp / "vec" / "ref.parquet")
     return gdf.to_crs("EPSG:4326")
 
 
@@ -363,7 +364,8 @@ def test_chunked_upload_without_length_is_refused(app, months):
 def test_load_burst_answers_200_or_503_and_the_server_survives(app, months):
     """200 tile requests (16 at a time) and 10 simultaneous predictions, to 127.0.0.1 only."""
     import httpx
-    from serve_fixtures import load_burst, percentiles
+
+    from spacenet7.serve.testing import load_burst, percentiles
 
     aoi, recs = months
     data = recs[0].image.read_bytes()

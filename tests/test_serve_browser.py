@@ -144,7 +144,7 @@ def test_map_page_draws_each_months_export_and_shows_a_building(browser, served_
 
 
 def test_a_month_of_20000_footprints_draws_in_under_2_s(browser, tmp_path):
-    from serve_fixtures import large_month_run
+    from spacenet7.serve.testing import large_month_run
 
     run = large_month_run(tmp_path / "large", LARGE_MONTH)
     app = create_app(ServeConfig(run_dir=str(run)))

@@ -1,4 +1,10 @@
-"""Runs for the ``serve`` tests and bench: a tiny pipeline run with oracle predictions, a month of N buildings."""
+"""Runs and loads for testing and benchmarking ``spacenet7 serve`` (tests/ and bench/bench_serve.py use them).
+
+- :func:`oracle_run`: a copy of a pipeline run whose held-out predictions are the truth's (buildings that
+  appear month by month, whatever the run's model learned), vectorized, exported and scored;
+- :func:`large_month_run`: a run of one AOI whose second month holds N footprints (the map's stress case);
+- :func:`load_burst`: a bounded burst of tile and prediction requests against a server on this machine.
+"""
 
 from __future__ import annotations
 
