@@ -49,6 +49,18 @@ def real_sample() -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_checkpoint(synth_root, tmp_path_factory) -> Path:
+    """The demo network trained briefly (2x grid, 4 epochs of 12 steps) on ``synth_root``: its best checkpoint.
+
+    One training for every module that needs a trained model (predict/export, the runtimes, Dask);
+    read it, never write beside it.
+    """
+    from model_fixtures import train_briefly
+
+    return train_briefly(synth_root, tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A whole pipeline run on a tiny synthetic data set: (run_dir, captured stdout)."""
     import contextlib

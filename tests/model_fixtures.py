@@ -1,4 +1,5 @@
-"""Small models and GeoTIFFs built in a few seconds, for the bundle and API tests (no training)."""
+"""Small models and GeoTIFFs: random-weight checkpoints and mosaics built in a few seconds (no training), and
+:func:`train_briefly`, the one tiny trainer (conftest.py's session-scoped ``trained_checkpoint`` calls it once)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,41 @@ def random_checkpoint(path: Path, upscale: float = 2.0, seed: int = 0) -> Path:
         {"state_dict": state, "hyper_parameters": {"model": ARCH, "chip_meta": {"upscale": upscale, "input": INPUT}}}, path
     )
     return path
+
+
+def train_briefly(data_root: Path, out: Path, *, upscale: float = 2.0, epochs: int = 4, batches: int = 12) -> Path:
+    """The demo network (``experiment=demo_cpu``) trained for a few steps on a synthetic data set: its best checkpoint.
+
+    Chips of every AOI (128 px on the ``upscale``d grid; a third of the AOIs validate), ``epochs`` of
+    ``batches`` steps: enough that it finds real footprints, so predictions and exports are not empty.
+    """
+    from spacenet7 import chip, train
+    from spacenet7.config import ChipConfig, compose
+
+    chip.run(
+        ChipConfig(
+            data_root=str(data_root),
+            out_dir=str(out / "chips"),
+            chip_size=128,
+            overlap=0,
+            progress=False,
+            val_frac=0.34,
+            upscale=upscale,
+        )
+    )
+    cfg = compose(
+        "train",
+        [
+            "experiment=demo_cpu",
+            f"chip_dir={out / 'chips'}",
+            f"run_dir={out / 'train'}",
+            "logger.wandb=false",
+            "trainer.enable_progress_bar=false",
+            f"max_epochs={epochs}",
+            f"trainer.limit_train_batches={batches}",
+        ],
+    )
+    return train.run(cfg)["best"]
 
 
 def geotiff(path: Path, bands: int = 4, size: int = 96, seed: int = 0, date: str | None = None) -> Path:
