@@ -144,7 +144,7 @@ def evaluate_aoi(
             truth, proposal = clip_to_region(truth, region), clip_to_region(proposal, region)
         except ValueError as exc:
             raise SN7Error(f"evaluate: {exc}") from None
-    months = set(truth["month"])
+    months = set(truth["month"].unique())
     _, t, p = prepare(truth, proposal, min_truth_area)
     inter, union = pixel_counts(truth, proposal, region)
     return score_aoi_months(t, p, aoi, months, threshold=threshold, beta=beta), inter, union
