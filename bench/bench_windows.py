@@ -31,6 +31,7 @@ from spacenet7 import chip, synth  # noqa: E402
 from spacenet7.config import SynthConfig, compose  # noqa: E402
 from spacenet7.data.dataset import ChipDataset  # noqa: E402
 from spacenet7.data.windows import RandomWindows  # noqa: E402
+from spacenet7.io.artifacts import load_index  # noqa: E402
 
 
 def _bytes(folder: Path, pattern: str = "*.tif") -> int:
@@ -86,8 +87,8 @@ def main() -> None:
             f"chips ~{chips / n_mosaics * full / 2**30 * (1024 / args.size) ** 2:.1f} GiB (projected from this run)"
         )
 
-        idx_r, _ = chip.load_index(tmp / "rasters")
-        idx_c, _ = chip.load_index(tmp / "chips")
+        idx_r, _ = load_index(tmp / "rasters")
+        idx_c, _ = load_index(tmp / "chips")
         augment = instantiate(compose("train", ["augment=planet", "run_dir=/tmp/unused"]).augment, _convert_="all")
         plain = RandomWindows(tmp / "rasters", idx_r, size=512, per_mosaic=64)
         aug = RandomWindows(tmp / "rasters", idx_r, size=512, per_mosaic=64, augment=augment, scale_jitter=0.15)

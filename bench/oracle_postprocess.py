@@ -16,9 +16,9 @@ from spacenet7.config import VectorizeConfig
 from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan
 from spacenet7.data.targets import make_targets
 from spacenet7.evaluate import ground_truth_table
+from spacenet7.footprints import MonthPrediction, track_months
 from spacenet7.metrics.scot import scot
 from spacenet7.polygonize import instances, polygons
-from spacenet7.vectorize import MonthPrediction, track_months
 
 
 def oracle(root: str, aoi: str, upscale: float, contact_width: int) -> None:

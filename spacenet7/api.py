@@ -9,8 +9,8 @@
     buildings = model.track(["2019-01.tif", "2019-02.tif", "2019-03.tif"])  # a monthly series, tracked
 
 Each call runs the pipeline's own code, exactly as ``spacenet7 predict`` and ``spacenet7
-vectorize`` do (:func:`spacenet7.predict.predict_aoi`: tiling, test-time views, temporal fusion;
-:func:`spacenet7.vectorize.vectorize_aoi`: watershed polygons, tracking), in a temporary folder
+vectorize`` do (:func:`spacenet7.models.mosaic.predict_aoi`: tiling, test-time views, temporal fusion;
+:func:`spacenet7.footprints.vectorize_aoi`: watershed polygons, tracking), in a temporary folder
 that is removed afterwards. The vectorize settings are the bundle's (the ones its scores were
 measured with), or the stage defaults for a checkpoint; both can be changed per model.
 """
@@ -145,10 +145,11 @@ class Model:
     def _run(self, images: list[str | Path], months: list[str] | None, *, track: bool) -> gpd.GeoDataFrame:
         from spacenet7.data.bands import check_fits, rgb_fallback
         from spacenet7.data.sn7 import records_from_files
-        from spacenet7.export import area_m2
+        from spacenet7.footprints import vectorize_aoi
+        from spacenet7.io.artifacts import load_vectors
         from spacenet7.io.raster import open_raster
-        from spacenet7.predict import _predict_all, check_overlap
-        from spacenet7.vectorize import load_vectors, vectorize_aoi
+        from spacenet7.io.vector import area_m2
+        from spacenet7.models.mosaic import check_overlap, predict_all
 
         if not images:
             raise SN7Error("no images given")
@@ -176,7 +177,7 @@ class Model:
             for rec in records[_AOI]:
                 with open_raster(rec.image) as ds:
                     check_fits(ds, model.spec, rec.image)
-            _predict_all(model, records, dataclasses.replace(self.predict_cfg, out_dir=str(work / "pred")))
+            predict_all(model, records, dataclasses.replace(self.predict_cfg, out_dir=str(work / "pred")))
             vcfg = self.vectorize_cfg
             if not track:  # one image: every footprint, none dropped for lack of a second month
                 vcfg = dataclasses.replace(vcfg, track=dataclasses.replace(vcfg.track, min_persist=1))

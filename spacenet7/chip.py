@@ -34,7 +34,7 @@ from affine import Affine
 from tqdm import tqdm
 
 from spacenet7.cluster import map_aois
-from spacenet7.config import ChipConfig, ClusterMode, IndexFormat, Layout, Split
+from spacenet7.config import ChipConfig, ClusterMode, Layout, Split
 from spacenet7.data.bands import InputSpec
 from spacenet7.data.sn7 import (
     check_labels_on_image,
@@ -48,42 +48,12 @@ from spacenet7.data.sn7 import (
 )
 from spacenet7.data.splits import aoi_split, spatial_split, split_regions
 from spacenet7.data.targets import CHIP_BANDS, make_targets
-from spacenet7.data.windows import pack_targets, unpack_targets
-from spacenet7.errors import SN7DataError, SN7Error
-from spacenet7.io.atomic import atomic_path, clear_partials
+from spacenet7.errors import SN7Error
+from spacenet7.io.artifacts import chip_meta_path, pack_targets, unpack_targets, write_index
+from spacenet7.io.atomic import clear_partials
 from spacenet7.io.raster import iter_windows, write_raster
 
 log = logging.getLogger(__name__)
-
-
-def index_path(chip_dir: str | Path) -> Path:
-    """The chip index of a chip folder (parquet preferred, csv accepted)."""
-    chip_dir = Path(chip_dir)
-    for name in ("index.parquet", "index.csv"):
-        if (chip_dir / name).exists():
-            return chip_dir / name
-    return chip_dir / "index.parquet"
-
-
-def load_index(chip_dir: str | Path) -> tuple[pd.DataFrame, dict]:
-    """Read the chip index and the chip metadata (``chips.json``), with clear errors."""
-    path = index_path(chip_dir)
-    if not path.exists():
-        raise SN7Error(f"{path}: chip index not found (run `spacenet7 chip` first, or fix chip_dir=)")
-    try:
-        index = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    except Exception as exc:  # pyarrow / pandas raise many types for a truncated or foreign file
-        raise SN7DataError(
-            path, f"unreadable chip index, truncated? re-run `spacenet7 chip` ({str(exc).splitlines()[0][:120]})"
-        ) from None
-    meta_path = Path(chip_dir) / "chips.json"
-    if not meta_path.exists():
-        raise SN7DataError(meta_path, "chip metadata not found; re-run `spacenet7 chip`")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError as exc:
-        raise SN7DataError(meta_path, f"not valid JSON ({exc}); re-run `spacenet7 chip`") from None
-    return index, meta
 
 
 @dataclass(frozen=True)
@@ -142,8 +112,7 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
     out = Path(cfg.out_dir)
     clear_partials(out)
     settings = _settings(cfg)
-    meta_path = out / "chips.json"
-    meta_path.unlink(missing_ok=True)  # invalid from here until every file is in place: written again last
+    chip_meta_path(out).unlink(missing_ok=True)  # invalid from here until every file is in place: written again last
     reuse = True  # file by file, where its source key matches (source_key)
     by_aoi = aoi_split(list(records), cfg.val_frac, cfg.seed) if cfg.split is Split.aoi else {}
     jobs = [r for recs in records.values() for r in recs[:: cfg.month_stride]]
@@ -201,11 +170,7 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
         "settings": settings,
         "label_shifts": shifts or None,  # register_labels: (dx, dy) source pixels added to each AOI's labels
     }
-    idx_path = out / f"index.{cfg.index_format}"
-    with atomic_path(idx_path) as tmp:
-        index.to_parquet(tmp, index=False) if cfg.index_format is IndexFormat.parquet else index.to_csv(tmp, index=False)
-    with atomic_path(meta_path) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
+    idx_path, meta_path = write_index(out, index, meta, cfg.index_format)
     counts = index["split"].value_counts().to_dict()
     log.info("chip: %d %s (%s) in %s", len(index), "chips" if layout is Layout.chips else "regions", counts, out)
     return {"index": idx_path, "meta": meta_path}

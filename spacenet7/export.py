@@ -36,20 +36,13 @@ from spacenet7.cluster import map_aois
 from spacenet7.config import ClusterMode, ExportConfig, Regularize
 from spacenet7.data.months import is_dated, month_date, month_label
 from spacenet7.errors import SN7DataError, SN7Error
+from spacenet7.io.artifacts import load_vectors
 from spacenet7.io.atomic import atomic_path, clear_partials, ensure_writable_dir, ensure_writable_file
 from spacenet7.io.raster import write_problem
-from spacenet7.io.vector import WRITE_ERRORS, write_vector
+from spacenet7.io.vector import WRITE_ERRORS, area_m2, write_vector
 from spacenet7.metrics.table import month_rows
-from spacenet7.vectorize import load_vectors
 
 log = logging.getLogger(__name__)
-
-
-def area_m2(gdf: gpd.GeoDataFrame) -> np.ndarray:
-    """True ground area in m^2 (a local UTM zone), not Web Mercator's inflated area."""
-    if len(gdf) == 0:
-        return np.zeros(0)
-    return gdf.to_crs(gdf.estimate_utm_crs()).area.to_numpy()
 
 
 def run(cfg: ExportConfig) -> dict[str, list[Path]]:

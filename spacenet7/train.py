@@ -24,12 +24,12 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_only
 
-from spacenet7.chip import load_index
 from spacenet7.config import Layout, TrainConfig
 from spacenet7.data.bands import InputSpec
 from spacenet7.data.dataset import ChipDataModule
 from spacenet7.data.windows import WindowDataModule
 from spacenet7.errors import SN7DataError, SN7Error
+from spacenet7.io.artifacts import load_index
 from spacenet7.io.atomic import atomic_path, ensure_writable_dir
 from spacenet7.io.layout import TrainLayout
 from spacenet7.models.precision import resolve_precision

@@ -297,7 +297,7 @@ def plots(study: Any, run_dir: Path) -> dict[str, Path]:
 def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path) -> float:
     """SCOT of the trial's best checkpoint on the validation AOIs of its chip folder (the band, ``split=spatial``)."""
     from spacenet7 import evaluate, export, predict, vectorize
-    from spacenet7.chip import load_index
+    from spacenet7.io.artifacts import load_index
 
     run = RunLayout(work)  # the trial's predictions, vectors, submission and scores, as in a pipeline run
     index, meta = load_index(chip_dir)

@@ -20,10 +20,10 @@ from matplotlib.collections import PolyCollection
 
 from spacenet7.data.sn7 import MonthRecord, read_image, read_labels, scan
 from spacenet7.errors import SN7Error
+from spacenet7.io.artifacts import load_vectors
 from spacenet7.io.layout import RunLayout
 from spacenet7.io.probability import read_prediction
 from spacenet7.metrics.matching import match
-from spacenet7.vectorize import load_vectors
 
 
 @dataclass

@@ -14,7 +14,10 @@ def test_run_layout_is_every_path_of_a_run_folder(tmp_path):
     assert run == RunLayout(str(tmp_path / "run")) and isinstance(run.root, Path)
     assert run.manifest == run.root / "pipeline.json"
     assert run.train == TrainLayout(run.root / "train")
-    assert (run.train.best, run.train.last) == (run.root / "train/checkpoints/best.ckpt", run.root / "train/checkpoints/last.ckpt")
+    assert (run.train.best, run.train.last) == (
+        run.root / "train/checkpoints/best.ckpt",
+        run.root / "train/checkpoints/last.ckpt",
+    )
     assert run.prediction("A", "m1") == run.predictions / "A" / "m1.tif"
     assert run.vector_file("A") == run.vectors / "A.parquet"
     assert run.pretrain.train.best == run.root / "pretrain/train/checkpoints/best.ckpt"
@@ -42,3 +45,20 @@ def test_the_pipelines_handoffs_follow_the_run_layout(tmp_path):
     for path in (run.chips, run.train.root, run.predictions, run.vectors, run.footprints, run.submission, run.metrics):
         assert json.dumps(str(path)) in paths
     assert handoffs(run.root, "data", Holdout.aoi, 0.25)["predict"]["checkpoint"] == str(run.train.best)
+
+
+def _modules_after_import(module: str) -> set[str]:
+    """The modules a fresh interpreter holds after importing ``module``."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_chip_and_the_artifact_readers_do_not_import_torch():
+    """Cutting chips and reading the files the stages hand over needs no deep-learning stack."""
+    for module in ("spacenet7.chip", "spacenet7.io.artifacts", "spacenet7.vectorize", "spacenet7.export"):
+        loaded = _modules_after_import(module)
+        assert not {"torch", "lightning"} & loaded, f"{module} imports torch or lightning"

@@ -11,6 +11,7 @@ from spacenet7.data.sn7 import instance_raster, rasterize_footprints, read_image
 from spacenet7.data.splits import aoi_split, spatial_split
 from spacenet7.data.targets import make_targets
 from spacenet7.errors import SN7Error
+from spacenet7.io.artifacts import load_index
 from tests.conftest import REAL_AOI
 
 
@@ -19,7 +20,7 @@ def chips(synth_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("chips")
     cfg = ChipConfig(data_root=str(synth_root), out_dir=str(out), chip_size=128, overlap=32, progress=False, val_frac=0.34)
     chip.run(cfg)
-    index, meta = chip.load_index(out)
+    index, meta = load_index(out)
     return cfg, out, index, meta
 
 
@@ -121,7 +122,7 @@ def test_upscale_option_chips_on_the_finer_grid(synth_root, tmp_path):
         month_stride=6,
     )
     chip.run(cfg)
-    index, meta = chip.load_index(tmp_path)
+    index, meta = load_index(tmp_path)
     assert meta["upscale"] == 2.0
     row = index.iloc[0]
     rec = scan(synth_root)[aoi][0]
@@ -154,18 +155,18 @@ def test_rerun_skips_complete_chips(chips):
     before = p.stat().st_mtime_ns
     chip.run(cfg)
     assert p.stat().st_mtime_ns == before
-    assert len(chip.load_index(out)[0]) == len(index)
+    assert len(load_index(out)[0]) == len(index)
 
 
 def test_missing_index_is_a_clear_error(tmp_path):
     with pytest.raises(SN7Error, match="chip index not found"):
-        chip.load_index(tmp_path)
+        load_index(tmp_path)
 
 
 def test_real_sample_spatial_split(real_sample, tmp_path):
     cfg = ChipConfig(data_root=str(real_sample), out_dir=str(tmp_path), chip_size=256, overlap=0, split="spatial", progress=False)
     chip.run(cfg)
-    index, _ = chip.load_index(tmp_path)
+    index, _ = load_index(tmp_path)
     assert set(index["aoi"]) == {REAL_AOI} and set(index["split"]) == {"train", "val"}
     assert index["building_frac"].mean() > 0.05
     assert pd.Series(index["col_off"][index["split"] == "val"]).min() >= (index["col_off"][index["split"] == "train"] + 256).max()

@@ -11,6 +11,7 @@ from spacenet7.config import EvaluateConfig, ExportConfig, VectorizeConfig
 from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan
 from spacenet7.data.targets import make_targets
 from spacenet7.io import probability
+from spacenet7.io.artifacts import load_vectors
 from spacenet7.metrics.table import read_table
 
 
@@ -84,7 +85,7 @@ def test_oracle_probabilities_score_high_through_vectorize_export_evaluate(synth
     assert a["tracking"] >= 0.88, a
     assert a["scot"] >= 0.88, a
     # ids persist: each building id keeps one footprint location across months
-    gdf, meta = vectorize.load_vectors(tmp_path / "vec" / f"{aoi}.parquet")
+    gdf, meta = load_vectors(tmp_path / "vec" / f"{aoi}.parquet")
     spread = gdf.groupby("id").apply(lambda g: g.geometry.centroid.distance(g.geometry.centroid.iloc[0]).max())
     assert (spread < 10).mean() > 0.9  # measured 0.92: watershed splits differ a little between months
     assert len(read_table(tmp_path / "sub.csv")) >= len(gdf)

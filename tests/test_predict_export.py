@@ -13,12 +13,15 @@ import shapely
 import torch
 
 from spacenet7 import chip, export, predict, train, vectorize
-from spacenet7.config import ChipConfig, ExportConfig, PredictConfig, VectorizeConfig, compose
+from spacenet7.config import ChipConfig, ExportConfig, Grid, PredictConfig, VectorizeConfig, compose
 from spacenet7.data.bands import InputSpec
 from spacenet7.data.sn7 import scan
 from spacenet7.errors import SN7DataError
+from spacenet7.io.artifacts import load_vectors
+from spacenet7.io.vector import area_m2
 from spacenet7.metrics.table import read_table
 from spacenet7.models import inference
+from spacenet7.models.mosaic import predict_mosaic
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +117,9 @@ def test_multiscale_tta_lands_back_on_the_model_grid(tmp_path):
     rec = records_from_files([path])["A"][0]
     torch.manual_seed(0)
     model = inference.LoadedModel(_PixelNet().eval(), 2.0, InputSpec(), torch.device("cpu"))
-    kw = dict(tile=64, overlap=16, grid=predict.Grid.upscaled)
-    one = predict.predict_mosaic(model, rec, tmp_path / "one.tif", **kw)
-    multi = predict.predict_mosaic(model, rec, tmp_path / "multi.tif", scales=(0.8, 1.0, 1.25), **kw)
+    kw = dict(tile=64, overlap=16, grid=Grid.upscaled)
+    one = predict_mosaic(model, rec, tmp_path / "one.tif", **kw)
+    multi = predict_mosaic(model, rec, tmp_path / "multi.tif", scales=(0.8, 1.0, 1.25), **kw)
     with rasterio.open(one) as a, rasterio.open(multi) as b:
         assert (a.shape, a.transform) == (b.shape, b.transform) == ((192, 160), a.transform)
         pa, pb = a.read(1).astype(int)[8:-8, 8:-8], b.read(1).astype(int)[8:-8, 8:-8]
@@ -210,8 +213,8 @@ def test_vectorize_shift_moves_every_footprint_onto_the_labels_registration(run,
     """``shift_px`` translates every output footprint by exactly (dx, dy) source pixels, nothing else."""
     cfg = VectorizeConfig(**{**run["vcfg"].__dict__, "out_dir": str(tmp_path), "shift_px": [0.5, -0.25]})
     vectorize.run(cfg)
-    base, _ = vectorize.load_vectors(run["dir"] / "vec" / f"{run['aoi']}.parquet")
-    moved, _ = vectorize.load_vectors(tmp_path / f"{run['aoi']}.parquet")
+    base, _ = load_vectors(run["dir"] / "vec" / f"{run['aoi']}.parquet")
+    moved, _ = load_vectors(tmp_path / f"{run['aoi']}.parquet")
     assert len(base) and list(moved["id"]) == list(base["id"]) and list(moved["month"]) == list(base["month"])
     a = shapely.get_coordinates(shapely.from_wkt(base["pix_wkt"].to_numpy()))
     b = shapely.get_coordinates(shapely.from_wkt(moved["pix_wkt"].to_numpy()))
@@ -223,7 +226,7 @@ def test_vectorize_shift_moves_every_footprint_onto_the_labels_registration(run,
 
 
 def test_exports_read_back_with_crs_and_counts(run):
-    gdf, meta = vectorize.load_vectors(run["dir"] / "vec" / f"{run['aoi']}.parquet")
+    gdf, meta = load_vectors(run["dir"] / "vec" / f"{run['aoi']}.parquet")
     gpkg = run["dir"] / "fp" / f"{run['aoi']}.gpkg"
     layers = [name for name, _ in pyogrio.list_layers(gpkg)]
     assert {"buildings", "buildings_by_month", "layer_styles"} <= set(layers)
@@ -246,7 +249,7 @@ def test_exports_read_back_with_crs_and_counts(run):
 def test_gdal_ogrinfo_reads_every_export(run):
     if not shutil.which("ogrinfo"):
         pytest.skip("ogrinfo (Debian gdal-bin) is not installed; .ci/run installs it when apt is available")
-    gdf, meta = vectorize.load_vectors(run["dir"] / "vec" / f"{run['aoi']}.parquet")
+    gdf, meta = load_vectors(run["dir"] / "vec" / f"{run['aoi']}.parquet")
     gpkg = run["dir"] / "fp" / f"{run['aoi']}.gpkg"
     for m in meta["months"]:
         n = int((gdf["stem"] == m["stem"]).sum())
@@ -266,8 +269,8 @@ def test_area_is_true_ground_area():
     utm = gpd.GeoDataFrame(geometry=[box(400_000, 3_360_000, 400_100, 3_360_100)], crs="EPSG:32648")
     merc = utm.to_crs("EPSG:3857")
     assert merc.area.iloc[0] > 1.3 * 10_000  # Web Mercator inflates area by 1/cos^2(lat)
-    assert export.area_m2(merc) == pytest.approx([10_000], rel=1e-3)
-    assert len(export.area_m2(merc.iloc[:0])) == 0
+    assert area_m2(merc) == pytest.approx([10_000], rel=1e-3)
+    assert len(area_m2(merc.iloc[:0])) == 0
 
 
 def test_export_to_wgs84_is_rfc7946(run, tmp_path):

@@ -16,10 +16,10 @@ from spacenet7 import compile as compile_stage
 from spacenet7.config import ChipConfig, Engine, compose
 from spacenet7.data.sn7 import read_image, scan
 from spacenet7.errors import SN7Error
+from spacenet7.io.artifacts import load_vectors
 from spacenet7.io.probability import read_prediction
 from spacenet7.models.inference import load_model, load_model_file, predict_batch, sliding_window
 from spacenet7.models.runtime import META_KEY, read_meta
-from spacenet7.vectorize import load_vectors
 
 ENGINES = [(Engine.onnxruntime, "onnx", ".onnx"), (Engine.openvino, "openvino", ".xml")]
 

@@ -39,8 +39,8 @@ def _cfg(chip_dir, run_dir, *extra):
 
 def _footprint_counts(ckpt, chip_dir) -> tuple[int, int, int]:
     """(tp, fp, fn) of the checkpoint's footprint channel (> 0.5) over the validation chips, ignored pixels left out."""
-    from spacenet7.chip import load_index
     from spacenet7.data.dataset import ChipDataset
+    from spacenet7.io.artifacts import load_index
     from spacenet7.models.inference import load_model
 
     net = load_model(ckpt, device="cpu").net.eval()
@@ -347,8 +347,8 @@ def test_init_from_never_runs_code_in_a_checkpoint(chip_dir, tmp_path):
 
 
 def test_crop_draws_random_windows_of_each_training_chip_and_leaves_validation_whole(chip_dir):
-    from spacenet7.chip import load_index
     from spacenet7.data.dataset import ChipDataModule
+    from spacenet7.io.artifacts import load_index
 
     index, _ = load_index(chip_dir)
     dm = ChipDataModule(chip_dir, index, batch_size=2, crop=96)

@@ -11,8 +11,9 @@ from spacenet7.config import compose
 from spacenet7.data.bands import InputSpec
 from spacenet7.data.sn7 import read_image, records_from_files
 from spacenet7.data.targets import CHANNELS
-from spacenet7.data.windows import GridWindows, MosaicReader, RandomWindows, pack_targets, unpack_targets
+from spacenet7.data.windows import GridWindows, MosaicReader, RandomWindows
 from spacenet7.errors import SN7Error
+from spacenet7.io.artifacts import load_index, pack_targets, unpack_targets
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def both_layouts(synth_root, tmp_path_factory):
                 ],
             )
         )
-        out[layout] = (d, *chip.load_index(d))
+        out[layout] = (d, *load_index(d))
     return out
 
 
@@ -151,7 +152,8 @@ def test_random_windows_use_every_orientation(both_layouts):
 def test_scale_jitter_keeps_targets_on_the_image(zoom):
     """A zoomed window's targets stay where its image is: a building painted into the image and
     its footprint bit keep the same centre (a half-pixel lag teaches the model to shift footprints)."""
-    from spacenet7.data.windows import BITS, _zoom
+    from spacenet7.data.windows import _zoom
+    from spacenet7.io.artifacts import BITS
 
     yy, xx = np.mgrid[0:96, 0:96]
     inside = ((yy - 40.3) ** 2 + (xx - 51.7) ** 2) < 14**2
@@ -276,7 +278,7 @@ def test_sn7_full_recipe_trains_a_few_steps_on_cpu(tmp_path_factory):
     assert cfg.model["encoder_name"] == "efficientnet-b3" and cfg.windows.scale_jitter > 0 and cfg.windows.on_buildings == 0.5
     out = train.run(cfg)
     ckpt = torch.load(out["last"], map_location="cpu", weights_only=True)
-    n_train = int((chip.load_index(d / "chips")[0]["split"] == "train").sum())
+    n_train = int((load_index(d / "chips")[0]["split"] == "train").sum())
     assert ckpt["global_step"] == n_train * 2 // 2
     assert ckpt["hyper_parameters"]["chip_meta"]["upscale"] == 3.0
 

@@ -2,7 +2,8 @@
 
 ``spacenet7 chip layout=rasters`` writes one *target raster* per month: a single uint8 band on
 the training grid (the source grid ``upscale`` times finer) whose bits hold the footprint,
-boundary and contact targets and the ignore mask (:data:`BITS`), deflate-compressed and tiled.
+boundary and contact targets and the ignore mask (:data:`spacenet7.io.artifacts.BITS`),
+deflate-compressed and tiled.
 The imagery itself is never copied: windows read it from the source mosaics and resample it on
 the fly. The index lists, per month and split, the region of the training grid that split may use.
 
@@ -35,28 +36,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from spacenet7.data.bands import InputSpec, band_limits, to_uint8
 from spacenet7.data.dataset import IGNORE
-from spacenet7.data.targets import CHANNELS
+from spacenet7.io.artifacts import BITS, unpack_targets
 from spacenet7.io.raster import iter_windows, read_checked
 
-# bit of each target channel in a target raster, then the ignore bit
-BITS: dict[str, int] = {**{name: i for i, name in enumerate(CHANNELS)}, "ignore": len(CHANNELS)}
 MAX_OPEN = 64  # mosaics a dataset keeps open at once when reading from disk (2 files each)
 MAX_BUILDING_PIXELS = 4096  # building pixels kept per training region for on_buildings draws (32 KB)
-
-
-def pack_targets(targets: np.ndarray, ignore: np.ndarray) -> np.ndarray:
-    """(3, H, W) 0/1 targets and an (H, W) ignore mask -> one (H, W) uint8 of bits (see :data:`BITS`)."""
-    packed = np.zeros(ignore.shape, np.uint8)
-    for c in range(targets.shape[0]):
-        packed |= (targets[c] > 0).astype(np.uint8) << c
-    packed |= ignore.astype(np.uint8) << BITS["ignore"]
-    return packed
-
-
-def unpack_targets(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`pack_targets`: ((3, H, W) uint8 targets, (H, W) bool ignore)."""
-    targets = np.stack([(packed >> c) & 1 for c in range(len(CHANNELS))]).astype(np.uint8)
-    return targets, ((packed >> BITS["ignore"]) & 1).astype(bool)
 
 
 @dataclass(frozen=True)

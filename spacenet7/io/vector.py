@@ -20,6 +20,13 @@ from spacenet7.io.raster import write_problem
 WRITE_ERRORS: tuple[type[Exception], ...] = (pyogrio.errors.DataLayerError, pyogrio.errors.DataSourceError, OSError)
 
 
+def area_m2(gdf: gpd.GeoDataFrame) -> np.ndarray:
+    """True ground area in m^2 (a local UTM zone), not Web Mercator's inflated area."""
+    if len(gdf) == 0:
+        return np.zeros(0)
+    return gdf.to_crs(gdf.estimate_utm_crs()).area.to_numpy()
+
+
 def pixel_to_map(geoms: np.ndarray | list, transform: Affine) -> np.ndarray:
     """Apply a raster's affine transform to pixel-space geometries (x = column, y = row)."""
     a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f

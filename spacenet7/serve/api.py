@@ -3,8 +3,8 @@
 An upload is predicted exactly as ``spacenet7 pipeline`` predicts a month: the run's ``predict``
 and ``vectorize`` settings (from its ``pipeline.json``; the stage defaults without one) with the
 checkpoint's input spec, tiling, test-time views and temporal fusion
-(:func:`spacenet7.predict.predict_mosaic` and the stage's fusion), then watershed polygons and
-tracking (:func:`spacenet7.vectorize.vectorize_aoi`), then RFC 7946 GeoJSON as ``export
+(:func:`spacenet7.models.mosaic.predict_aoi`: the stage's tiling and fusion), then watershed polygons and
+tracking (:func:`spacenet7.footprints.vectorize_aoi`), then RFC 7946 GeoJSON as ``export
 crs=EPSG:4326`` writes it (:func:`spacenet7.io.vector.write_vector`). Nothing is re-implemented
 here: this module only checks uploads and moves files through a temporary folder.
 """
@@ -29,13 +29,13 @@ from spacenet7.config import PredictConfig, VectorizeConfig, compose_checked, to
 from spacenet7.data.bands import InputSpec, check_fits, rgb_fallback
 from spacenet7.data.sn7 import records_from_files
 from spacenet7.errors import SN7DataError, SN7Error
-from spacenet7.export import area_m2
+from spacenet7.footprints import vectorize_aoi
+from spacenet7.io.artifacts import load_vectors
 from spacenet7.io.layout import RunLayout
 from spacenet7.io.raster import open_raster
-from spacenet7.io.vector import write_vector
+from spacenet7.io.vector import area_m2, write_vector
 from spacenet7.models.inference import LoadedModel, load_model
-from spacenet7.predict import _predict_all
-from spacenet7.vectorize import load_vectors, vectorize_aoi
+from spacenet7.models.mosaic import predict_all
 
 log = logging.getLogger(__name__)
 MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
@@ -206,7 +206,7 @@ class Inference:
             with rasterio.open(files[0][0]) as ds:
                 model = replace(self.model, spec=self.spec_for(ds.count))
             with rasterio.Env(GDAL_CACHEMAX=self.predict_cfg.gdal_cache_mb * 2**20):
-                _predict_all(model, records, replace(self.predict_cfg, out_dir=str(work / "pred")))
+                predict_all(model, records, replace(self.predict_cfg, out_dir=str(work / "pred")))
             vec = vectorize_aoi(work / "pred" / AOI, replace(self.vectorize_cfg, out_dir=str(work / "vec")))
             gdf, _ = load_vectors(vec)
         except SN7Error as exc:

@@ -23,9 +23,9 @@ import shapely
 from spacenet7.data.months import month_label
 from spacenet7.data.sn7 import MonthRecord, data_roots, read_labels, scan
 from spacenet7.errors import SN7DataError, SN7Error
-from spacenet7.export import area_m2
+from spacenet7.io.artifacts import load_vectors, read_month_list
 from spacenet7.io.layout import RunLayout
-from spacenet7.vectorize import load_vectors, read_month_list
+from spacenet7.io.vector import area_m2
 
 log = logging.getLogger(__name__)
 COORD_DECIMALS = 7  # ~1 cm in degrees, as RFC 7946 suggests
