@@ -27,7 +27,7 @@ from spacenet7.config import ClusterMode, Engine, PredictConfig
 from spacenet7.data.bands import InputSpec, check_fits, rgb_fallback
 from spacenet7.data.months import is_dated, month_label
 from spacenet7.data.sn7 import MonthRecord, records_from_files, scan
-from spacenet7.errors import SN7DataError, SN7Error
+from spacenet7.errors import SN7DataError
 from spacenet7.io.atomic import clear_partials, ensure_writable_dir
 from spacenet7.io.raster import open_raster
 from spacenet7.models.bundle import shipped_or_fail
