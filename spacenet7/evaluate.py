@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -152,6 +155,28 @@ def evaluate_aoi(
 
 def run(cfg: EvaluateConfig) -> dict[str, Path]:
     """Score ``proposal`` (default: the pipeline's submission) against ``truth`` (default: the data set)."""
+    with gc_paused():
+        return _run(cfg)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block (its previous state restored after).
+
+    Reading a table makes ~40,000 polygon objects, which the collector tracks: each such burst set
+    off a full collection of every object the process holds (~140,000 after the stage's imports),
+    ~0.1 s, more than reading the table itself. Nothing here makes garbage cycles worth collecting.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _run(cfg: EvaluateConfig) -> dict[str, Path]:
     ensure_writable_file(cfg.out)
     if cfg.truth:
         truth = read_table(cfg.truth, name="truth")
@@ -167,7 +192,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Path]:
         raise SN7DataError(truth_src, "the truth table is empty")
     check_unique_ids(truth, truth_src)
     check_unique_ids(proposal, proposal_src)
-    extra = sorted(set(proposal["aoi"]) - set(truth["aoi"]))
+    extra = sorted(set(proposal["aoi"].unique()) - set(truth["aoi"].unique()))
     if extra:
         log.warning("evaluate: proposal AOIs not in the truth are ignored: %s", ", ".join(extra))
     aois = sorted(truth["aoi"].unique())

@@ -102,6 +102,12 @@ def test_shapely_written_tables_read_back_identically():
     ours = polygons_from_wkt(rows)
     assert_same(ours, geos(rows))
     assert all(shapely.get_type_id(ours[: len(geoms)]) == shapely.get_type_id(np.array(geoms, dtype=object)))
+    _, _, reach = read_polygons(rows)  # the largest |coordinate| of each row read here (check_table's bound check)
+    fast = ~np.isnan(reach)
+    assert fast.sum() == len(rows) and np.array_equal(reach, [np.abs(shapely.get_coordinates(g)).max(initial=0.0) for g in ours])
+    assert np.isnan(
+        read_polygons(HOSTILE)[2][[HOSTILE.index("POINT (1 2)"), HOSTILE.index("POLYGON ((nan 0, 1 0, 1 1, nan 0))")]]
+    ).all()
 
 
 def test_rows_called_valid_are_valid_and_convex_boxes_are_called_valid():
@@ -115,7 +121,7 @@ def test_rows_called_valid_are_valid_and_convex_boxes_are_called_valid():
         rows.append(Polygon(np.r_[pts, pts[:1]]).wkt)
     rows += [box(*rng.uniform(0, 100, 2), *rng.uniform(100, 200, 2)).wkt for _ in range(100)]
     rows += [shapely.reverse(box(0, 0, 3, 2)).wkt, "POLYGON ((0 0, 1 0, 1 0, 1 1, 0 0))", "POLYGON ((0 0, 2 0, 1 0, 1 1, 0 0))"]
-    geoms, known = read_polygons(rows)
+    geoms, known, _ = read_polygons(rows)
     assert known[-103:-1].all()  # boxes (either orientation, a repeated point): no GEOS call needed
     assert not known[-1]  # a spike back along an edge
     assert shapely.is_valid(geoms[known]).all()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numba
 import numpy as np
 import pandas as pd
 import shapely
@@ -79,61 +80,122 @@ def _prf(tp: int, n_truth: int, n_prop: int) -> tuple[float, float, float]:
 
 
 def score_aoi(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshold: float = 0.25, beta: float = 2.0) -> AOIScore:
-    """Score one AOI. Both frames have ``month``, ``id``, ``geometry`` (pixel coordinates)."""
+    """Score one AOI. Both frames have ``month``, ``id``, ``geometry`` (pixel coordinates).
+
+    Each month's polygons are matched in turn (at ``threshold`` and at 0.5); the tracking and change
+    bookkeeping over the months' matches, which follows every id from month to month, then runs
+    once in numba (:func:`_track`) on ids numbered per table.
+    """
     month_keys = sorted(set(truth["month"].unique()) | set(proposal["month"].unique()))
-    t_groups = {k: g for k, g in truth.groupby("month")}
-    p_groups = {k: g for k, g in proposal.groupby("month")}
-    empty = truth.iloc[:0]
-    tp = fp = fn = mism = ctp = cfp = cfn = n_new = 0
-    t_last: dict[int, int] = {}
-    p_last: dict[int, int] = {}
-    t_seen: set[int] = set()
-    p_seen: set[int] = set()
-    month_scores = []
+    months = pd.Index(month_keys)
+    t_rows, t_start = _by_month(months.get_indexer(truth["month"]), len(months))
+    p_rows, p_start = _by_month(months.get_indexer(proposal["month"]), len(months))
+    t_geoms, p_geoms = truth["geometry"].to_numpy()[t_rows], proposal["geometry"].to_numpy()[p_rows]
+    t_ids = pd.factorize(truth["id"].to_numpy()[t_rows])[0].astype(np.int64)
+    p_ids = pd.factorize(proposal["id"].to_numpy()[p_rows])[0].astype(np.int64)
+    matched_t, matched_p, month_scores = [], [], []
     for i, month_key in enumerate(month_keys):
-        t = t_groups.get(month_key, empty)
-        p = p_groups.get(month_key, empty)
-        tg, pg = t["geometry"].values, p["geometry"].values
-        tid, pid = t["id"].values.tolist(), p["id"].values.tolist()
+        tg, pg = t_geoms[t_start[i] : t_start[i + 1]], p_geoms[p_start[i] : p_start[i + 1]]
         pairs = pairwise_iou(tg, pg)
         m = match_above(*pairs, len(tg), len(pg), threshold)
-        mt = [tid[k] for k in m.a]
-        mp = [pid[k] for k in m.b]
-        t_new = set(tid) - t_seen if i > 0 else set()
-        p_new = set(pid) - p_seen if i > 0 else set()
-        bad = 0
-        for g, q in zip(mt, mp):  # one pass: matches are one-to-one, so updates never affect this month
-            if t_last.get(g, q) != q or p_last.get(q, g) != g:
-                bad += 1
-            t_last[g] = q
-            p_last[q] = g
-            if g in t_new:
-                if q in p_new:
-                    ctp += 1
-                else:
-                    cfn += 1
-            elif q in p_new:
-                cfp += 1
-        n = len(m)
-        tp += n - bad
-        fp += len(pid) - n + bad
-        fn += len(tid) - n + bad
-        mism += bad
-        if i > 0:
-            n_new += len(t_new)
-            cfp += len(p_new.difference(mp))
-            cfn += len(t_new.difference(mt))
-        t_seen.update(tid)
-        p_seen.update(pid)
+        matched_t.append(t_start[i] + m.a)
+        matched_p.append(p_start[i] + m.b)
         m50 = match_above(*pairs, len(tg), len(pg), 0.5, inclusive=True)
-        month_scores.append(
-            MonthScore(
-                aoi, month_key, len(tid), len(pid), n, *_prf(n, len(tid), len(pid)), len(m50), *_prf(len(m50), len(tid), len(pid))
-            )
+        nt, npr, n = len(tg), len(pg), len(m)
+        month_scores.append(MonthScore(aoi, month_key, nt, npr, n, *_prf(n, nt, npr), len(m50), *_prf(len(m50), nt, npr)))
+    m_start = np.zeros(len(month_keys) + 1, np.int64)
+    np.cumsum([len(a) for a in matched_t], out=m_start[1:])
+    both = np.zeros(0, np.int64)
+    tp, fp, fn, mism, ctp, cfp, cfn, n_new = (
+        int(v)
+        for v in _track(
+            t_ids,
+            t_start,
+            p_ids,
+            p_start,
+            np.concatenate([both, *matched_t]).astype(np.int64),
+            np.concatenate([both, *matched_p]).astype(np.int64),
+            m_start,
         )
+    )
     tracking = f_score(tp, fp, fn)
     change = f_score(ctp, cfp, cfn)
     return AOIScore(aoi, combine(change, tracking, beta), tracking, change, tp, fp, fn, mism, ctp, cfp, cfn, n_new, month_scores)
+
+
+def _by_month(month: np.ndarray, n_months: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row order by month (stable: a month keeps its rows' order), and each month's start in it."""
+    rows = np.argsort(month, kind="stable")
+    return rows, np.searchsorted(month[rows], np.arange(n_months + 1)).astype(np.int64)
+
+
+@numba.njit(cache=True)
+def _track(t_ids, t_start, p_ids, p_start, match_t, match_p, m_start):
+    """Tracking and change counts of one AOI over its months, in order: (tp, fp, fn, mismatches,
+    change tp, fp, fn, new truth ids). ``t_ids`` / ``p_ids``: each row's id as a number 0..n-1, rows
+    by month (``t_start``); ``match_t`` / ``match_p``: matched rows, month by month (``m_start``).
+
+    A match is a mismatch when either id's most recent partner (in any earlier match) differs. From
+    the second month on, an id is new when no earlier month of its table had it: a match of a new
+    truth id with a new proposal id is a change TP, with an old one a change FN (and an old truth id
+    with a new proposal id a change FP); unmatched new ids are change FNs (truth) and FPs (proposal).
+    """
+    nt = (t_ids.max() + 1) if len(t_ids) else 0
+    npr = (p_ids.max() + 1) if len(p_ids) else 0
+    t_last = np.full(nt, -1, np.int64)
+    p_last = np.full(npr, -1, np.int64)
+    t_seen = np.zeros(nt, np.bool_)
+    p_seen = np.zeros(npr, np.bool_)
+    t_new = np.zeros(nt, np.bool_)
+    p_new = np.zeros(npr, np.bool_)
+    t_hit = np.zeros(nt, np.bool_)
+    p_hit = np.zeros(npr, np.bool_)
+    tp = fp = fn = mism = ctp = cfp = cfn = n_new = 0
+    for i in range(len(m_start) - 1):
+        t0, t1, p0, p1 = t_start[i], t_start[i + 1], p_start[i], p_start[i + 1]
+        if i > 0:
+            for r in range(t0, t1):
+                t_new[t_ids[r]] = not t_seen[t_ids[r]]
+            for r in range(p0, p1):
+                p_new[p_ids[r]] = not p_seen[p_ids[r]]
+        bad = 0
+        for k in range(m_start[i], m_start[i + 1]):
+            g, q = t_ids[match_t[k]], p_ids[match_p[k]]
+            if (t_last[g] >= 0 and t_last[g] != q) or (p_last[q] >= 0 and p_last[q] != g):
+                bad += 1
+            t_last[g] = q
+            p_last[q] = g
+            if t_new[g]:
+                if p_new[q]:
+                    ctp += 1
+                else:
+                    cfn += 1
+            elif p_new[q]:
+                cfp += 1
+            t_hit[g] = True
+            p_hit[q] = True
+        n = m_start[i + 1] - m_start[i]
+        tp += n - bad
+        fp += p1 - p0 - n + bad
+        fn += t1 - t0 - n + bad
+        mism += bad
+        for r in range(t0, t1):  # each new id once (an id may repeat within a month), then reset
+            g = t_ids[r]
+            if t_new[g]:
+                n_new += 1
+                cfn += not t_hit[g]
+                t_new[g] = False
+            t_seen[g] = True
+        for r in range(p0, p1):
+            q = p_ids[r]
+            if p_new[q]:
+                cfp += not p_hit[q]
+                p_new[q] = False
+            p_seen[q] = True
+        for k in range(m_start[i], m_start[i + 1]):
+            t_hit[t_ids[match_t[k]]] = False
+            p_hit[p_ids[match_p[k]]] = False
+    return tp, fp, fn, mism, ctp, cfp, cfn, n_new
 
 
 @dataclass

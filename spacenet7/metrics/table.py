@@ -103,7 +103,7 @@ def check_table(df: pd.DataFrame, path: str | Path = "<table>") -> pd.DataFrame:
         i = int(huge[0])
         raise SN7DataError(path, f"row {i + 2}: id {str(df['id'].iloc[i])!r} is outside the 64-bit integer range")
     wkt = df["geometry"].astype(str)
-    geoms, convex = read_polygons(wkt)  # shapely.from_wkt's geometries, faster
+    geoms, convex, reach = read_polygons(wkt)  # shapely.from_wkt's geometries, faster
     wkt = wkt.values
     bad = np.flatnonzero(pd.isna(geoms))
     if len(bad):
@@ -114,7 +114,7 @@ def check_table(df: pd.DataFrame, path: str | Path = "<table>") -> pd.DataFrame:
     if len(bad):
         i = int(bad[0])
         raise SN7DataError(path, f"row {i + 2}: geometry is not a polygon ({wkt[i][:40]!r})")
-    _check_coordinates(geoms, wkt, path)
+    _check_coordinates(geoms, wkt, path, reach)
     invalid = np.zeros(len(geoms), bool)  # strictly convex rings are valid: GEOS checks the others
     invalid[~convex] = ~shapely.is_valid(geoms[~convex])
     if invalid.any():
@@ -132,9 +132,12 @@ def check_table(df: pd.DataFrame, path: str | Path = "<table>") -> pd.DataFrame:
     return out
 
 
-def _check_coordinates(geoms: np.ndarray, wkt: np.ndarray, path: str | Path) -> None:
-    """Every coordinate finite and within :data:`MAX_COORD` pixels (NaN, inf or 1e300 break the overlay)."""
-    coords, row = shapely.get_coordinates(geoms, return_index=True)
+def _check_coordinates(geoms: np.ndarray, wkt: np.ndarray, path: str | Path, reach: np.ndarray | None = None) -> None:
+    """Every coordinate finite and within :data:`MAX_COORD` pixels (NaN, inf or 1e300 break the overlay).
+    ``reach``: each row's largest absolute coordinate where already known (NaN where not)."""
+    rows = np.flatnonzero(~(reach <= MAX_COORD)) if reach is not None else np.arange(len(geoms))
+    coords, row = shapely.get_coordinates(geoms[rows], return_index=True)
+    row = rows[row]
     if not len(coords) or (coords.min() >= -MAX_COORD and coords.max() <= MAX_COORD):  # (NaN fails both)
         return
     bad = np.flatnonzero(~(np.abs(coords) <= MAX_COORD).all(axis=1))  # NaN compares False: caught too

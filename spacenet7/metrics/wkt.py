@@ -31,44 +31,47 @@ def polygons_from_wkt(wkt) -> np.ndarray:
     return read_polygons(wkt)[0]
 
 
-def read_polygons(wkt) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`polygons_from_wkt`, and for each row whether it is known to be valid without asking GEOS: a
+def read_polygons(wkt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`polygons_from_wkt`; for each row whether it is known to be valid without asking GEOS (a
     polygon without holes whose ring turns the same way at every vertex, by a margin that float
-    rounding cannot undo, once around (a strictly convex ring: simple, so ``shapely.is_valid``)."""
+    rounding cannot undo, once around: a strictly convex ring, simple, so ``shapely.is_valid``); and
+    each row's largest absolute coordinate where this reader read it (NaN where GEOS did)."""
     arr = wkt if isinstance(wkt, pa.Array | pa.ChunkedArray) else pa.array(wkt, from_pandas=True)
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     n = len(arr)
     if n == 0 or arr.null_count or not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        return _geos(arr), np.zeros(n, bool)
+        return _geos(arr), np.zeros(n, bool), np.full(n, np.nan)
     _, offsets, data = arr.buffers()
     width = np.int32 if pa.types.is_string(arr.type) else np.int64
     offsets = np.frombuffer(offsets, width, n + 1, arr.offset * np.dtype(width).itemsize).astype(np.int64)
-    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
-    kind, row_part, part_ring, ring_point, tokens = _scan_rows(data, offsets, _POLYGON_WORD, _MULTI_WORD, _EMPTY_WORD)
-    xy = np.zeros((0, 2))
-    if len(tokens):
-        compact, token_offsets = _gather_tokens(data, tokens)
-        numbers = pa.LargeStringArray.from_buffers(len(tokens), pa.py_buffer(token_offsets), pa.py_buffer(compact))
+    data = np.frombuffer(data if data is not None else b"", np.uint8)
+    kind, row_part, part_ring, ring_point, compact, token_offsets = _scan_rows(
+        data, offsets, _POLYGON_WORD, _MULTI_WORD, _EMPTY_WORD
+    )
+    out = np.empty(n, dtype=object)
+    convex, reach = np.zeros(n, bool), np.where(kind == _EMPTY, 0.0, np.nan)
+    if len(token_offsets) > 1:
+        numbers = pa.LargeStringArray.from_buffers(len(token_offsets) - 1, pa.py_buffer(token_offsets), pa.py_buffer(compact))
         try:
             xy = pc.cast(numbers, pa.float64()).to_numpy(zero_copy_only=False).reshape(-1, 2)
         except pa.ArrowInvalid:  # a number Arrow cannot read (1e999): GEOS reads the whole column
-            return _geos(arr), np.zeros(n, bool)
-        _check_rings(xy, kind, row_part, part_ring, ring_point)  # open or short rings: to GEOS
-    out = np.empty(n, dtype=object)
-    for code, gtype in ((_POLYGON, shapely.GeometryType.POLYGON), (_MULTI, shapely.GeometryType.MULTIPOLYGON)):
-        rows = np.flatnonzero(kind == code)
-        if len(rows):
-            coords, ring_offsets, part_offsets, geom_offsets = _ragged(xy, rows, row_part, part_ring, ring_point)
-            offs = (ring_offsets, part_offsets, geom_offsets) if code == _MULTI else (ring_offsets, part_offsets)
-            out[rows] = shapely.from_ragged_array(gtype, coords, offs)
+            return _geos(arr), convex, np.full(n, np.nan)
+        convex, reach, polygons, multipolygons = _assemble(xy, kind, row_part, part_ring, ring_point)
+        for code, gtype, (coords, *offs) in (
+            (_POLYGON, shapely.GeometryType.POLYGON, polygons[:3]),
+            (_MULTI, shapely.GeometryType.MULTIPOLYGON, multipolygons),
+        ):
+            rows = np.flatnonzero(kind == code)
+            if len(rows):
+                out[rows] = shapely.from_ragged_array(gtype, coords, tuple(offs))
     empty = np.flatnonzero(kind == _EMPTY)
     if len(empty):
         out[empty] = shapely.from_wkt(np.full(len(empty), "POLYGON EMPTY", dtype=object))
     other = np.flatnonzero(kind == _OTHER)
     if len(other):
         out[other] = _geos(arr.take(other))
-    return out, _convex_rows(xy, kind, row_part, part_ring, ring_point)
+    return out, convex, reach
 
 
 def _geos(arr: pa.Array) -> np.ndarray:
@@ -188,7 +191,7 @@ _EMPTY_WORD = np.frombuffer(b"EMPTY", np.uint8).copy()
 @numba.njit(cache=True)
 def _scan_rows(data, offsets, poly_w, multi_w, empty_w):
     """Per row: kind (other, polygon, multipolygon, empty) and part offsets; per part: ring offsets; per ring:
-    point offsets; per number: its byte span. A row outside the grammar appends nothing."""
+    point offsets; the numbers' bytes back to back with their offsets. A row outside the grammar adds nothing."""
     n = len(offsets) - 1
     kind = np.zeros(n, np.int8)
     row_part = np.zeros(n + 1, np.int64)
@@ -244,7 +247,8 @@ def _scan_rows(data, offsets, poly_w, multi_w, empty_w):
         else:  # back out whatever this row appended
             n_parts, n_rings, n_points, n_tok = saved
         row_part[r + 1] = n_parts
-    return kind, row_part, part_ring[: n_parts + 1], ring_point[: n_rings + 1], tokens[:n_tok]
+    compact, token_offsets = _gather_tokens(data, tokens[:n_tok])
+    return kind, row_part, part_ring[: n_parts + 1], ring_point[: n_rings + 1], compact, token_offsets
 
 
 @numba.njit(cache=True)
@@ -352,3 +356,24 @@ def _convex_rows(xy, kind, row_part, part_ring, ring_point) -> np.ndarray:
             px, py = qx, qy
         out[r] = ok and turns >= 3 and abs(abs(total) - 2 * np.pi) < 1e-6
     return out
+
+
+@numba.njit(cache=True)
+def _assemble(xy, kind, row_part, part_ring, ring_point):
+    """After the numbers are read: rows with an open or short ring to GEOS (``kind`` updated), the convex
+    flags, the largest absolute coordinates, and the GeoArrow arrays of the polygon rows and of the multipolygon rows (one numba entry
+    point: each costs ~40 ms to load from numba's cache in a new process)."""
+    _check_rings(xy, kind, row_part, part_ring, ring_point)
+    convex = _convex_rows(xy, kind, row_part, part_ring, ring_point)
+    reach = np.full(len(kind), np.nan)
+    for r in range(len(kind)):
+        if kind[r] == _EMPTY:
+            reach[r] = 0.0
+        elif kind[r] != _OTHER:
+            top = 0.0
+            for q in range(ring_point[part_ring[row_part[r]]], ring_point[part_ring[row_part[r + 1]]]):
+                top = max(top, abs(xy[q, 0]), abs(xy[q, 1]))
+            reach[r] = top
+    polygons = _ragged(xy, np.flatnonzero(kind == _POLYGON), row_part, part_ring, ring_point)
+    multipolygons = _ragged(xy, np.flatnonzero(kind == _MULTI), row_part, part_ring, ring_point)
+    return convex, reach, polygons, multipolygons
