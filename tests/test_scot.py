@@ -209,3 +209,63 @@ def test_evaluate_defaults_to_dataset_ground_truth(synth_root, tmp_path):
     )
     d = json.loads(out.read_text())
     assert d["n_aois"] == 3 and d["tracking"] == 1.0
+
+
+def _python_track(months):
+    """The former per-match Python bookkeeping of ``score_aoi`` (sets and dicts), as the oracle for ``_track``.
+    ``months``: (truth ids, proposal ids, matched truth rows, matched proposal rows) per month."""
+    tp = fp = fn = mism = ctp = cfp = cfn = n_new = 0
+    t_last, p_last, t_seen, p_seen = {}, {}, set(), set()
+    for i, (tid, pid, ma, mb) in enumerate(months):
+        mt, mp = [tid[k] for k in ma], [pid[k] for k in mb]
+        t_new = set(tid) - t_seen if i > 0 else set()
+        p_new = set(pid) - p_seen if i > 0 else set()
+        bad = 0
+        for g, q in zip(mt, mp):
+            if t_last.get(g, q) != q or p_last.get(q, g) != g:
+                bad += 1
+            t_last[g], p_last[q] = q, g
+            if g in t_new:
+                ctp, cfn = (ctp + 1, cfn) if q in p_new else (ctp, cfn + 1)
+            elif q in p_new:
+                cfp += 1
+        n = len(mt)
+        tp, fp, fn, mism = tp + n - bad, fp + len(pid) - n + bad, fn + len(tid) - n + bad, mism + bad
+        if i > 0:
+            n_new, cfp, cfn = n_new + len(t_new), cfp + len(p_new.difference(mp)), cfn + len(t_new.difference(mt))
+        t_seen.update(tid)
+        p_seen.update(pid)
+    return tp, fp, fn, mism, ctp, cfp, cfn, n_new
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000))
+def test_numba_bookkeeping_equals_the_python_one_even_with_repeated_ids(seed):
+    import pandas as pd
+
+    from spacenet7.metrics.scot import _track
+
+    rng = np.random.default_rng(seed)
+    months = []
+    for _ in range(rng.integers(1, 6)):
+        tid = rng.integers(0, 8, rng.integers(0, 9)).tolist()  # ids repeat within a month: sets and arrays could part
+        pid = rng.integers(100, 108, rng.integers(0, 9)).tolist()
+        k = int(rng.integers(0, min(len(tid), len(pid)) + 1))
+        months.append((tid, pid, rng.permutation(len(tid))[:k], rng.permutation(len(pid))[:k]))
+    t_all = [i for tid, _, _, _ in months for i in tid]
+    p_all = [i for _, pid, _, _ in months for i in pid]
+    t_start = np.cumsum([0] + [len(m[0]) for m in months])
+    p_start = np.cumsum([0] + [len(m[1]) for m in months])
+    m_start = np.cumsum([0] + [len(m[2]) for m in months])
+    ma = np.concatenate([[0]] + [t_start[i] + m[2] for i, m in enumerate(months)])[1:].astype(np.int64)
+    mb = np.concatenate([[0]] + [p_start[i] + m[3] for i, m in enumerate(months)])[1:].astype(np.int64)
+    got = _track(
+        pd.factorize(np.array(t_all, np.int64))[0].astype(np.int64),
+        t_start.astype(np.int64),
+        pd.factorize(np.array(p_all, np.int64))[0].astype(np.int64),
+        p_start.astype(np.int64),
+        ma,
+        mb,
+        m_start.astype(np.int64),
+    )
+    assert tuple(int(v) for v in got) == _python_track(months)
