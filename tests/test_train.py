@@ -390,3 +390,30 @@ def test_ema_checkpoints_hold_the_average_of_the_step_weights(chip_dir, tmp_path
     assert (ema["state_dict"][key] - raw[key]).norm() < (first - raw[key]).norm()
     with pytest.raises(SN7Error, match="ema_decay=1.5 must be within"):
         _cfg(chip_dir, tmp_path / "bad", "ema_decay=1.5")
+
+
+def test_validation_frequency_leaves_the_weights_unchanged(synth_root, tmp_path):
+    # recipe=real validates rarely to save time: validating must not move the random windows or the weights
+    chips = tmp_path / "chips"
+    chip.run(ChipConfig(data_root=str(synth_root), out_dir=str(chips), layout="rasters", progress=False, val_frac=0.34))
+    weights = []
+    for every in (1, 2):
+        cfg = compose(
+            "train",
+            [
+                "experiment=real_sample",
+                f"chip_dir={chips}",
+                f"run_dir={tmp_path / str(every)}",
+                "logger.wandb=false",
+                "trainer.enable_progress_bar=false",
+                "max_epochs=2",
+                "trainer.limit_train_batches=2",
+                "trainer.limit_val_batches=1",
+                f"trainer.check_val_every_n_epoch={every}",
+            ],
+        )
+        train.run(cfg)
+        ckpt = torch.load(tmp_path / str(every) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        weights.append(ckpt["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
