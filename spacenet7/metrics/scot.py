@@ -88,8 +88,8 @@ def score_aoi(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshol
     """
     month_keys = sorted(set(truth["month"].unique()) | set(proposal["month"].unique()))
     months = pd.Index(month_keys)
-    t_rows, t_start = _by_month(months.get_indexer(truth["month"]), len(months))
-    p_rows, p_start = _by_month(months.get_indexer(proposal["month"]), len(months))
+    t_rows, t_start = _by_month(_codes(truth["month"], months), len(months))
+    p_rows, p_start = _by_month(_codes(proposal["month"], months), len(months))
     t_geoms, p_geoms = truth["geometry"].to_numpy()[t_rows], proposal["geometry"].to_numpy()[p_rows]
     t_ids = pd.factorize(truth["id"].to_numpy()[t_rows])[0].astype(np.int64)
     p_ids = pd.factorize(proposal["id"].to_numpy()[p_rows])[0].astype(np.int64)
@@ -121,6 +121,12 @@ def score_aoi(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshol
     tracking = f_score(tp, fp, fn)
     change = f_score(ctp, cfp, cfn)
     return AOIScore(aoi, combine(change, tracking, beta), tracking, change, tp, fp, fn, mism, ctp, cfp, cfn, n_new, month_scores)
+
+
+def _codes(values: pd.Series, keys: pd.Index) -> np.ndarray:
+    """Each value's position in ``keys`` (the distinct values looked up once, not every row)."""
+    codes, distinct = pd.factorize(values)
+    return keys.get_indexer(distinct)[codes]
 
 
 def _by_month(month: np.ndarray, n_months: int) -> tuple[np.ndarray, np.ndarray]:

@@ -152,7 +152,6 @@ def _polygon_text(d, i, end, part_ring, n_rings, ring_point, n_points, tokens, n
             e = _number(d, i, end)
             if e < 0 or e >= end or d[e] != 32:
                 return -1, n_rings, n_points, n_tok, part_ring, ring_point, tokens
-            tokens = _grow(tokens, n_tok + 1)
             tokens[n_tok, 0] = i
             tokens[n_tok, 1] = e
             i = _spaces(d, e, end)
@@ -202,6 +201,7 @@ def _scan_rows(data, offsets, poly_w, multi_w, empty_w):
     for r in range(n):
         i, end = offsets[r], offsets[r + 1]
         saved = (n_parts, n_rings, n_points, n_tok)
+        tokens = _grow(tokens, n_tok + (end - i) // 2 + 2)  # room for every number the row can hold
         i = _spaces(data, i, end)
         ok = False
         code = _OTHER
@@ -259,8 +259,11 @@ def _gather_tokens(data: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np
     for k in range(len(tokens)):
         offsets[k + 1] = offsets[k] + tokens[k, 1] - tokens[k, 0]
     out = np.empty(offsets[-1], np.uint8)
-    for k in range(len(tokens)):
-        out[offsets[k] : offsets[k + 1]] = data[tokens[k, 0] : tokens[k, 1]]
+    j = 0
+    for k in range(len(tokens)):  # byte by byte: a slice per token costs more than its few bytes
+        for b in range(tokens[k, 0], tokens[k, 1]):
+            out[j] = data[b]
+            j += 1
     return out, offsets
 
 
