@@ -1,6 +1,18 @@
-"""Inference runtimes side by side on one mosaic: tiles per second and footprint agreement.
+"""Inference runtimes side by side: truth parity on the real held-out bands, or one mosaic's footprint agreement.
 
-    python bench/bench_runtimes.py [--checkpoint runs/demo/train/checkpoints/best.ckpt] [--image MOSAIC.tif]
+Truth parity (the default; issue 35): every engine predicts the real places' held-out bands (both
+data roots in ../shared/data) on the same inputs, and is scored against their labels (F1@0.5,
+F1@0.25, pixel IoU per place, SCOT on the time series) beside its tiles/s; the machine's idleness
+is measured and said; the JSON report feeds ``spacenet7 compile parity=REPORT``
+(``bench/runtime_parity.py`` has the details)::
+
+    python bench/bench_runtimes.py [--checkpoint spacenet7/models/shipped/spacenet7-real.bundle] [--tta d4]
+        [--engines torch-fp32,torch-bf16,ort-fp32,ort-int8,ov-fp32,ov-bf16,ov-int8,ov-int8-bf16] [--rounds 3]
+        [--json runs/bench/runtime_parity.json]
+
+One mosaic (``--image``; the earlier measurements below were made with it):
+
+    python bench/bench_runtimes.py --image MOSAIC.tif [--checkpoint CKPT]
         [--calibration MOSAIC...] [--region ROW0 ROW1 COL0 COL1] [--no-control]
 
 Every engine runs the same blended sliding window (``spacenet7.models.inference.sliding_window``,
@@ -44,6 +56,11 @@ from spacenet7.models.inference import LoadedModel, load_model, load_model_file,
 from spacenet7.models.precision import cpu_has_fast_bf16
 from spacenet7.models.runtime import ModelMeta, OpenVinoRuntime, net_stride, write_model_files
 
+try:  # run as a script (python bench/bench_runtimes.py) or imported as bench.bench_runtimes
+    import runtime_parity
+except ImportError:  # pragma: no cover
+    from bench import runtime_parity
+
 TILE, OVERLAP, BATCH, THREADS = 256, 64, 8, 2
 
 
@@ -62,10 +79,17 @@ def truth_scores(truth: np.ndarray, found: np.ndarray, upscale: float, region: l
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default="runs/demo/train/checkpoints/best.ckpt")
-    ap.add_argument("--image", default=None, help="a mosaic (default: the first of data/synthetic)")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--calibration", nargs="*", default=None, help="mosaics for int8 calibration (default: --image)")
+    ap.add_argument("--checkpoint", default=str(runtime_parity.SHIPPED), help="a .ckpt or .bundle (default: the shipped model)")
+    ap.add_argument(
+        "--image", default=None, help="one mosaic: footprint agreement on it instead of truth parity on the real bands"
+    )
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--calibration",
+        nargs="*",
+        default=None,
+        help="mosaics for int8 calibration (default: truth parity, the checkpoint's training imagery left of the bands; --image, the mosaic)",
+    )
     ap.add_argument("--max-drop", type=float, default=0.01, help="int8 accuracy control: footprint F1 drop allowed")
     ap.add_argument(
         "--max-iterations",
@@ -82,11 +106,20 @@ def main() -> None:
         help="score footprints against the truth in this source-pixel box only (a held-out band)",
     )
     ap.add_argument("--no-control", action="store_true", help="skip the accuracy-controlled int8 (NNCF ranks layers for minutes)")
+    runtime_parity.add_arguments(ap)
     args = ap.parse_args()
     if not 0 <= args.max_drop < 1:
         ap.error(f"--max-drop {args.max_drop} must be within [0, 1)")
+    if args.image is None:
+        runtime_parity.truth_parity(args)
+    else:
+        single_mosaic(args)
+
+
+def single_mosaic(args: argparse.Namespace) -> None:
+    """Every engine on one mosaic: tiles/s and footprint agreement with torch fp32 (and truth scores where labelled)."""
     torch.set_num_threads(THREADS)
-    image = Path(args.image) if args.image else sorted(Path("data/synthetic/train").glob("*/images/*.tif"))[0]
+    image = Path(args.image)
     try:  # an SN7 mosaic keeps its AOI name, so that its labels are found
         rec = next(iter(records_from_files([str(image)]).values()))[0]
     except SN7Error:

@@ -79,6 +79,9 @@ class Engine(StrEnum):
     torch = "torch"  # the checkpoint, eager PyTorch
     onnxruntime = "onnxruntime"  # an exported .onnx file
     openvino = "openvino"  # an exported OpenVINO IR (.xml) or an .onnx file
+    # the fastest engine at truth parity recorded by `spacenet7 compile` (the bundle's card, model_file's
+    # metadata) whose package is installed; torch otherwise (spacenet7/models/engine_choice.py)
+    auto = "auto"
 
 
 class ModelFormat(StrEnum):
@@ -351,15 +354,17 @@ class PredictConfig:
     # the imagery's band layout and scaling (InputSpec keys) over the checkpoint's, e.g. for 4-band
     # uint16 BGRN: +input={rgb:[3,2,1],alpha:null,scaling:percentile}; empty = the checkpoint's
     input: Dict[str, Any] = field(default_factory=dict)
-    engine: Engine = Engine.torch  # torch: the checkpoint; onnxruntime / openvino: model_file (spacenet7 compile)
-    model_file: Optional[str] = None  # an exported .onnx or OpenVINO .xml; engine=onnxruntime|openvino only
+    # torch: the checkpoint; onnxruntime / openvino: model_file (spacenet7 compile); auto: the fastest engine at
+    # truth parity that compile recorded in the bundle's card or model_file and that is installed, else torch
+    engine: Engine = Engine.torch
+    model_file: Optional[str] = None  # an exported .onnx or OpenVINO .xml; engine=onnxruntime|openvino|auto only
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # per-AOI work on Dask: cluster.mode=local|address
 
     def __post_init__(self) -> None:
         self.grid = choice(self.grid, Grid, "predict", "grid")
         self.engine = choice(self.engine, Engine, "predict", "engine")
         check(
-            self.engine is Engine.torch or bool(self.model_file),
+            self.engine in (Engine.torch, Engine.auto) or bool(self.model_file),
             "predict",
             f"engine={self.engine} runs an exported model: set model_file= (spacenet7 compile checkpoint=... format=...)",
         )
@@ -402,7 +407,12 @@ class CompileConfig:
     tile: int = 256  # side of the example input traced (batch, height and width stay dynamic)
     verify: bool = True  # run the export once in its runtime and compare with torch on a random tile
     int8: bool = False  # static int8 quantization calibrated on `calibration`: NNCF for openvino, ONNX Runtime's QDQ for onnx
-    calibration: Optional[List[str]] = None  # int8: mosaics to draw calibration tiles from
+    # int8: mosaics to draw calibration tiles from; None: the checkpoint's training imagery (its card's or run's
+    # data and AOIs), outside the held-out band, never the scored data
+    calibration: Optional[List[str]] = None
+    # a bench/bench_runtimes.py report (JSON): compile the fastest engine at truth parity in it (format, int8 and
+    # precision from the report) and record the measured choice in the model file and the bundle's card
+    parity: Optional[str] = None
     calibration_tiles: int = 64
     # openvino int8: layers return to float, most sensitive first, until the footprints on the calibration
     # tiles agree with fp32's within this building F1 (e.g. 0.01); None: every layer int8
@@ -419,11 +429,6 @@ class CompileConfig:
         self.int8_overflow_fix = choice(self.int8_overflow_fix, OverflowFix, "compile", "int8_overflow_fix")
         check(self.opset >= 17, "compile", f"opset={self.opset} must be >= 17")
         check(self.tile > 0, "compile", f"tile={self.tile} must be > 0")
-        check(
-            not self.int8 or bool(self.calibration),
-            "compile",
-            "int8=true needs calibration=[mosaic.tif,...] (tiles to calibrate on)",
-        )
         check(
             self.int8_max_drop is None or (self.int8 and self.format is ModelFormat.openvino and 0 <= self.int8_max_drop < 1),
             "compile",

@@ -27,7 +27,7 @@ from spacenet7.config import ClusterMode, Engine, PredictConfig
 from spacenet7.data.bands import InputSpec, check_fits, rgb_fallback
 from spacenet7.data.months import is_dated, month_label
 from spacenet7.data.sn7 import MonthRecord, records_from_files, scan
-from spacenet7.errors import SN7DataError
+from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.atomic import clear_partials, ensure_writable_dir
 from spacenet7.io.raster import open_raster
 from spacenet7.models.bundle import shipped_or_fail
@@ -53,6 +53,8 @@ def run(cfg: PredictConfig) -> list[Path]:
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.engine is Engine.auto:
+        cfg = resolve_auto(cfg)
     if cfg.engine is Engine.torch and cfg.checkpoint is None:
         cfg = dataclasses.replace(cfg, checkpoint=str(shipped_or_fail("predict")))
         log.info("predict: the shipped model %s", cfg.checkpoint)
@@ -94,6 +96,60 @@ def run(cfg: PredictConfig) -> list[Path]:
             written = predict_all(model, records, cfg)
     log.info("predict: wrote %d probability rasters under %s", len(written), cfg.out_dir)
     return written
+
+
+def resolve_auto(cfg: PredictConfig) -> PredictConfig:
+    """``engine=auto``: the fastest engine at truth parity recorded by ``spacenet7 compile`` (in ``model_file``'s
+    metadata and the bundle's card; the shipped bundle without either) whose package is installed and whose
+    file is present and unchanged (:func:`spacenet7.models.engine_choice.pick`); else torch, said in one line.
+    On a CUDA device torch runs (the recorded speeds are the CPU's).
+
+    Raises:
+        SN7Error: only ``model_file`` is given and it cannot run here (no checkpoint to fall back on).
+    """
+    from spacenet7.models import engine_choice
+    from spacenet7.models.bundle import bundle_dir, is_bundle, read_card
+    from spacenet7.models.inference import resolve_device
+    from spacenet7.models.runtime import read_meta
+
+    checkpoint = cfg.checkpoint
+    if checkpoint is None and not cfg.model_file:
+        checkpoint = str(shipped_or_fail("predict"))
+    candidates: list[tuple[dict, Path]] = []
+    reasons: list[str] = []
+    if cfg.model_file:
+        path = Path(cfg.model_file)
+        meta = read_meta(path)
+        if meta.runtime:
+            candidates.append(({**meta.runtime, "file": path.name, "sha256": None}, path.parent))
+        else:
+            reasons.append(f"{path.name}: no engine choice recorded (compiled by an older version: re-run spacenet7 compile)")
+    if checkpoint is not None and is_bundle(checkpoint):
+        runtime = read_card(checkpoint).get("runtime") or {}
+        candidates += [(c, bundle_dir(checkpoint)) for c in runtime.get("candidates", [])]
+    if resolve_device(cfg.device).type == "cuda":
+        chosen, reasons = None, ["a CUDA device: the recorded speeds are the CPU's"]
+    else:
+        chosen, passed = engine_choice.pick(candidates)
+        reasons += passed
+    why = "; ".join(reasons) or "no compiled engine recorded: `spacenet7 compile parity=REPORT` records one"
+    if chosen is not None and chosen[0]["engine"] != "torch":
+        cand, folder = chosen
+        log.info(
+            "predict: engine=auto: %s, %s%s",
+            engine_choice.describe(cand),
+            folder / cand["file"],
+            f" (passed over: {why})" if reasons else "",
+        )
+        return dataclasses.replace(cfg, engine=Engine(cand["engine"]), model_file=str(folder / cand["file"]), amp=cand["amp"])
+    if checkpoint is None:
+        raise SN7Error(f"predict: engine=auto: {cfg.model_file} cannot run here ({why}) and no checkpoint= to fall back on")
+    amp = chosen[0]["amp"] if chosen is not None else cfg.amp
+    log.info(
+        "predict: engine=auto: torch (%s)",
+        engine_choice.describe(chosen[0]) if chosen is not None else f"amp={str(amp).lower()}; {why}",
+    )
+    return dataclasses.replace(cfg, engine=Engine.torch, checkpoint=checkpoint, model_file=None, amp=amp)
 
 
 def _first_count(records: dict[str, list[MonthRecord]]) -> int:

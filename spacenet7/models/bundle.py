@@ -10,7 +10,8 @@ A bundle is a directory (by convention ``<name>.bundle``) holding
      "input": {"upscale": 3.0, "input": {InputSpec: bands, alpha, scaling, resampling, ...}},
      "vectorize": {threshold, seed_threshold, min_seed_px, min_area_px, simplify_px, shift_px, track: {...}},
      "provenance": {"data": ..., "recipe": ..., "git_commit": ..., "seed": ..., "checkpoint": ...},
-     "scores": {the run's metrics.json, as measured}, "weights": {"file": ..., "sha256": ...}}
+     "scores": {the run's metrics.json, as measured}, "weights": {"file": ..., "sha256": ...},
+     "runtime": {compiled engines beside the card and the one chosen (optional; spacenet7 compile)}}
 
 Loading a bundle (:func:`read_bundle`) validates the card as data (unknown keys, wrong types and any
 ``_``-key such as Hydra's ``_target_`` are refused, the architecture by the same check as a
@@ -54,6 +55,7 @@ _KEYS = {
     "provenance": dict,
     "scores": dict,
     "weights": dict,
+    "runtime": dict,
 }
 _REQUIRED = ("format", "format_version", "architecture", "input", "weights")
 VECTORIZE_KEYS = ("threshold", "seed_threshold", "min_seed_px", "min_area_px", "simplify_px", "shift_px", "track")
@@ -129,9 +131,13 @@ def check_card(card: Any) -> dict[str, Any]:
         raise ValueError(f"format={card['format'][:40]!r}, expected {FORMAT!r}")
     if card["format_version"] != FORMAT_VERSION:
         raise ValueError(f"format_version={card['format_version']} is not one this spacenet7 reads ({FORMAT_VERSION})")
-    for key in ("architecture", "input", "vectorize", "predict", "provenance", "scores", "weights"):
+    for key in ("architecture", "input", "vectorize", "predict", "provenance", "scores", "weights", "runtime"):
         if key in card:
             _plain_map(card[key], key)
+    if "runtime" in card:
+        from spacenet7.models.engine_choice import check_runtime
+
+        check_runtime(card["runtime"])
     if "_target_" in card["architecture"]:
         raise ValueError("architecture._target_ is not allowed: the architecture is create_model's keyword arguments")
     model_kwargs(card["architecture"])
@@ -373,7 +379,7 @@ def write_bundle(
     state, hp = read_checkpoint(checkpoint)
     if "card" in hp:  # re-bundling a bundle: keep its card, with the given settings on top
         old = hp["card"]
-        card = {k: v for k, v in old.items() if k != "weights"}
+        card = {k: v for k, v in old.items() if k not in ("weights", "runtime")}  # compiled files stay with their bundle
         card["vectorize"] = {**old.get("vectorize", {}), **(vectorize or {})}
         card["provenance"] = {**old.get("provenance", {}), **(provenance or {})}
         card["scores"] = old.get("scores", {}) if scores is None else scores
@@ -438,3 +444,23 @@ def apply_vectorize_settings(cfg: Any) -> None:
     if track:
         base = cfg.track if isinstance(cfg.track, TrackConfig) else TrackConfig(**dict(cfg.track))
         cfg.track = TrackConfig(**{**dataclasses.asdict(base), **track})
+
+
+def record_runtime(path: str | Path, runtime: dict[str, Any]) -> Path:
+    """Write ``runtime`` (the compiled engines beside the card and the chosen one) into a bundle's card, atomically.
+
+    Raises:
+        SN7DataError: not a valid bundle.
+        SN7Error: the card would not validate with it.
+    """
+    card = read_card(path)
+    card["runtime"] = runtime
+    try:
+        check_card(card)
+    except ValueError as exc:
+        raise SN7Error(f"bundle: the card would not validate with this runtime ({exc})") from None
+    card_path = bundle_dir(path) / CARD
+    tmp = card_path.with_name(f".{CARD}.partial")
+    tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(card_path)
+    return card_path

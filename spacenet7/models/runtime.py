@@ -175,6 +175,9 @@ class ModelMeta:
         source: the checkpoint it was exported from.
         int8_overflow_fix: for an NNCF int8 IR, its :class:`OverflowFix` (``disable``: full 8-bit
             weights, for CPUs with VNNI or AMX); empty for a float model.
+        runtime: the engine this file is meant for, as ``compile`` chose it: a candidate map of
+            :mod:`spacenet7.models.engine_choice` (engine, precision, amp, measured tiles/s and truth
+            parity); ``predict engine=auto`` reads it. Empty in files of older versions.
     """
 
     upscale: float
@@ -185,6 +188,7 @@ class ModelMeta:
     model: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     int8_overflow_fix: str = ""
+    runtime: dict[str, Any] = field(default_factory=dict)
     format: str = META_FORMAT
 
     def to_json(self) -> str:
@@ -204,6 +208,10 @@ class ModelMeta:
                 raise ValueError(f"format {doc.get('format')!r}, expected {META_FORMAT!r}")
             meta = cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
             InputSpec.from_dict(meta.input)
+            if meta.runtime:
+                from spacenet7.models.engine_choice import check_candidate
+
+                check_candidate(meta.runtime)
         except (ValueError, TypeError, KeyError, AttributeError, SN7Error) as exc:
             raise SN7DataError(path, f"bad spacenet7 metadata in the model file ({str(exc).splitlines()[0][:160]})") from None
         if not (meta.upscale > 0 and int(meta.stride) >= 1 and list(meta.classes) == list(CHANNELS)):
