@@ -119,8 +119,18 @@ def _clockwise(xy: np.ndarray, s: int, n: int) -> bool:
 
 @numba.njit(cache=True)
 def _burn(mask: np.ndarray, box: np.ndarray, y: int, a: int, b: int) -> None:
-    """Pixels ``[a, b)`` of row ``y`` (already cut to the block), and the box of burnt pixels grown."""
-    mask[y, a:b] = 1
+    """Pixels ``[a, b)`` of row ``y`` (already cut to the block) set in the bit mask (64 pixels a word),
+    and the box of burnt pixels grown."""
+    wa, wb = a >> 6, (b - 1) >> 6
+    lo = np.uint64(0xFFFFFFFFFFFFFFFF) << np.uint64(a & 63)
+    hi = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(63 - ((b - 1) & 63))
+    if wa == wb:
+        mask[y, wa] |= lo & hi
+    else:
+        mask[y, wa] |= lo
+        for k in range(wa + 1, wb):
+            mask[y, k] = np.uint64(0xFFFFFFFFFFFFFFFF)
+        mask[y, wb] |= hi
     box[0] = min(box[0], y)
     box[1] = max(box[1], y + 1)
     box[2] = min(box[2], a)
@@ -146,15 +156,11 @@ def _fill_polygon(
     """GDAL's filled-polygon scanline of one polygon (rings ``ring0:ring1``) on a ``h`` x ``w`` block whose
     pixel (0, 0) has its corner at ``(bx, by)``, burnt into ``mask``."""
     n = 0
-    for r in range(ring0, ring1):  # the block's pixel coordinates, every ring clockwise (as GDAL collects them)
+    for r in range(ring0, ring1):  # the block's pixel coordinates
         s, m = ring_start[r], ring_start[r + 1] - ring_start[r]
-        if m == 0:
-            continue
-        cw = _clockwise(xy, s, m)
         for i in range(m):
-            src = s + i if cw else s + m - 1 - i
-            lx[n + i] = xy[src, 0] - bx
-            ly[n + i] = xy[src, 1] - by
+            lx[n + i] = xy[s + i, 0] - bx
+            ly[n + i] = xy[s + i, 1] - by
         n += m
     if n == 0:
         return
@@ -184,10 +190,11 @@ def _fill_polygon(
                 elif dy1 > dy2:
                     dy1, dy2 = dy2, dy1
                     dx1, dx2 = lx[i2], lx[i1]
-                else:  # horizontal: on the centre line, burnt when it runs right to left
-                    if lx[i1] > lx[i2]:
-                        a = max(int(np.floor(lx[i2] + 0.5)), 0)
-                        b = min(int(np.floor(lx[i1] + 0.5)), w)
+                else:  # horizontal, on the centre line: burnt when it runs right to left as GDAL walks the ring,
+                    # clockwise (the other way round where the ring runs counter-clockwise)
+                    if lx[i1] != lx[i2] and (lx[i1] > lx[i2]) == _clockwise(xy, ring_start[r], m):
+                        a = max(int(np.floor(min(lx[i1], lx[i2]) + 0.5)), 0)
+                        b = min(int(np.floor(max(lx[i1], lx[i2]) + 0.5)), w)
                         if a < b:
                             _burn(mask, box, y, a, b)
                     continue
@@ -328,12 +335,21 @@ def _frame_counts(
             for p in range(p_geom[g], p_geom[g + 1]):
                 _fill_polygon(pxy, p_ring, p_part[p], p_part[p + 1], float(bc0), float(br0), h, w, lx, ly, ints, mp, box)
         for y in range(box[0], box[1]):  # count, then clear, only the burnt box
-            for x in range(box[2], box[3]):
-                inter += int(mt[y, x] & mp[y, x])
-                union += int(mt[y, x] | mp[y, x])
-            mt[y, box[2] : box[3]] = 0
-            mp[y, box[2] : box[3]] = 0
+            for k in range(box[2] >> 6, ((box[3] - 1) >> 6) + 1):
+                inter += _popcount(mt[y, k] & mp[y, k])
+                union += _popcount(mt[y, k] | mp[y, k])
+                mt[y, k] = 0
+                mp[y, k] = 0
     return inter, union
+
+
+@numba.njit(cache=True)
+def _popcount(v: np.uint64) -> int:
+    """Set bits of a 64-bit word (SWAR)."""
+    v = v - ((v >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    v = (v + (v >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return int((v * np.uint64(0x0101010101010101)) >> np.uint64(56))
 
 
 @numba.njit(cache=True)
@@ -353,8 +369,8 @@ def _group_counts(
     lx = np.empty(longest)
     ly = np.empty(longest)
     ints = np.empty(longest + 1, np.int64)
-    mt = np.zeros((block, block), np.uint8)
-    mp = np.zeros((block, block), np.uint8)
+    mt = np.zeros((block, (block + 63) // 64), np.uint64)  # bit masks: 64 pixels a word
+    mp = np.zeros((block, (block + 63) // 64), np.uint64)
     box = np.empty(4, np.int64)
     n = len(t_start) - 1
     inter = np.zeros(n, np.int64)
