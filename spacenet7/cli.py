@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
@@ -12,8 +11,10 @@ import warnings
 from collections.abc import Callable
 from types import FrameType
 
-from spacenet7 import STAGES
-from spacenet7.errors import SN7Error
+from spacenet7.errors import SN7Error, os_error_line
+from spacenet7.logs import single_log_lines
+from spacenet7.stages import STAGES
+from spacenet7.stages import run_stage as run_registered_stage
 
 STAGE_ENV = "SPACENET7_STAGE"  # set for the processes a stage starts (Lightning's DDP re-launches this command)
 USAGE = "usage: spacenet7 STAGE [hydra overrides...]   (spacenet7 STAGE --help for its config)"
@@ -22,7 +23,7 @@ USAGE = "usage: spacenet7 STAGE [hydra overrides...]   (spacenet7 STAGE --help f
 def _help() -> str:
     width = max(map(len, STAGES))
     lines = [USAGE, "", "stages (run in this order by `pipeline`):"]
-    lines += [f"  {name:<{width}}  {text}" for name, text in STAGES.items()]
+    lines += [f"  {name:<{width}}  {stage.description}" for name, stage in STAGES.items()]
     lines += [
         "",
         "examples:",
@@ -35,10 +36,8 @@ def _help() -> str:
 
 
 def run_stage(stage: str, cfg) -> object:
-    """Call ``spacenet7.<stage>.run`` with the typed config."""
-    module = importlib.import_module(f"spacenet7.{stage}")
-    single_log_lines()  # again: the stage's imports may have brought Lightning's own console handler
-    return module.run(cfg)
+    """Run the stage's module with the typed config (:func:`spacenet7.stages.run_stage`)."""
+    return run_registered_stage(stage, cfg)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,30 +89,6 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = [f"spacenet7-{stage}", *argv, *hydra_overrides(stage, argv)]
     with stop_on_sigterm(stage):
         _app()
-
-
-class _DropAdverts(logging.Filter):
-    """Drops Lightning's advertising lines ("💡 Tip: ... litlogger ...")."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in str(record.msg) and "💡" not in str(record.msg)
-
-
-def single_log_lines() -> None:
-    """One line per log record, in Hydra's format and log file: Lightning's own console handler (added when it
-    is imported before Hydra configures logging) is removed, its records go to the root handlers; no adverts."""
-    if not logging.getLogger().handlers:  # no root handler (tests, notebooks): Lightning's own stays
-        return
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
-        logger = logging.getLogger(name)
-        for handler in list(logger.handlers):
-            if type(handler) is logging.StreamHandler:
-                logger.removeHandler(handler)
-        logger.propagate = True
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropAdverts) for f in logger.filters):
-            logger.addFilter(_DropAdverts())
 
 
 def quiet_libraries() -> None:
@@ -195,12 +170,6 @@ def fail(stage: str, message: str) -> None:
     message = message.removeprefix(f"{stage}: ")
     print(f"spacenet7 {stage}: error: {message}", file=sys.stderr)
     sys.exit(1)
-
-
-def os_error_line(exc: OSError) -> str:
-    """``<path>: <reason>`` for an OSError (GDAL's first message line when the OS gave none)."""
-    reason = exc.strerror or str(exc).splitlines()[0][:200] or type(exc).__name__
-    return f"{exc.filename}: {reason}" if exc.filename else reason
 
 
 def hydra_overrides(stage: str, argv: list[str]) -> list[str]:

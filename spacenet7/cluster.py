@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from spacenet7.config import ClusterConfig, ClusterMode
-from spacenet7.errors import SN7Error
+from spacenet7.errors import SN7Error, os_error_line
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -158,8 +158,6 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, KilledWorker):
         return "its worker died every time it ran (killed, out of memory?)"
     if isinstance(exc, OSError):
-        from spacenet7.cli import os_error_line
-
         return os_error_line(exc)
     text = str(exc).splitlines()[0][:300] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -19,10 +19,10 @@ from typing import Any, Dict, List, Optional, cast, get_type_hints
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from spacenet7 import PIPELINE_STAGES
 from spacenet7.data.bands import InputSpec
 from spacenet7.errors import SN7Error, check, choice
 from spacenet7.io.layout import DEMO, REAL
+from spacenet7.stages import PIPELINE_STAGES, STAGES
 from spacenet7.track import TrackConfig  # the schema of vectorize's track node
 
 
@@ -828,21 +828,9 @@ class BundleConfig:
         )
 
 
-SCHEMAS: dict[str, type] = {
-    "synth": SynthConfig,
-    "chip": ChipConfig,
-    "train": TrainConfig,
-    "predict": PredictConfig,
-    "vectorize": VectorizeConfig,
-    "export": ExportConfig,
-    "evaluate": EvaluateConfig,
-    "pipeline": PipelineConfig,
-    "tune": TuneConfig,
-    "compile": CompileConfig,
-    "serve": ServeConfig,
-    "bundle": BundleConfig,
-}
-"""Each stage's typed config; registered as its composition schema ``_<stage>_schema``, except the
+SCHEMAS: dict[str, type] = {name: globals()[stage.schema] for name, stage in STAGES.items()}
+"""Each stage's typed config (the registry's :attr:`~spacenet7.stages.Stage.schema`); registered as its
+composition schema ``_<stage>_schema``, except the
 pipeline's, which is generated from :class:`PipelineConfig` (:func:`_pipeline_schema`) and resolved
 into one by :func:`spacenet7.pipeline.resolve`."""
 

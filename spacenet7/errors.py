@@ -34,3 +34,9 @@ def choice(value: Any, enum: type[StrEnum], stage: str | None, key: str) -> Any:
     except ValueError:
         prefix = "" if stage is None else f"{stage}: "
         raise SN7Error(f"{prefix}{key}={value!r} must be one of {[m.value for m in enum]}") from None
+
+
+def os_error_line(exc: OSError) -> str:
+    """``<path>: <reason>`` for an OSError (GDAL's first message line when the OS gave none)."""
+    reason = exc.strerror or str(exc).splitlines()[0][:200] or type(exc).__name__
+    return f"{exc.filename}: {reason}" if exc.filename else reason

@@ -25,12 +25,12 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from spacenet7 import PIPELINE_STAGES
 from spacenet7.config import TRAIN_GROUPS, Holdout, PipelineConfig, StageGroups, TrainGroups, check_stages, compose_node
 from spacenet7.data.sn7 import band_regions, check_not_too_deep, data_roots, scan
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path, ensure_writable_dir
 from spacenet7.io.layout import RunLayout
+from spacenet7.stages import PIPELINE_STAGES, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +202,6 @@ def write_manifest(cfg: PipelineConfig, train_aois: list[str], test_aois: list[s
 
 def run(cfg: PipelineConfig) -> dict[str, object]:
     """Run the stages in order; returns each stage's outputs."""
-    from spacenet7.cli import run_stage
-
     stages = [s for s in PIPELINE_STAGES if s in cfg.stages]
     ensure_writable_dir(cfg.run_dir)
     root = Path(cfg.data_root)

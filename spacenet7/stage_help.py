@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from spacenet7 import STAGES
+from spacenet7.stages import STAGES
 
 _DOC_ENTRY = re.compile(r"^\s+(\w+):\s+(.+)$")
 
@@ -115,7 +115,7 @@ def stage_help(stage: str) -> str:
     from spacenet7.config import CONF_DIR, SCHEMAS, TRAIN_GROUPS
 
     lines = [
-        f"spacenet7 {stage}: {STAGES[stage]}",
+        f"spacenet7 {stage}: {STAGES[stage].description}",
         "",
         f"usage: spacenet7 {stage} [key=value ...]   (conf/{stage}.yaml; `--cfg job` prints the composed config)",
     ]

@@ -32,6 +32,7 @@ from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.artifacts import load_index
 from spacenet7.io.atomic import atomic_path, ensure_writable_dir
 from spacenet7.io.layout import TrainLayout
+from spacenet7.logs import single_log_lines
 from spacenet7.models.precision import resolve_precision
 from spacenet7.models.task import SegmentationTask, read_checkpoint
 
@@ -201,8 +202,6 @@ def run(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, 
     for key in ("model", "loss", "optimizer"):
         if not getattr(cfg, key):
             raise SN7Error(f"train: config has no {key} (choose one, e.g. {key}=...)")
-    from spacenet7.cli import single_log_lines
-
     single_log_lines()  # one line per Lightning record, no adverts (also when the pipeline or tune runs this)
     layout = TrainLayout(Path(cfg.run_dir))
     resume_from = layout.last

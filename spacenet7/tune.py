@@ -4,9 +4,10 @@ Each trial samples the search space (``conf/tune/<name>.yaml``: a name per dimen
 override ``path`` it sets and its distribution), composes the training config from
 ``conf/train.yaml`` with the shared ``train.*`` settings and the sampled overrides through the
 same code path as ``spacenet7 train`` (:func:`spacenet7.config.compose_checked`), and trains it
-with :func:`spacenet7.train.run` in ``<run_dir>/trials/<number>``. TPE samples; the median (or
-Hyperband) pruner stops a trial whose validation metric, reported every validation epoch by
-optuna-integration's Lightning callback, falls behind earlier trials at the same epoch.
+with the ``train`` stage (:func:`spacenet7.stages.run_stage`) in ``<run_dir>/trials/<number>``.
+TPE samples; the median (or Hyperband) pruner stops a trial whose validation metric, reported
+every validation epoch by optuna-integration's Lightning callback, falls behind earlier trials at
+the same epoch.
 
 The study lives in SQLite under ``run_dir`` (``study.db``) unless ``storage`` names another
 database: re-running the command resumes it and adds ``n_trials``; several processes or machines
@@ -27,10 +28,21 @@ from typing import Any
 
 import yaml
 
-from spacenet7.config import CONF_DIR, Dist, Objective, Param, Pruner, TuneConfig, compose_checked, override_value, to_overrides
+from spacenet7.config import (
+    Dist,
+    Objective,
+    Param,
+    Pruner,
+    TuneConfig,
+    compose_checked,
+    compose_node,
+    override_value,
+    to_overrides,
+)
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path, ensure_writable_dir
 from spacenet7.io.layout import RunLayout
+from spacenet7.stages import run_stage
 
 log = logging.getLogger(__name__)
 METRIC = {Objective.iou: "val/iou", Objective.f1: "val/f1", Objective.scot: "val/iou"}  # reported each epoch, for pruning
@@ -143,8 +155,6 @@ def run(cfg: TuneConfig) -> dict[str, Path]:
     """Run ``n_trials`` more trials of the study; write the best trial and the plots."""
     import optuna
 
-    from spacenet7 import train
-
     run_dir = ensure_writable_dir(cfg.run_dir)
     midpoint = {name: _midpoint(p) for name, p in cfg.space.items()}  # every path and the shared settings, before any work
     compose_checked("train", [*trial_overrides(cfg, midpoint), f"run_dir={run_dir / 'trials' / 'check'}"])
@@ -166,7 +176,7 @@ def run(cfg: TuneConfig) -> dict[str, Path]:
         tcfg = compose_checked("train", [*overrides, f"run_dir={trial_dir}"])
         print(f"\n=== tune: trial {trial.number}: " + " ".join(f"{k}={v}" for k, v in params.items()), flush=True)
         try:
-            out = train.run(tcfg, callbacks=[pruning_callback(trial, monitor)])
+            out = run_stage("train", tcfg, callbacks=[pruning_callback(trial, monitor)])
         except optuna.TrialPruned as exc:
             print(f"=== tune: trial {trial.number}: {str(exc).lower().rstrip('.')}", flush=True)
             raise
@@ -240,20 +250,9 @@ def write_best(overrides: list[str], path: Path, title: str) -> Path:
     stays one), minus ``run_dir`` and ``resume``; the model, loss, optimizer and augment groups are
     replaced whole, so nothing of the default group's is left over.
     """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from spacenet7.config import register
-
-    register()
-    args = [*overrides, "run_dir=unused"]
-    if GlobalHydra.instance().is_initialized():
-        composed = hydra_compose(config_name="train", overrides=args)
-    else:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-            composed = hydra_compose(config_name="train", overrides=args)
+    composed = compose_node("train", [*overrides, "run_dir=unused"])  # as `spacenet7 train` composes it
     doc = OmegaConf.to_container(composed, resolve=False)
     assert isinstance(doc, dict)
     for key in ("run_dir", "resume"):
@@ -296,7 +295,6 @@ def plots(study: Any, run_dir: Path) -> dict[str, Path]:
 
 def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path) -> float:
     """SCOT of the trial's best checkpoint on the validation AOIs of its chip folder (the band, ``split=spatial``)."""
-    from spacenet7 import evaluate, export, predict, vectorize
     from spacenet7.io.artifacts import load_index
 
     run = RunLayout(work)  # the trial's predictions, vectors, submission and scores, as in a pipeline run
@@ -306,7 +304,8 @@ def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path
     split_dir = (meta.get("settings") or {}).get("split_dir", "train")
     listed = "[" + ",".join(aois) + "]"
     band = float(meta["val_frac"]) if meta.get("split") == "spatial" else None
-    predict.run(
+    run_stage(
+        "predict",
         compose_checked(
             "predict",
             [
@@ -318,9 +317,10 @@ def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path
                 "progress=false",
                 *to_overrides(cfg.scot_predict),
             ],
-        )
+        ),
     )
-    vectorize.run(
+    run_stage(
+        "vectorize",
         compose_checked(
             "vectorize",
             [
@@ -329,9 +329,10 @@ def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path
                 f"aois={listed}",
                 *to_overrides(cfg.scot_vectorize),
             ],
-        )
+        ),
     )
-    export.run(
+    run_stage(
+        "export",
         compose_checked(
             "export",
             [
@@ -341,7 +342,7 @@ def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path
                 "geojson=false",
                 "gpkg=false",
             ],
-        )
+        ),
     )
     ev = [
         f"data_root={root}",
@@ -352,5 +353,5 @@ def validation_scot(cfg: TuneConfig, chip_dir: str, checkpoint: Path, work: Path
     ]
     if band is not None:
         ev.append(f"band_frac={band}")
-    evaluate.run(compose_checked("evaluate", ev))
+    run_stage("evaluate", compose_checked("evaluate", ev))
     return float(json.loads(run.metrics.read_text())["scot"])

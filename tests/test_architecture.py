@@ -62,3 +62,31 @@ def test_chip_and_the_artifact_readers_do_not_import_torch():
     for module in ("spacenet7.chip", "spacenet7.io.artifacts", "spacenet7.vectorize", "spacenet7.export"):
         loaded = _modules_after_import(module)
         assert not {"torch", "lightning"} & loaded, f"{module} imports torch or lightning"
+
+
+def test_the_registry_names_each_stages_schema_module_and_config_file():
+    """One table (spacenet7/stages.py) knows every stage: its config dataclass, its module's run(cfg), conf/<name>.yaml."""
+    import dataclasses
+    import importlib.util
+
+    from spacenet7.config import CONF_DIR, SCHEMAS, PipelineConfig
+    from spacenet7.stages import PIPELINE_STAGES, REGISTRY, STAGES
+
+    assert list(STAGES) == [s.name for s in REGISTRY] and list(SCHEMAS) == list(STAGES)
+    for stage in REGISTRY:
+        assert dataclasses.is_dataclass(SCHEMAS[stage.name]) and SCHEMAS[stage.name].__name__ == stage.schema
+        assert importlib.util.find_spec(stage.module) is not None, stage.module
+        assert (CONF_DIR / f"{stage.name}.yaml").is_file()
+        assert stage.description and "\n" not in stage.description
+    # the pipeline's stages come first, in the order they run, and are the nodes of its config tree
+    assert [s.name for s in REGISTRY[: len(PIPELINE_STAGES)]] == list(PIPELINE_STAGES)
+    nodes = [f.name for f in dataclasses.fields(PipelineConfig) if f.name in STAGES]
+    assert nodes == list(PIPELINE_STAGES)
+
+
+def test_a_stage_runs_through_the_registry(monkeypatch):
+    from spacenet7 import stages
+
+    seen = []
+    monkeypatch.setattr("spacenet7.evaluate.run", lambda cfg, **kw: seen.append((cfg, kw)) or "done")
+    assert stages.run_stage("evaluate", "cfg", extra=1) == "done" and seen == [("cfg", {"extra": 1})]

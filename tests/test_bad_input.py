@@ -1069,8 +1069,7 @@ def test_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
     import shutil as sh
     from collections import namedtuple
 
-    from spacenet7.cli import os_error_line
-    from spacenet7.errors import SN7DataError
+    from spacenet7.errors import SN7DataError, os_error_line
     from spacenet7.io import raster
 
     def failing_open(*a, **k):

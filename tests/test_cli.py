@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from spacenet7 import STAGES
 from spacenet7.config import CONF_DIR, SCHEMAS, compose
+from spacenet7.stages import STAGES
 
 EXE = [sys.executable, "-m", "spacenet7"]
 
@@ -16,8 +16,8 @@ def _run(*args, **kw):
 def test_help_lists_every_stage_with_one_line():
     r = _run("--help")
     assert r.returncode == 0
-    for stage, text in STAGES.items():
-        assert any(line.split()[:1] == [stage] and text in line for line in r.stdout.splitlines()), stage
+    for stage, entry in STAGES.items():
+        assert any(line.split()[:1] == [stage] and entry.description in line for line in r.stdout.splitlines()), stage
 
 
 def test_unknown_stage_is_exit_2_with_one_line():

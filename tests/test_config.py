@@ -15,11 +15,10 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-import spacenet7
-from spacenet7 import PIPELINE_STAGES, STAGES
 from spacenet7.config import CONF_DIR, SCHEMAS, PipelineConfig, compose
 from spacenet7.errors import SN7Error
 from spacenet7.pipeline import wire
+from spacenet7.stages import PIPELINE_STAGES, STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -309,7 +308,7 @@ def test_the_tuned_vectorize_thresholds_live_in_one_place():
 
 
 def test_the_stage_order_is_defined_once():
-    """STAGES in spacenet7/__init__.py: no other list of every pipeline stage in the code or the configs."""
+    """The registry (spacenet7/stages.py): no other list of every pipeline stage in the code or the configs."""
     names = list(PIPELINE_STAGES)
     quoted = r"\s*,\s*".join(f"[\"']?{n}[\"']?" for n in names)
     offenders = [
@@ -318,4 +317,4 @@ def test_the_stage_order_is_defined_once():
         if re.search(quoted, p.read_text())
     ]
     assert offenders == [], offenders
-    assert list(spacenet7.STAGES)[: len(names)] == names
+    assert list(STAGES)[: len(names)] == names

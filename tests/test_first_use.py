@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from model_fixtures import geotiff, random_checkpoint
 
-from spacenet7 import STAGES
+from spacenet7.stages import STAGES
 
 EXE = [sys.executable, "-m", "spacenet7"]
 
@@ -27,7 +27,7 @@ def test_stage_help_lists_settings_with_descriptions(tmp_path):
     r = _run("predict", "--help", tmp_path=tmp_path)
     assert r.returncode == 0 and r.stderr == ""
     out = r.stdout
-    assert out.startswith(f"spacenet7 predict: {STAGES['predict']}")
+    assert out.startswith(f"spacenet7 predict: {STAGES['predict'].description}")
     lines = out.splitlines()
     tta = next(line for line in lines if line.strip().startswith("tta=true"))
     assert "average the probabilities over test-time views" in tta  # the field's comment, on its line

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import rasterio
 
-from spacenet7 import PIPELINE_STAGES, evaluate, export, vectorize
+from spacenet7 import evaluate, export, vectorize
 from spacenet7.config import EvaluateConfig, ExportConfig, VectorizeConfig
 from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan
 from spacenet7.data.targets import make_targets
 from spacenet7.io import probability
 from spacenet7.io.artifacts import load_vectors
 from spacenet7.metrics.table import read_table
+from spacenet7.stages import PIPELINE_STAGES
 
 
 def test_pipeline_runs_every_stage_and_holds_out_an_aoi(tiny_run, tmp_path):
