@@ -50,10 +50,10 @@ def real_sample() -> Path:
 
 @pytest.fixture(scope="session")
 def trained_checkpoint(synth_root, tmp_path_factory) -> Path:
-    """The demo network trained briefly (2x grid, 4 epochs of 12 steps) on ``synth_root``: its best checkpoint.
+    """The demo network trained briefly (4 epochs of 12 steps, the source grid) on ``synth_root``: its best checkpoint.
 
-    One training for every module that needs a trained model (predict/export, the runtimes, Dask);
-    read it, never write beside it.
+    One training for the modules that need a trained model (predict/export, Dask); read it, never
+    write beside it. (The runtime tests train their own on the 2x grid with the same helper.)
     """
     from model_fixtures import train_briefly
 

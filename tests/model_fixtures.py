@@ -40,7 +40,7 @@ def random_checkpoint(path: Path, upscale: float = 2.0, seed: int = 0) -> Path:
     return path
 
 
-def train_briefly(data_root: Path, out: Path, *, upscale: float = 2.0, epochs: int = 4, batches: int = 12) -> Path:
+def train_briefly(data_root: Path, out: Path, *, upscale: float = 1.0, epochs: int = 4, batches: int = 12) -> Path:
     """The demo network (``experiment=demo_cpu``) trained for a few steps on a synthetic data set: its best checkpoint.
 
     Chips of every AOI (128 px on the ``upscale``d grid; a third of the AOIs validate), ``epochs`` of

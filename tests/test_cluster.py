@@ -20,7 +20,7 @@ import pyogrio
 import pytest
 import rasterio
 
-from spacenet7 import chip, evaluate, export, predict, train, vectorize
+from spacenet7 import chip, evaluate, export, predict, vectorize
 from spacenet7.cli import main
 from spacenet7.cluster import load_counts
 from spacenet7.config import (
@@ -33,7 +33,6 @@ from spacenet7.config import (
     VectorizeConfig,
     compose,
 )
-from spacenet7.data.sn7 import scan
 from spacenet7.errors import SN7Error
 
 PROGRESS = re.compile(r"\d+%\|")
@@ -41,35 +40,9 @@ pytestmark = pytest.mark.dask
 
 
 @pytest.fixture(scope="module")
-def ckpt(synth_root, tmp_path_factory) -> Path:
-    """A briefly trained network (one AOI's chips)."""
-    d = tmp_path_factory.mktemp("cluster_train")
-    aoi = sorted(scan(synth_root))[0]
-    chip.run(
-        ChipConfig(
-            data_root=str(synth_root),
-            out_dir=str(d / "chips"),
-            aois=[aoi],
-            chip_size=128,
-            overlap=0,
-            split="spatial",
-            val_frac=0.5,
-            progress=False,
-        )
-    )
-    cfg = compose(
-        "train",
-        [
-            "experiment=demo_cpu",
-            f"chip_dir={d / 'chips'}",
-            f"run_dir={d / 'train'}",
-            "logger.wandb=false",
-            "trainer.enable_progress_bar=false",
-            "max_epochs=2",
-            "batch_size=4",
-        ],
-    )
-    return train.run(cfg)["best"]
+def ckpt(trained_checkpoint) -> Path:
+    """A briefly trained network (conftest's, shared with the other modules that need one)."""
+    return trained_checkpoint
 
 
 @pytest.fixture(scope="module")

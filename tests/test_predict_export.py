@@ -12,8 +12,8 @@ import rasterio
 import shapely
 import torch
 
-from spacenet7 import chip, export, predict, train, vectorize
-from spacenet7.config import ChipConfig, ExportConfig, Grid, PredictConfig, VectorizeConfig, compose
+from spacenet7 import export, predict, vectorize
+from spacenet7.config import ExportConfig, Grid, PredictConfig, VectorizeConfig
 from spacenet7.data.bands import InputSpec
 from spacenet7.data.sn7 import scan
 from spacenet7.errors import SN7DataError
@@ -25,26 +25,11 @@ from spacenet7.models.mosaic import predict_mosaic
 
 
 @pytest.fixture(scope="module")
-def run(synth_root, tmp_path_factory):
+def run(synth_root, trained_checkpoint, tmp_path_factory):
     """A briefly trained model, its predictions, vectors and exports for the last AOI."""
     d = tmp_path_factory.mktemp("run")
     aois = sorted(scan(synth_root))
-    chip.run(
-        ChipConfig(data_root=str(synth_root), out_dir=str(d / "chips"), aois=aois[:2], chip_size=128, overlap=0, progress=False)
-    )
-    tcfg = compose(
-        "train",
-        [
-            "experiment=demo_cpu",
-            f"chip_dir={d / 'chips'}",
-            f"run_dir={d / 'train'}",
-            "logger.wandb=false",
-            "trainer.enable_progress_bar=false",
-            "max_epochs=1",
-            "trainer.limit_train_batches=2",
-        ],
-    )
-    ckpt = train.run(tcfg)["best"]
+    ckpt = trained_checkpoint  # conftest's briefly trained demo network, shared across modules
     pcfg = PredictConfig(
         checkpoint=str(ckpt),
         data_root=str(synth_root),

@@ -11,9 +11,9 @@ import onnx
 import pytest
 import torch
 
-from spacenet7 import chip, predict, train, vectorize
 from spacenet7 import compile as compile_stage
-from spacenet7.config import ChipConfig, Engine, compose
+from spacenet7 import predict, vectorize
+from spacenet7.config import Engine, compose
 from spacenet7.data.sn7 import read_image, scan
 from spacenet7.errors import SN7Error
 from spacenet7.io.artifacts import load_vectors
@@ -26,32 +26,10 @@ ENGINES = [(Engine.onnxruntime, "onnx", ".onnx"), (Engine.openvino, "openvino", 
 
 @pytest.fixture(scope="module")
 def trained(synth_root, tmp_path_factory) -> Path:
-    """A demo network trained briefly on the tiny data set: its best checkpoint."""
-    d = tmp_path_factory.mktemp("runtime")
-    chip.run(
-        ChipConfig(
-            data_root=str(synth_root),
-            out_dir=str(d / "chips"),
-            chip_size=128,
-            overlap=0,
-            progress=False,
-            val_frac=0.34,
-            upscale=2.0,
-        )
-    )
-    cfg = compose(
-        "train",
-        [
-            "experiment=demo_cpu",
-            f"chip_dir={d / 'chips'}",
-            f"run_dir={d / 'train'}",
-            "logger.wandb=false",
-            "trainer.enable_progress_bar=false",
-            "max_epochs=4",
-            "trainer.limit_train_batches=12",
-        ],
-    )
-    return train.run(cfg)["best"]
+    """A demo network trained briefly on the tiny data set, on the 2x grid: its best checkpoint."""
+    from model_fixtures import train_briefly
+
+    return train_briefly(synth_root, tmp_path_factory.mktemp("runtime"), upscale=2.0)
 
 
 @pytest.fixture(scope="module")
