@@ -24,8 +24,10 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +39,8 @@ from spacenet7.cluster import map_aois
 from spacenet7.config import ChipConfig, ClusterMode, Layout, Split
 from spacenet7.data.bands import InputSpec
 from spacenet7.data.sn7 import (
+    Image,
+    MonthRecord,
     check_labels_on_image,
     data_roots,
     image_grid,
@@ -75,7 +79,7 @@ class Cutting:
 SOURCE_TAG = "SPACENET7_SOURCE"  # the GeoTIFF tag holding a prepared file's source key
 
 
-def source_key(rec, cut: Cutting) -> str:
+def source_key(rec: MonthRecord, cut: Cutting) -> str:
     """What one month's prepared files depend on: the settings, and the size and modification
     time of every file the month is read from (an edited label file changes it)."""
     files = [rec.image, rec.image_masked, rec.udm, rec.labels_match]
@@ -195,12 +199,14 @@ def _registration(recs: list, cfg: ChipConfig, aoi_side: str | None) -> list[flo
     return [off.dx, off.dy]
 
 
-def chip_aoi(month_fn, recs: list, cut: Cutting, out: Path, aoi_side: str | None, reuse: bool) -> list[dict]:
+def chip_aoi(
+    month_fn: Callable[..., list[dict]], recs: list, cut: Cutting, out: Path, aoi_side: str | None, reuse: bool
+) -> list[dict]:
     """The index rows of one AOI's months (``month_fn``: :func:`_chip_month` or :func:`_target_month`)."""
     return [row for rec in recs for row in month_fn(rec, cut, out, aoi_side, reuse)]
 
 
-def _month_targets(rec, cut: Cutting):
+def _month_targets(rec: MonthRecord, cut: Cutting) -> tuple[Image, np.ndarray, np.ndarray]:
     """The month's image on the training grid, its targets (3, H, W) and ignore mask (H, W)."""
     img = read_image(rec, upscale=cut.upscale, spec=cut.spec)
     labels = read_labels(rec, img.crs)
@@ -213,7 +219,7 @@ def _month_targets(rec, cut: Cutting):
     return img, targets, ignore
 
 
-def _target_month(rec, cut: Cutting, out: Path, aoi_side: str | None, reuse: bool) -> list[dict]:
+def _target_month(rec: MonthRecord, cut: Cutting, out: Path, aoi_side: str | None, reuse: bool) -> list[dict]:
     rel = Path("targets") / rec.aoi / f"{rec.stem}.tif"
     path = out / rel
     key = source_key(rec, cut)
@@ -270,7 +276,7 @@ def _target_month(rec, cut: Cutting, out: Path, aoi_side: str | None, reuse: boo
     return rows
 
 
-def _chip_month(rec, cut: Cutting, out: Path, aoi_side: str | None, reuse: bool) -> list[dict]:
+def _chip_month(rec: MonthRecord, cut: Cutting, out: Path, aoi_side: str | None, reuse: bool) -> list[dict]:
     key = source_key(rec, cut)
     img, targets, ignore = _month_targets(rec, cut)
     stack = np.concatenate([img.rgb, targets, ignore[None]])
@@ -326,7 +332,7 @@ def _complete(path: Path, bands: int, key: str) -> bool:
         return False
 
 
-def _write_chip(path: Path, array: np.ndarray, transform, crs, key: str) -> None:
+def _write_chip(path: Path, array: np.ndarray, transform: Affine, crs: Any, key: str) -> None:
     profile = dict(
         driver="GTiff",
         width=array.shape[2],

@@ -10,6 +10,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from spacenet7.errors import SN7Error, os_error_line
 from spacenet7.logs import single_log_lines
@@ -35,7 +36,7 @@ def _help() -> str:
     return "\n".join(lines)
 
 
-def run_stage(stage: str, cfg) -> object:
+def run_stage(stage: str, cfg: Any) -> object:
     """Run the stage's module with the typed config (:func:`spacenet7.stages.run_stage`)."""
     return run_registered_stage(stage, cfg)
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     command = sys.argv[0]  # what was run (the console script, or spacenet7/__main__.py for python -m)
 
     @hydra.main(config_path=str(CONF_DIR), config_name=stage, version_base="1.3")
-    def _app(cfg) -> None:
+    def _app(cfg: Any) -> None:
         single_log_lines()
         for noisy in ("pyogrio", "rasterio", "fiona", "matplotlib", "PIL"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -10,6 +10,7 @@ AOI; the inference API and ``spacenet7.Model`` run it on uploads.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,17 +179,17 @@ def track_months(months: list[np.ndarray], preds: list[MonthPrediction], cfg: Tr
     that clearly shows no building, nor (unless ``fill_masked``) where the mask hides it."""
     evidence = _evidence_fn(preds)
 
-    def absent(t: int, geom) -> bool:
+    def absent(t: int, geom: shapely.Geometry) -> bool:
         valid_frac, prob = evidence(t, geom)
         return not cfg.fill_masked if valid_frac < 0.5 else prob < cfg.absent_prob
 
     return track(months, cfg, absent=absent, confidence=lambda t, g: evidence(t, g)[1])
 
 
-def _evidence_fn(preds: list[MonthPrediction]):
+def _evidence_fn(preds: list[MonthPrediction]) -> Callable[[int, shapely.Geometry], tuple[float, float]]:
     """``evidence(t, geom)`` -> (fraction of valid pixels, mean footprint probability over them) in month ``t``."""
 
-    def evidence(t: int, geom) -> tuple[float, float]:
+    def evidence(t: int, geom: shapely.Geometry) -> tuple[float, float]:
         p = preds[t]
         g = shapely.affinity.scale(geom, p.upscale, p.upscale, origin=(0, 0)) if p.upscale != 1 else geom
         x0, y0, x1, y1 = (int(np.floor(v)) for v in g.bounds)

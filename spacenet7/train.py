@@ -13,6 +13,7 @@ import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pandas as pd
@@ -137,7 +138,7 @@ def check_files(chip_dir: str | Path, index: pd.DataFrame, layout: Layout) -> No
         )
 
 
-def _datamodule(cfg: TrainConfig, index: pd.DataFrame, meta: dict, augment):
+def _datamodule(cfg: TrainConfig, index: pd.DataFrame, meta: dict, augment: Any) -> L.LightningDataModule:
     """The data module for the chip folder's layout: fixed chips or random windows."""
     layout = Layout(meta.get("layout", Layout.chips.value))
     check_files(cfg.chip_dir, index, layout)
@@ -170,7 +171,7 @@ def _datamodule(cfg: TrainConfig, index: pd.DataFrame, meta: dict, augment):
     )
 
 
-def _geometric_transforms(augment) -> list[str]:
+def _geometric_transforms(augment: Any) -> list[str]:
     """Names of the transforms in an albumentations pipeline that move pixels (image and masks)."""
     import albumentations as A
 

@@ -111,7 +111,7 @@ def pruning_callback(trial: Any, monitor: str) -> Any:
     from optuna_integration import PyTorchLightningPruningCallback
 
     class FitPruning(PyTorchLightningPruningCallback):
-        def on_validation_end(self, trainer, pl_module) -> None:
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
             if trainer.state.fn == "fit":
                 super().on_validation_end(trainer, pl_module)
 

@@ -11,12 +11,15 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from affine import Affine
 from matplotlib.collections import PolyCollection
+from matplotlib.colors import Colormap
 
 from spacenet7.data.sn7 import MonthRecord, read_image, read_labels, scan
 from spacenet7.errors import SN7Error
@@ -59,7 +62,7 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(run_dir, Path(m["data_root"]), aois, metrics, records, vectors)
 
 
-def _outline(ax, geoms, transform, **kw) -> None:
+def _outline(ax: plt.Axes, geoms: Any, transform: Affine, **kw: Any) -> None:
     inv = ~transform
     verts = [
         np.asarray([inv * xy for xy in np.asarray(g.exterior.coords)]) - 0.5
@@ -69,7 +72,7 @@ def _outline(ax, geoms, transform, **kw) -> None:
     ax.add_collection(PolyCollection(verts, **kw))
 
 
-def month_colors(n: int):
+def month_colors(n: int) -> Colormap:
     """A colormap over the month indices (new buildings coloured by their first month)."""
     return plt.get_cmap("viridis", max(n, 2))
 
@@ -217,7 +220,7 @@ def tiles_reachable(host: str = "tile.openstreetmap.org", timeout: float = 1.0) 
         return False
 
 
-def web_map(gdf: gpd.GeoDataFrame, column: str = "first_seen", tiles: bool | None = None):
+def web_map(gdf: gpd.GeoDataFrame, column: str = "first_seen", tiles: bool | None = None) -> tuple[Any, plt.Figure | None]:
     """An interactive folium map of footprints coloured by ``column``.
 
     Without reachable tiles (offline) the map has no basemap but still shows the footprints, and a

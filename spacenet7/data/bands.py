@@ -17,6 +17,7 @@ from typing import List, Optional
 
 import numpy as np
 from rasterio.enums import Resampling
+from rasterio.io import DatasetReader
 
 from spacenet7.errors import SN7DataError, SN7Error, choice
 
@@ -117,7 +118,7 @@ def rgb_fallback(spec: InputSpec, count: int) -> InputSpec | None:
     return None
 
 
-def check_fits(ds, spec: InputSpec, path: str | Path) -> None:
+def check_fits(ds: DatasetReader, spec: InputSpec, path: str | Path) -> None:
     """Raise a one-line :class:`SN7DataError` unless the open raster ``ds`` fits ``spec``."""
     if spec.count is not None and ds.count != spec.count:
         raise SN7DataError(
@@ -140,7 +141,7 @@ def check_fits(ds, spec: InputSpec, path: str | Path) -> None:
         )
 
 
-def band_limits(ds, spec: InputSpec) -> np.ndarray | None:
+def band_limits(ds: DatasetReader, spec: InputSpec) -> np.ndarray | None:
     """Per-band ``[lo, hi]`` (3, 2) mapped to 0 and 255, or ``None`` when the values are used as is."""
     if spec.scaling == Scaling.none:
         return None
@@ -183,7 +184,7 @@ def to_uint8(values: np.ndarray, limits: np.ndarray | None) -> np.ndarray:
     return np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).astype(np.uint8)  # NaN pixels: 0 (nodata_mask marks them)
 
 
-def nodata_mask(ds, values: np.ndarray) -> np.ndarray:
+def nodata_mask(ds: DatasetReader, values: np.ndarray) -> np.ndarray:
     """(H, W) True where every RGB band equals the file's nodata, or any band is NaN or infinite (float imagery)."""
     out = np.zeros(values.shape[1:], bool)
     if values.dtype.kind == "f":

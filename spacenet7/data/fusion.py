@@ -66,7 +66,7 @@ def fuse(raw: list[Path], finals: list[Path], weight: float, block: int, scratch
             s.close()
 
 
-def _grid(ds) -> tuple:
+def _grid(ds: rasterio.io.DatasetReader) -> tuple:
     return ds.crs, ds.transform, ds.width, ds.height
 
 

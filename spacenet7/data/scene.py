@@ -8,6 +8,7 @@ SN7 ground sample distance. :func:`make_scene` draws the static scene and the bu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import shapely
@@ -187,7 +188,17 @@ def _main_roads(rng: np.random.Generator, size: int) -> list[tuple[Polygon, np.n
     return roads
 
 
-def _neighbourhood(rng, size, n_months, buildings, roads, road_union, kind=None, developing=None, scale=1.0) -> None:
+def _neighbourhood(
+    rng: np.random.Generator,
+    size: int,
+    n_months: int,
+    buildings: list,
+    roads: list,
+    road_union: Any,
+    kind: str | None = None,
+    developing: bool | None = None,
+    scale: float = 1.0,
+) -> None:
     drawn = rng.choice(["residential", "dense", "industrial"], p=[0.5, 0.35, 0.15])
     kind = kind or drawn
     centre = rng.uniform(0.1, 0.9, 2) * size
@@ -197,6 +208,9 @@ def _neighbourhood(rng, size, n_months, buildings, roads, road_union, kind=None,
     drawn_dev = rng.random() < 0.45  # a new development: everything built during the series
     developing = drawn_dev if developing is None else developing
     start = int(rng.integers(1, max(2, n_months - 2))) if developing else 0
+    depth_rng: tuple[float, float]  # (low, high) in px, scaled below
+    width_rng: tuple[float, float]
+    gap_rng: tuple[float, float]
     if kind == "industrial":
         depth_rng, width_rng, gap_rng, p_touch, street = (18, 40), (25, 60), (4.0, 10.0), 0.0, 8
     elif kind == "dense":
@@ -280,7 +294,7 @@ def render_month(scene: Scene, t: int, rng: np.random.Generator, cloudy: bool, s
     big = (s * ss, s * ss)
     scale = shapely.affinity.scale
 
-    def burn(items, mode: str) -> None:
+    def burn(items: list, mode: str) -> None:
         items = [(scale(g, ss, ss, origin=(0, 0)), c) for g, c in items]
         if not items:
             return

@@ -27,6 +27,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -346,7 +347,7 @@ def read_image(record: MonthRecord, *, window: Window | None = None, upscale: fl
     return Image(rgb=rgb, valid=valid, transform=transform, crs=crs)
 
 
-def _same_grid(ds, shape: tuple[int, int], path: Path) -> None:
+def _same_grid(ds: rasterio.io.DatasetReader, shape: tuple[int, int], path: Path) -> None:
     if (ds.height, ds.width) != shape:
         raise SN7DataError(path, f"size {ds.height}x{ds.width} differs from the image's {shape[0]}x{shape[1]}")
 
@@ -441,7 +442,7 @@ def check_labels_on_image(labels: gpd.GeoDataFrame, transform: Affine, shape: tu
         )
 
 
-def read_labels(record: MonthRecord, crs=None) -> gpd.GeoDataFrame:
+def read_labels(record: MonthRecord, crs: Any = None) -> gpd.GeoDataFrame:
     """``labels_match`` footprints in ``crs`` (the image's CRS when ``None``), reprojected if needed.
 
     Columns: ``Id`` (track id) and ``geometry``. Empty geometries are dropped.
@@ -489,7 +490,7 @@ def read_truth_pix(record: MonthRecord) -> gpd.GeoDataFrame:
 
 
 def rasterize_footprints(
-    geoms, shape: tuple[int, int], transform: Affine = IDENTITY, values: np.ndarray | None = None, dtype: str = "uint8"
+    geoms: Any, shape: tuple[int, int], transform: Affine = IDENTITY, values: np.ndarray | None = None, dtype: str = "uint8"
 ) -> np.ndarray:
     """Burn polygons into a (H, W) raster; pixel centres inside a polygon are set.
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
+from affine import Affine
 
 from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7DataError
@@ -40,7 +42,7 @@ def decode(stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(valid, stored, 0).astype(np.float32) / SCALE, valid
 
 
-def profile(crs, transform, width: int, height: int) -> dict:
+def profile(crs: Any, transform: Affine, width: int, height: int) -> dict:
     """The GeoTIFF profile of a probability raster (tiled, deflate; copied to a COG when complete)."""
     from spacenet7.io.raster import cog_profile
 
@@ -58,14 +60,14 @@ def profile(crs, transform, width: int, height: int) -> dict:
     )
 
 
-def describe(dst, upscale: float, grid: str) -> None:
+def describe(dst: rasterio.io.DatasetWriter, upscale: float, grid: str) -> None:
     """Band names, scales and grid tags of an open probability raster being written."""
     dst.descriptions = CHANNELS
     dst.scales = [1 / SCALE] * len(CHANNELS)
     dst.update_tags(upscale=str(upscale), grid=grid, encoding=ENCODING)
 
 
-def grid_tags(ds) -> tuple[float, str]:
+def grid_tags(ds: rasterio.io.DatasetReader) -> tuple[float, str]:
     """(upscale, grid) of an open probability raster."""
     tags = ds.tags()
     return float(tags.get("upscale", 1.0)), tags.get("grid", "source")

@@ -21,7 +21,7 @@ from spacenet7.io.atomic import atomic_path
 WRITE_ERRORS: tuple[type[Exception], ...] = (rasterio.errors.RasterioError, CPLE_BaseError)
 
 
-def open_raster(path: str | Path, *, require_crs: bool = True, bands: int | None = None):
+def open_raster(path: str | Path, *, require_crs: bool = True, bands: int | None = None) -> rasterio.io.DatasetReader:
     """Open a raster for reading, turning every failure into one clear :class:`SN7DataError`.
 
     Args:
@@ -49,7 +49,7 @@ def open_raster(path: str | Path, *, require_crs: bool = True, bands: int | None
     return ds
 
 
-def read_checked(ds, *args: Any, **kwargs: Any) -> np.ndarray:
+def read_checked(ds: rasterio.io.DatasetReader, *args: Any, **kwargs: Any) -> np.ndarray:
     """``ds.read`` that reports truncated or corrupt files as :class:`SN7DataError`."""
     try:
         return ds.read(*args, **kwargs)
@@ -158,7 +158,13 @@ def to_cog(src: str | Path, dst: str | Path) -> None:
         raise SN7DataError(dst, write_problem(dst, exc)) from None
 
 
-def read_resampled(ds, indexes: list[int] | int, window: Window, factor: float, resampling=Resampling.bilinear) -> np.ndarray:
+def read_resampled(
+    ds: rasterio.io.DatasetReader,
+    indexes: list[int] | int,
+    window: Window,
+    factor: float,
+    resampling: Resampling = Resampling.bilinear,
+) -> np.ndarray:
     """Read ``window`` resampled ``factor`` times finer (factor 1 reads it as is)."""
     if factor == 1:
         return read_checked(ds, indexes, window=window, boundless=False)

@@ -14,7 +14,7 @@ from scipy.optimize import linear_sum_assignment
 from spacenet7.metrics.scot import combine, drop_small, f_score
 
 
-def _match(tg, pg, threshold=0.25, base_reward=100.0):
+def _match(tg: list, pg: list, threshold: float = 0.25, base_reward: float = 100.0) -> list[tuple[int, int]]:
     iou = np.zeros((len(tg), len(pg)))
     for i, g in enumerate(tg):
         for j, p in enumerate(pg):

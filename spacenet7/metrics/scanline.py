@@ -221,7 +221,7 @@ def _fill_polygon(
 @numba.njit(cache=True)
 def _block_keys(
     bounds: np.ndarray, g0: int, g1: int, keys: np.ndarray, k: int, r0: int, r1: int, c0: int, c1: int, block: int, ncb: int
-):
+) -> tuple[np.ndarray, int]:
     """The blocks ``pixel._box_counts`` rasterizes: those the pixel bounds of some polygon reach."""
     for g in range(g0, g1):
         x0, y0, x1, y1 = bounds[g, 0], bounds[g, 1], bounds[g, 2], bounds[g, 3]

@@ -136,7 +136,15 @@ def _by_month(month: np.ndarray, n_months: int) -> tuple[np.ndarray, np.ndarray]
 
 
 @numba.njit(cache=True)
-def _track(t_ids, t_start, p_ids, p_start, match_t, match_p, m_start):
+def _track(
+    t_ids: np.ndarray,
+    t_start: np.ndarray,
+    p_ids: np.ndarray,
+    p_start: np.ndarray,
+    match_t: np.ndarray,
+    match_p: np.ndarray,
+    m_start: np.ndarray,
+) -> tuple[int, int, int, int, int, int, int, int]:
     """Tracking and change counts of one AOI over its months, in order: (tp, fp, fn, mismatches,
     change tp, fp, fn, new truth ids). ``t_ids`` / ``p_ids``: each row's id as a number 0..n-1, rows
     by month (``t_start``); ``match_t`` / ``match_p``: matched rows, month by month (``m_start``).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ COLUMNS = ("filename", "id", "geometry")
 MAX_COORD = 1e9  # pixel coordinates: any mosaic is far smaller; beyond it a value is garbage (1e300)
 
 
-def month_rows(filename: str, ids, wkts) -> list[dict]:
+def month_rows(filename: str, ids: Iterable, wkts: Iterable[str]) -> list[dict]:
     """``filename,id,geometry`` rows of one month; a month without buildings gets one empty row
     (id -1, ``POLYGON EMPTY``) so that it still counts as a month."""
     rows = [{"filename": filename, "id": int(i), "geometry": w} for i, w in zip(ids, wkts)]

@@ -15,6 +15,8 @@ gives it; ``tests/test_wkt.py`` checks this byte for byte (WKB) on random and ho
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 import pyarrow as pa
@@ -24,14 +26,14 @@ import shapely
 _OTHER, _POLYGON, _MULTI, _EMPTY = 0, 1, 2, 3
 
 
-def polygons_from_wkt(wkt) -> np.ndarray:
+def polygons_from_wkt(wkt: Any) -> np.ndarray:
     """``shapely.from_wkt(wkt, on_invalid="ignore")`` for a column of strings (a pandas column, a pyarrow
     array or a sequence of ``str``): the same geometries (``None`` where GEOS reads none), faster for
     polygons."""
     return read_polygons(wkt)[0]
 
 
-def read_polygons(wkt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_polygons(wkt: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`polygons_from_wkt`; for each row whether it is known to be valid without asking GEOS (a
     polygon without holes whose ring turns the same way at every vertex, by a margin that float
     rounding cannot undo, once around: a strictly convex ring, simple, so ``shapely.is_valid``); and

@@ -205,7 +205,7 @@ class SegmentationTask(L.LightningModule):
         self.log("val/iou", self.val_iou, prog_bar=True, batch_size=n)
         self.log("val/f1", self.val_f1, prog_bar=True, batch_size=n)
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> Any:
         """The optimizer and, if configured, its per-epoch scheduler."""
         opt = instantiate(self.hparams["optimizer"])(params=self.parameters())
         if not self.hparams.get("scheduler"):

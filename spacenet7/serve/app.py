@@ -18,7 +18,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,7 +38,7 @@ from spacenet7.errors import SN7Error
 from spacenet7.models import bundle as model_bundle
 from spacenet7.serve import tiles
 from spacenet7.serve.api import Inference, Limits, UploadError, run_checkpoint, run_settings, series_names
-from spacenet7.serve.catalog import Catalog
+from spacenet7.serve.catalog import Catalog, Month
 from spacenet7.serve.files import safe_path
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=400)
 
     @app.middleware("http")
-    async def _body_limit(request: Request, call_next):
+    async def _body_limit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if request.method == "POST":
             length = request.headers.get("content-length")
             if length is None:
@@ -210,8 +210,8 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                 )
         return await call_next(request)
 
-    @app.middleware("http")
-    async def _trusted_host(request: Request, call_next):  # added last, so it runs first
+    @app.middleware("http")  # added last, so it runs first
+    async def _trusted_host(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         host = host_name(request.headers.get("host", ""))
         if not host_allowed(host, hosts):
             return JSONResponse(
@@ -247,7 +247,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     def run_summary() -> dict[str, Any]:
         return {**catalog.summary(), "inference": inference.describe() if inference else None}
 
-    def _month(aoi: str, month: str):
+    def _month(aoi: str, month: str) -> Month:
         a = catalog.aois.get(aoi)
         m = a.month(month) if a is not None else None
         if m is None:
