@@ -29,7 +29,8 @@ def make_inputs(d: Path, aois: int, months: int, size: int) -> Path:
     import torch
 
     from spacenet7 import synth
-    from spacenet7.config import SynthConfig, compose
+    from spacenet7.compose import compose
+    from spacenet7.config import SynthConfig
     from spacenet7.models.task import SegmentationTask
 
     synth.run(SynthConfig(out_dir=str(d / "data"), n_aois=aois, n_months=months, size=size, seed=0))

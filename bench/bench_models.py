@@ -11,7 +11,7 @@ from the same conditions.
 import torch
 from bench_precision import infer_time, step_time
 
-from spacenet7.config import compose
+from spacenet7.compose import compose
 from spacenet7.models.precision import cpu_has_fast_bf16
 from spacenet7.models.task import build_net
 

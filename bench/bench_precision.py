@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from spacenet7.config import compose
+from spacenet7.compose import compose
 from spacenet7.models.precision import cpu_has_fast_bf16
 from spacenet7.models.task import build_net
 

@@ -20,7 +20,7 @@ from affine import Affine
 def make_inputs(d: Path, size: int) -> tuple[Path, Path]:
     import torch
 
-    from spacenet7.config import compose
+    from spacenet7.compose import compose
     from spacenet7.models.task import SegmentationTask
 
     aoi = "L15-0001E-0001N_1_1_13"

@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from spacenet7.config import ServeConfig, compose
+from spacenet7.compose import compose
+from spacenet7.config import ServeConfig
 from spacenet7.data.sn7 import scan
 from spacenet7.serve.app import create_app
 from spacenet7.serve.headless import ARGS, CHROMIUM

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from spacenet7 import evaluate, export, pipeline, predict, vectorize  # noqa: E402
-from spacenet7.config import compose  # noqa: E402
+from spacenet7.compose import compose  # noqa: E402
 from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "sn7_real_sample"

@@ -28,7 +28,8 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from spacenet7 import chip, synth  # noqa: E402
-from spacenet7.config import SynthConfig, compose  # noqa: E402
+from spacenet7.compose import compose  # noqa: E402
+from spacenet7.config import SynthConfig  # noqa: E402
 from spacenet7.data.dataset import ChipDataset  # noqa: E402
 from spacenet7.data.windows import RandomWindows  # noqa: E402
 from spacenet7.io.artifacts import load_index  # noqa: E402

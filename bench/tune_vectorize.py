@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 from spacenet7 import export, vectorize
-from spacenet7.config import compose
+from spacenet7.compose import compose
 from spacenet7.evaluate import ground_truth_table
 from spacenet7.metrics.pixel import clip_to_region, pixel_iou
 from spacenet7.metrics.scot import scot

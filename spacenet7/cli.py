@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import hydra
 
-    from spacenet7.config import CONF_DIR, register, to_config
+    from spacenet7.compose import register, to_config
+    from spacenet7.config import CONF_DIR
 
     register()
     precheck(stage, argv)
@@ -150,7 +151,7 @@ def precheck(stage: str, argv: list[str]) -> None:
     (``--help``, ``--cfg``, ``-m``), which Hydra handles itself."""
     if any(a.startswith("-") for a in argv):
         return
-    from spacenet7.config import compose_checked
+    from spacenet7.compose import compose_checked
 
     # hydra.searchpath stays: it decides which configs exist (train experiment=best of a tune run)
     overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra.") or a.lstrip("+~").startswith("hydra.searchpath")]

@@ -1,4 +1,5 @@
-"""Typed configuration schemas, one per stage, registered in Hydra's ConfigStore.
+"""Typed configuration schemas, one per stage; :mod:`spacenet7.compose` registers them in Hydra's
+ConfigStore and composes them.
 
 Each ``conf/<stage>.yaml`` starts its defaults list with ``_<stage>_schema`` so Hydra validates
 types and unknown keys. ``_target_`` appears only at swap points (model, loss, optimizer,
@@ -9,18 +10,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Dict, List, Optional, cast, get_type_hints
+from typing import Any, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING
 
 from spacenet7.data.bands import InputSpec
-from spacenet7.errors import SN7Error, check, choice
+from spacenet7.errors import check, choice
 from spacenet7.io.layout import DEMO, REAL
 from spacenet7.stages import PIPELINE_STAGES, STAGES
 from spacenet7.track import TrackConfig  # the schema of vectorize's track node
@@ -665,7 +664,7 @@ class PipelineConfig:
 
     Each stage node is that stage's own composed config (``conf/<stage>.yaml`` and, for ``train``,
     the groups in ``groups.train``) with the pipeline's settings for it merged in, and the hand-off
-    paths (:func:`spacenet7.pipeline.handoffs`) set from ``run_dir`` and ``data_root``.
+    paths (:func:`spacenet7.compose.handoffs`) set from ``run_dir`` and ``data_root``.
     """
 
     run_dir: str = DEMO.root.as_posix()
@@ -701,73 +700,6 @@ def check_stages(stages: list[str]) -> None:
     """
     unknown = [s for s in stages if s not in PIPELINE_STAGES]
     check(not unknown, "pipeline", f"unknown stage(s) {unknown}; stages are {list(PIPELINE_STAGES)}")
-
-
-def node_schema(cls: type, exclude: tuple[str, ...] = ()) -> type:
-    """The schema of a stage node in the pipeline's config tree: ``cls``'s keys and types, every
-    value unset (``???``), nested dataclasses likewise.
-
-    Hydra validates a pipeline setting against it when the pipeline's config is composed (a typo
-    or a wrong type fails there, and no key needs a ``+``), and the keys that stay unset are left
-    to the stage's own composed config (:func:`spacenet7.pipeline.resolve`). The class keeps
-    ``cls``'s name, so an error reads "Key 'tiel' not in 'PredictConfig'".
-    """
-    hints = get_type_hints(cls)
-    specs: list[Any] = []
-    for f in fields(cls):
-        if f.name in exclude:
-            continue
-        tp = hints[f.name]
-        if is_dataclass(tp):
-            sub = node_schema(cast(type, tp))
-            specs.append((f.name, sub, field(default_factory=sub)))
-        elif tp is Any:  # a swap point (model, loss, ...): an open map, so that keys need no + (see _open_swap_points)
-            specs.append((f.name, tp, field(default_factory=dict)))
-        else:
-            specs.append((f.name, tp, field(default=MISSING)))
-    return make_dataclass(cls.__name__, specs)
-
-
-def _open_swap_points(node: DictConfig, cls: type) -> None:
-    """Let the ``Any`` maps of a :func:`node_schema` tree (``train.model``, ...) take new keys
-    without a ``+``: their keys are checked later, against the stage's composed config."""
-    hints = get_type_hints(cls)
-    for f in fields(cls):
-        if f.name not in node:
-            continue
-        if hints[f.name] is Any:
-            OmegaConf.set_struct(node[f.name], False)
-        elif is_dataclass(hints[f.name]):
-            _open_swap_points(node[f.name], cast(type, hints[f.name]))
-
-
-def _pipeline_schema() -> type:
-    """What ``conf/pipeline.yaml``, a recipe and the command line may set: the run's own keys with
-    their defaults, group choices, a :func:`node_schema` per stage, and ``pretrain`` (the same
-    stage nodes and group choices, all unset)."""
-    hints = get_type_hints(PipelineConfig)
-    pretrain = node_schema(PipelineConfig, exclude=("run_dir", "data_root", "stages", "pretrain"))
-    specs: list[Any] = []
-    for f in fields(PipelineConfig):
-        if f.name in PIPELINE_STAGES:
-            node = node_schema(hints[f.name])
-            specs.append((f.name, node, field(default_factory=node)))
-        elif f.name == "pretrain":
-            specs.append((f.name, Optional[pretrain], field(default=None)))
-        else:
-            specs.append((f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory)))
-    return make_dataclass("PipelineConfig", specs)
-
-
-def _pipeline_schema_node() -> DictConfig:
-    node = OmegaConf.structured(_pipeline_schema())
-    hints = get_type_hints(PipelineConfig)
-    for stage in PIPELINE_STAGES:
-        _open_swap_points(node[stage], hints[stage])
-    return node
-
-
-_PIPELINE_SCHEMA = _pipeline_schema_node()
 
 
 @dataclass
@@ -830,128 +762,28 @@ class BundleConfig:
 
 SCHEMAS: dict[str, type] = {name: globals()[stage.schema] for name, stage in STAGES.items()}
 """Each stage's typed config (the registry's :attr:`~spacenet7.stages.Stage.schema`); registered as its
-composition schema ``_<stage>_schema``, except the
-pipeline's, which is generated from :class:`PipelineConfig` (:func:`_pipeline_schema`) and resolved
-into one by :func:`spacenet7.pipeline.resolve`."""
+composition schema ``_<stage>_schema`` (:func:`spacenet7.compose.register`), except the pipeline's, which
+is generated from :class:`PipelineConfig` (:func:`spacenet7.compose._pipeline_schema`) and resolved into
+one by :func:`spacenet7.compose.resolve`."""
 
 
-def register() -> None:
-    """Register every stage schema as ``_<stage>_schema``, and the pipeline's training-group
-    choices as groups ``train/<group>`` (one option per ``conf/<group>/*.yaml``, setting
-    ``groups.train.<group>``), so that ``spacenet7 pipeline train/model=unet`` is a Hydra group
-    override, checked against the options there are. Idempotent."""
-    cs = ConfigStore.instance()
-    for name, schema in SCHEMAS.items():
-        cs.store(name=f"_{name}_schema", node=_PIPELINE_SCHEMA if schema is PipelineConfig else schema)
-    for group in TRAIN_GROUPS:
-        for option in sorted((CONF_DIR / group).glob("*.yaml")):
-            cs.store(group=f"train/{group}", name=option.stem, node={group: option.stem}, package="groups.train")
+_COMPOSE = (
+    "compose",
+    "compose_checked",
+    "compose_node",
+    "to_config",
+    "register",
+    "override_value",
+    "to_overrides",
+    "node_schema",
+)
 
 
-def compose_node(stage: str, overrides: list[str] | None = None) -> DictConfig:
-    """Compose ``conf/<stage>.yaml`` with Hydra overrides: the config tree, before conversion.
+def __getattr__(name: str) -> Any:
+    """The composition helpers' former home: ``spacenet7.config.compose`` and the rest still resolve to
+    :mod:`spacenet7.compose` for code written before they moved (remove once nothing imports them here)."""
+    if name in _COMPOSE:
+        import importlib
 
-    Works inside a running Hydra app (the pipeline) and outside one (tests, notebooks).
-    """
-    from hydra import compose as hydra_compose
-
-    with _hydra_initialized():
-        return hydra_compose(config_name=stage, overrides=list(overrides or []))
-
-
-@contextmanager
-def _hydra_initialized() -> Iterator[None]:
-    """Hydra's global state for ``conf/``: the running app's, or one set up for the duration."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    register()
-    if GlobalHydra.instance().is_initialized():
-        yield
-    else:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-            yield
-
-
-def to_config(stage: str, cfg: DictConfig) -> Any:
-    """A composed config tree as its typed dataclass (the pipeline's tree is resolved: every stage
-    node composed and merged, :func:`spacenet7.pipeline.resolve`)."""
-    if stage == "pipeline":
-        from spacenet7.pipeline import resolve
-
-        with _hydra_initialized():
-            return resolve(cfg)
-    return OmegaConf.to_object(cfg)
-
-
-def compose(stage: str, overrides: list[str] | None = None) -> Any:
-    """Compose ``conf/<stage>.yaml`` with overrides and return its typed dataclass."""
-    with _hydra_initialized():
-        return to_config(stage, compose_node(stage, overrides))
-
-
-def compose_checked(stage: str, overrides: list[str] | None = None) -> Any:
-    """:func:`compose`, with Hydra's and OmegaConf's errors (unknown key, wrong type, bad override
-    syntax) turned into one :class:`SN7Error` line naming the stage and the key."""
-    try:
-        return compose(stage, overrides)
-    except SN7Error:
-        raise
-    except Exception as exc:  # hydra.errors.*, omegaconf.errors.*: several types, all "bad config"
-        if "LexerNoViableAltException" in str(exc) and "=" in getattr(exc, "override", ""):
-            key, value = exc.override.split("=", 1)  # type: ignore[attr-defined]
-            raise SN7Error(
-                f"{stage}: bad config: cannot read {exc.override!r}: an unquoted value may hold only letters, digits "  # type: ignore[attr-defined]
-                f"and _-./:+ (Hydra's override grammar); quote it: {key}={override_value(value)} "
-                f'(in a shell: "{key}={override_value(value)}")'
-            ) from None
-        lines = [str(exc).splitlines()[0]] if str(exc) else [type(exc).__name__]
-        if exc.__cause__ is not None and str(exc.__cause__):
-            lines.append(str(exc.__cause__).splitlines()[0])
-        raise SN7Error(f"{stage}: bad config: " + ": ".join(line.rstrip(".") for line in lines)) from None
-
-
-_PLAIN = re.compile(r"[A-Za-z0-9_./:+\-]*")
-
-
-def override_value(value: Any) -> str:
-    """A value as Hydra's override grammar reads it back unchanged: ``None`` -> ``null``, booleans
-    lower-case, lists as ``[a,b]``, and a string with any character the grammar treats specially
-    (``,`` ``=`` brackets, quotes, spaces, ``$``...) or one it would read as another type
-    (``null``, ``true``, ``1e-3``) single-quoted."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(override_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
-    text = str(value)
-    if _PLAIN.fullmatch(text) and text.lower() not in ("null", "true", "false", "nan", "inf", "-inf") and not _is_number(text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def to_overrides(settings: dict[str, Any], prefix: str = "") -> list[str]:
-    """``{"logger": {"wandb": False}, "lr": 0.001}`` -> ``["logger.wandb=false", "lr=0.001"]``: nested
-    settings as Hydra overrides (for the command-line style interfaces that take override paths:
-    ``spacenet7 tune``'s search space and its trials, and the API's stage settings)."""
-    out = []
-    for key, value in settings.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out += to_overrides(value, f"{name}.")
-        else:
-            out.append(f"{name}={override_value(value)}")
-    return out
+        return getattr(importlib.import_module("spacenet7.compose"), name)
+    raise AttributeError(f"module 'spacenet7.config' has no attribute {name!r}")

@@ -28,17 +28,8 @@ from typing import Any
 
 import yaml
 
-from spacenet7.config import (
-    Dist,
-    Objective,
-    Param,
-    Pruner,
-    TuneConfig,
-    compose_checked,
-    compose_node,
-    override_value,
-    to_overrides,
-)
+from spacenet7.compose import compose_checked, compose_node, override_value, to_overrides
+from spacenet7.config import Dist, Objective, Param, Pruner, TuneConfig
 from spacenet7.errors import SN7Error
 from spacenet7.io.atomic import atomic_path, ensure_writable_dir
 from spacenet7.io.layout import RunLayout

@@ -67,7 +67,7 @@ def tiny_run(tmp_path_factory):
     import io
 
     from spacenet7 import pipeline
-    from spacenet7.config import compose
+    from spacenet7.compose import compose
 
     d = tmp_path_factory.mktemp("tiny_pipeline")
     cfg = compose(

@@ -47,7 +47,8 @@ def train_briefly(data_root: Path, out: Path, *, upscale: float = 1.0, epochs: i
     ``batches`` steps: enough that it finds real footprints, so predictions and exports are not empty.
     """
     from spacenet7 import chip, train
-    from spacenet7.config import ChipConfig, compose
+    from spacenet7.compose import compose
+    from spacenet7.config import ChipConfig
 
     chip.run(
         ChipConfig(

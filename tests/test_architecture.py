@@ -36,7 +36,7 @@ def test_the_stage_defaults_are_the_demo_runs_layout():
 
 
 def test_the_pipelines_handoffs_follow_the_run_layout(tmp_path):
-    from spacenet7.pipeline import handoffs
+    from spacenet7.compose import handoffs
 
     run = RunLayout(tmp_path / "run")
     wired = handoffs(run.root, "data", Holdout.band, 0.25, pretrain_dir=run.pretrain.root)
@@ -90,3 +90,91 @@ def test_a_stage_runs_through_the_registry(monkeypatch):
     seen = []
     monkeypatch.setattr("spacenet7.evaluate.run", lambda cfg, **kw: seen.append((cfg, kw)) or "done")
     assert stages.run_stage("evaluate", "cfg", extra=1) == "done" and seen == [("cfg", {"extra": 1})]
+
+
+PACKAGE = Path(__file__).resolve().parent.parent / "spacenet7"
+TOP = {"spacenet7.__main__", "spacenet7.cli", "spacenet7.api"}  # the command line and the Python facade: above every stage
+TEST_SUPPORT = {"spacenet7.serve.testing"}  # runs the pipeline's stages to build the server's test runs
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Every spacenet7 module -> the spacenet7 modules it imports, at module level or inside a function
+    (``from spacenet7 import evaluate`` counts as importing ``spacenet7.evaluate``), read with ``ast``."""
+    import ast
+
+    names = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            found: list[str] = []
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in names]
+                found = subs if len(subs) == len(node.names) else [node.module, *subs]
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module" and node.args:
+                arg = node.args[0]  # importlib.import_module("spacenet7.x"): a constant is an import too
+                found = [arg.value] if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else []
+            targets |= {t for t in found if t in names and t != name}
+        graph[name] = targets
+    return graph
+
+
+def _stage_of(module: str) -> str | None:
+    from spacenet7.stages import REGISTRY
+
+    return next((s.name for s in REGISTRY if module == s.module or module.startswith(s.module + ".")), None)
+
+
+def test_no_stage_imports_another_stage_and_nothing_imports_the_cli():
+    """Stages hand over files (spacenet7.io.artifacts), and run one another only through the registry
+    (spacenet7.stages.run_stage); the command line is the top: nothing below it reaches up to it."""
+    graph = _import_graph()
+    sideways = sorted(
+        (m, t)
+        for m, targets in graph.items()
+        for t in targets
+        if m not in TOP | TEST_SUPPORT and _stage_of(t) is not None and _stage_of(t) != _stage_of(m)
+    )
+    assert sideways == [], sideways
+    assert sorted(m for m, targets in graph.items() if "spacenet7.cli" in targets) == ["spacenet7.__main__"]
+    upward = sorted(
+        (m, t) for m, targets in graph.items() for t in targets if _stage_of(m) is None and m not in TOP and _stage_of(t)
+    )
+    assert upward == [], f"shared modules import a stage: {upward}"
+
+
+# lazy imports both ways, left as they are (each a known two-way dependency, not a layering slip):
+KNOWN_CYCLES = {
+    # VectorizeConfig(bundle=...) takes a card's settings; a card's settings are checked against VectorizeConfig
+    frozenset({"spacenet7.config", "spacenet7.models.bundle"}),
+    # a checkpoint may be a bundle (task reads bundles); a bundle's card is checked against the architecture (task)
+    frozenset({"spacenet7.models.bundle", "spacenet7.models.task"}),
+    # config.__getattr__: spacenet7.config.compose (and the other helpers) still resolve, for code written before
+    # they moved to spacenet7.compose; goes once nothing imports them from config
+    frozenset({"spacenet7.config", "spacenet7.compose"}),
+}
+
+
+def test_the_package_has_no_import_cycle():
+    """No circle of imports, lazy ones included, but the known two-way dependencies above."""
+    graph = _import_graph()
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph[node]):
+            if nxt in path:
+                cycles.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in done:
+                visit(nxt, [*path, nxt])
+        done.add(node)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert {frozenset(c) for c in cycles} <= KNOWN_CYCLES, cycles

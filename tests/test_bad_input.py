@@ -763,7 +763,7 @@ def test_chip_records_the_input_spec_and_predict_applies_it(trained, one_aoi, tm
     import torch
 
     from spacenet7 import predict
-    from spacenet7.config import compose
+    from spacenet7.compose import compose
     from spacenet7.models.task import read_checkpoint
 
     root, aoi = one_aoi
@@ -853,7 +853,7 @@ def test_undated_files_take_the_list_order_and_the_tiff_date_tag_counts(tmp_path
 def test_months_on_different_grids_are_aligned_by_predict(trained, one_aoi, tmp_path):
     """A month one pixel smaller than the others: predict puts every month on the first one's grid."""
     from spacenet7 import predict, vectorize
-    from spacenet7.config import compose
+    from spacenet7.compose import compose
 
     root, aoi = one_aoi
     img = _image(root, aoi, 2)
@@ -892,7 +892,7 @@ def test_months_on_different_grids_are_aligned_by_predict(trained, one_aoi, tmp_
 
 def test_a_fully_masked_month_is_skipped_with_a_warning(trained, one_aoi, tmp_path, caplog):
     from spacenet7 import predict
-    from spacenet7.config import compose
+    from spacenet7.compose import compose
 
     root, aoi = one_aoi
     rec = scan(root)[aoi][1]
@@ -1143,7 +1143,7 @@ def test_chip_rebuilds_the_months_whose_labels_were_edited(layout, one_aoi, tmp_
 
 def test_chip_killed_with_other_settings_then_rerun_rebuilds_what_that_run_wrote(one_aoi, tmp_path, capsys, monkeypatch):
     from spacenet7 import chip
-    from spacenet7.config import compose
+    from spacenet7.compose import compose
 
     root, aoi = one_aoi
     out = tmp_path / "chips"

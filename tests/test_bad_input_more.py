@@ -198,7 +198,7 @@ def test_readme_dask_commands_exist():
 
 
 def _tune_cfg(run_dir: Path, *extra: str):
-    from spacenet7.config import compose
+    from spacenet7.compose import compose
 
     run_dir.mkdir(parents=True, exist_ok=True)
     return compose("tune", ["tune=lr", f"run_dir={run_dir}", "train.chip_dir=unused", "startup_trials=10", *extra])

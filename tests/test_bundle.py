@@ -12,7 +12,8 @@ import torch
 from model_fixtures import geotiff, random_checkpoint
 
 from spacenet7 import bundle as bundle_stage
-from spacenet7.config import PredictConfig, VectorizeConfig, compose
+from spacenet7.compose import compose
+from spacenet7.config import PredictConfig, VectorizeConfig
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.models import bundle
 from spacenet7.models.inference import load_model

@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from spacenet7.config import CONF_DIR, SCHEMAS, compose
+from spacenet7.compose import compose
+from spacenet7.config import CONF_DIR, SCHEMAS
 from spacenet7.stages import STAGES
 
 EXE = [sys.executable, "-m", "spacenet7"]

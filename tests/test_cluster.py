@@ -23,16 +23,8 @@ import rasterio
 from spacenet7 import chip, evaluate, export, predict, vectorize
 from spacenet7.cli import main
 from spacenet7.cluster import load_counts
-from spacenet7.config import (
-    ChipConfig,
-    ClusterConfig,
-    ClusterMode,
-    EvaluateConfig,
-    ExportConfig,
-    PredictConfig,
-    VectorizeConfig,
-    compose,
-)
+from spacenet7.compose import compose
+from spacenet7.config import ChipConfig, ClusterConfig, ClusterMode, EvaluateConfig, ExportConfig, PredictConfig, VectorizeConfig
 from spacenet7.errors import SN7Error
 
 PROGRESS = re.compile(r"\d+%\|")

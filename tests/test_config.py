@@ -15,9 +15,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from spacenet7.config import CONF_DIR, SCHEMAS, PipelineConfig, compose
+from spacenet7.compose import compose, wire
+from spacenet7.config import CONF_DIR, SCHEMAS, PipelineConfig
 from spacenet7.errors import SN7Error
-from spacenet7.pipeline import wire
 from spacenet7.stages import PIPELINE_STAGES, STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +165,7 @@ def test_recipe_real_sample_chooses_its_experiment_and_a_pretraining_run(tmp_pat
     ],
 )
 def test_a_bad_setting_fails_when_the_tree_is_composed_in_under_2_s(tmp_path, override, expect):
-    from spacenet7.config import compose_checked
+    from spacenet7.compose import compose_checked
 
     compose("pipeline")  # imports and Hydra's first start, as the CLI has done before it composes
     # this thread's CPU time: wall time depends on what else shares the cores, and the process's CPU time
@@ -178,7 +178,7 @@ def test_a_bad_setting_fails_when_the_tree_is_composed_in_under_2_s(tmp_path, ov
 
 
 def test_a_typo_in_the_recipes_pretrain_fails_at_compose_time(tmp_path):
-    from spacenet7.config import compose_checked
+    from spacenet7.compose import compose_checked
 
     with pytest.raises(SN7Error, match="Key 'max_epoch' not in 'TrainConfig'"):
         compose_checked("pipeline", ["recipe=real_sample", "pretrain.train.max_epoch=2"])

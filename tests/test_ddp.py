@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from spacenet7 import chip
-from spacenet7.config import ChipConfig, compose
+from spacenet7.compose import compose
+from spacenet7.config import ChipConfig
 from spacenet7.data.sn7 import scan
 
 pytestmark = pytest.mark.ddp

@@ -16,7 +16,8 @@ import shapely
 from shapely.geometry import Polygon
 
 from spacenet7 import export
-from spacenet7.config import ExportConfig, compose, compose_checked
+from spacenet7.compose import compose, compose_checked
+from spacenet7.config import ExportConfig
 from spacenet7.errors import SN7Error
 
 AOI = "L15-0001E-0001N_1_1_13"

@@ -100,7 +100,7 @@ def test_pipeline_band_holdout_trains_left_of_the_band_and_scores_only_it(synth_
     import pandas as pd
 
     from spacenet7 import pipeline
-    from spacenet7.config import compose
+    from spacenet7.compose import compose
 
     cfg = compose(
         "pipeline",

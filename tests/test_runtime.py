@@ -13,7 +13,8 @@ import torch
 
 from spacenet7 import compile as compile_stage
 from spacenet7 import predict, vectorize
-from spacenet7.config import Engine, compose
+from spacenet7.compose import compose
+from spacenet7.config import Engine
 from spacenet7.data.sn7 import read_image, scan
 from spacenet7.errors import SN7Error
 from spacenet7.io.artifacts import load_vectors

@@ -22,7 +22,8 @@ fastapi = pytest.importorskip("fastapi", reason="spacenet7 serve needs the serve
 from fastapi.testclient import TestClient  # noqa: E402
 
 from spacenet7 import predict, vectorize  # noqa: E402
-from spacenet7.config import ServeConfig, compose, compose_checked  # noqa: E402
+from spacenet7.compose import compose, compose_checked  # noqa: E402
+from spacenet7.config import ServeConfig  # noqa: E402
 from spacenet7.data.sn7 import scan  # noqa: E402
 from spacenet7.io.artifacts import load_vectors  # noqa: E402
 from spacenet7.io.vector import area_m2  # noqa: E402

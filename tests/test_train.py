@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from spacenet7 import chip, train
-from spacenet7.config import ChipConfig, compose
+from spacenet7.compose import compose
+from spacenet7.config import ChipConfig
 from spacenet7.errors import SN7Error
 from spacenet7.models.task import SegmentationTask
 

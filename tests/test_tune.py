@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from spacenet7 import chip, train, tune
-from spacenet7.config import ChipConfig, compose
+from spacenet7.compose import compose
+from spacenet7.config import ChipConfig
 from spacenet7.errors import SN7Error
 
 FAST = [

@@ -7,7 +7,7 @@ import rasterio
 import torch
 
 from spacenet7 import chip
-from spacenet7.config import compose
+from spacenet7.compose import compose
 from spacenet7.data.bands import InputSpec
 from spacenet7.data.sn7 import read_image, records_from_files
 from spacenet7.data.targets import CHANNELS
@@ -194,7 +194,8 @@ def test_rasters_layout_rebuilds_when_settings_change(synth_root, tmp_path):
 
 
 def test_unknown_layout_is_a_clear_error(synth_root, tmp_path):
-    from spacenet7.config import ChipConfig, compose_checked
+    from spacenet7.compose import compose_checked
+    from spacenet7.config import ChipConfig
 
     with pytest.raises(SN7Error, match=r"layout=tiles: Invalid value 'tiles', expected one of \[chips, rasters\]"):
         compose_checked("chip", [f"data_root={synth_root}", f"out_dir={tmp_path}", "layout=tiles"])

@@ -25,7 +25,8 @@ import numpy as np
 import rasterio
 from omegaconf import OmegaConf
 
-from spacenet7.config import PredictConfig, VectorizeConfig, compose_checked, to_overrides
+from spacenet7.compose import compose_checked, to_overrides
+from spacenet7.config import PredictConfig, VectorizeConfig
 from spacenet7.data.bands import InputSpec, check_fits, rgb_fallback
 from spacenet7.data.sn7 import records_from_files
 from spacenet7.errors import SN7DataError, SN7Error
