@@ -21,6 +21,7 @@ from omegaconf import MISSING
 from spacenet7.data.bands import InputSpec
 from spacenet7.errors import check, choice
 from spacenet7.io.layout import DEMO, REAL
+from spacenet7.metrics.rules import BETA, IOU_THRESHOLD, MIN_TRUTH_AREA
 from spacenet7.stages import PIPELINE_STAGES, STAGES
 from spacenet7.track import TrackConfig  # the schema of vectorize's track node
 
@@ -226,7 +227,8 @@ class ChipConfig:
 
 @dataclass
 class TrainerConfig:
-    """Lightning ``Trainer`` arguments (``conf/trainer/``)."""
+    """Lightning ``Trainer`` arguments; the defaults are the CPU trainer (``trainer=cpu``, ``conf/train.yaml``'s
+    choice), the other options of ``conf/trainer/`` set what differs."""
 
     accelerator: str = "cpu"
     devices: Any = 1
@@ -234,7 +236,7 @@ class TrainerConfig:
     process_group_backend: Optional[str] = None  # strategy=ddp*: nccl (GPUs) or gloo (CPUs); None = Lightning's choice
     num_nodes: int = 1
     precision: str = "auto"  # auto = bf16-mixed on GPUs and bf16-capable CPUs, else 32-true
-    log_every_n_steps: int = 10
+    log_every_n_steps: int = 5
     gradient_clip_val: Optional[float] = None
     limit_train_batches: Optional[float] = None
     limit_val_batches: Optional[float] = None
@@ -612,9 +614,9 @@ class EvaluateConfig:
     split_dir: str = "train"
     aois: Optional[List[str]] = None
     submission: str = DEMO.submission.as_posix()  # proposal when proposal is None
-    iou_threshold: float = 0.25
-    min_truth_area: float = 4.0
-    beta: float = 2.0
+    iou_threshold: float = IOU_THRESHOLD  # SN7's scoring rules (spacenet7/metrics/rules.py)
+    min_truth_area: float = MIN_TRUTH_AREA
+    beta: float = BETA
     region: Optional[List[float]] = None  # [row0, row1, col0, col1] source pixels: score only this box of every month
     band_frac: Optional[float] = None  # score only the right band of this width fraction of each AOI (its own size)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # per-AOI work on Dask: cluster.mode=local|address

@@ -178,3 +178,31 @@ def test_the_package_has_no_import_cycle():
         if module not in done:
             visit(module, [module])
     assert {frozenset(c) for c in cycles} <= KNOWN_CYCLES, cycles
+
+
+def test_the_cpu_trainer_is_trainer_configs_defaults():
+    """TrainerConfig holds the CPU trainer's values (conf/trainer/cpu.yaml sets none); the other options differ."""
+    from spacenet7.compose import compose
+    from spacenet7.config import TrainerConfig
+
+    assert compose("train", ["run_dir=x"]).trainer == TrainerConfig() == compose("train", ["run_dir=x", "trainer=cpu"]).trainer
+    assert TrainerConfig().log_every_n_steps == 5
+    assert compose("train", ["run_dir=x", "trainer=gpu"]).trainer.accelerator == "gpu"
+
+
+def test_the_scot_constants_live_in_one_place():
+    """SN7's IoU threshold, beta and minimum truth area: evaluate's defaults and every metric function's default."""
+    import inspect
+
+    from spacenet7.config import EvaluateConfig
+    from spacenet7.metrics import matching, reference, rules, scot
+
+    cfg = EvaluateConfig()
+    assert (cfg.iou_threshold, cfg.beta, cfg.min_truth_area) == (rules.IOU_THRESHOLD, rules.BETA, rules.MIN_TRUTH_AREA)
+    want = {"threshold": rules.IOU_THRESHOLD, "beta": rules.BETA, "min_truth_area": rules.MIN_TRUTH_AREA}
+    want["min_area"] = rules.MIN_TRUTH_AREA
+    for fn in (scot.combine, scot.score_aoi, scot.drop_small, scot.scot, scot.prepare, scot.score_aoi_months, matching.match):
+        for name, p in inspect.signature(fn).parameters.items():
+            if name in want:
+                assert p.default is want[name], f"{fn.__name__}({name}={p.default})"
+    assert inspect.signature(reference.reference_scot).parameters["min_truth_area"].default is rules.MIN_TRUTH_AREA

@@ -18,6 +18,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from spacenet7.metrics.overlay import PolygonSet, pair_intersection_area
+from spacenet7.metrics.rules import IOU_THRESHOLD
 
 BASE_REWARD = 100.0
 
@@ -51,7 +52,7 @@ def pairwise_iou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 
 
 def match(
-    a: np.ndarray, b: np.ndarray, threshold: float = 0.25, *, inclusive: bool = False, method: str = "hungarian"
+    a: np.ndarray, b: np.ndarray, threshold: float = IOU_THRESHOLD, *, inclusive: bool = False, method: str = "hungarian"
 ) -> Matches:
     """Match polygons ``a`` to ``b`` one-to-one.
 

@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
+from spacenet7.metrics.rules import IOU_THRESHOLD, MIN_TRUTH_AREA
 from spacenet7.metrics.scot import combine, drop_small, f_score
 
 
-def _match(tg: list, pg: list, threshold: float = 0.25, base_reward: float = 100.0) -> list[tuple[int, int]]:
+def _match(tg: list, pg: list, threshold: float = IOU_THRESHOLD, base_reward: float = 100.0) -> list[tuple[int, int]]:
     iou = np.zeros((len(tg), len(pg)))
     for i, g in enumerate(tg):
         for j, p in enumerate(pg):
@@ -26,7 +27,7 @@ def _match(tg: list, pg: list, threshold: float = 0.25, base_reward: float = 100
     return [(i, j) for i, j in zip(r, c) if iou[i, j] > threshold]
 
 
-def reference_scot(truth: pd.DataFrame, proposal: pd.DataFrame, min_truth_area: float = 4.0) -> dict[str, dict]:
+def reference_scot(truth: pd.DataFrame, proposal: pd.DataFrame, min_truth_area: float = MIN_TRUTH_AREA) -> dict[str, dict]:
     """Per-AOI ``{"scot", "tracking", "change", "mismatches"}`` computed the reference way."""
     months_all = truth[["aoi", "month"]].drop_duplicates()
     truth = drop_small(truth, min_truth_area)

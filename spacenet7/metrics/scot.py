@@ -17,6 +17,7 @@ import pandas as pd
 import shapely
 
 from spacenet7.metrics.matching import match_above, pairwise_iou
+from spacenet7.metrics.rules import BETA, IOU_THRESHOLD, MIN_TRUTH_AREA
 
 
 def f_score(tp: float, fp: float, fn: float) -> float:
@@ -25,7 +26,7 @@ def f_score(tp: float, fp: float, fn: float) -> float:
     return float(tp / d) if d > 0 else 0.0
 
 
-def combine(change: float, tracking: float, beta: float = 2.0) -> float:
+def combine(change: float, tracking: float, beta: float = BETA) -> float:
     """SCOT's weighted harmonic mean of the change and tracking terms."""
     d = beta**2 * change + tracking
     return float((1 + beta**2) * change * tracking / d) if d > 0 else 0.0
@@ -79,7 +80,9 @@ def _prf(tp: int, n_truth: int, n_prop: int) -> tuple[float, float, float]:
     return p, r, (2 * p * r / (p + r) if p + r else 0.0)
 
 
-def score_aoi(truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshold: float = 0.25, beta: float = 2.0) -> AOIScore:
+def score_aoi(
+    truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, *, threshold: float = IOU_THRESHOLD, beta: float = BETA
+) -> AOIScore:
     """Score one AOI. Both frames have ``month``, ``id``, ``geometry`` (pixel coordinates).
 
     Each month's polygons are matched in turn (at ``threshold`` and at 0.5); the tracking and change
@@ -253,14 +256,19 @@ class ScotResult:
         }
 
 
-def drop_small(truth: pd.DataFrame, min_area: float = 4.0) -> pd.DataFrame:
+def drop_small(truth: pd.DataFrame, min_area: float = MIN_TRUTH_AREA) -> pd.DataFrame:
     """Drop empty geometries and ground-truth polygons with area < ``min_area`` px^2."""
     area = shapely.area(truth["geometry"].values)
     return truth[(area >= min_area) & ~shapely.is_empty(truth["geometry"].values)]
 
 
 def scot(
-    truth: pd.DataFrame, proposal: pd.DataFrame, *, threshold: float = 0.25, beta: float = 2.0, min_truth_area: float = 4.0
+    truth: pd.DataFrame,
+    proposal: pd.DataFrame,
+    *,
+    threshold: float = IOU_THRESHOLD,
+    beta: float = BETA,
+    min_truth_area: float = MIN_TRUTH_AREA,
 ) -> ScotResult:
     """Score proposals against truth over every AOI of the truth table (mean over AOIs).
 
@@ -279,7 +287,7 @@ def scot(
 
 
 def prepare(
-    truth: pd.DataFrame, proposal: pd.DataFrame, min_truth_area: float = 4.0
+    truth: pd.DataFrame, proposal: pd.DataFrame, min_truth_area: float = MIN_TRUTH_AREA
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The (aoi, month) pairs of the truth, the truth without small polygons, the proposal without empty ones."""
     months_t = truth[["aoi", "month"]].drop_duplicates()
@@ -287,7 +295,13 @@ def prepare(
 
 
 def score_aoi_months(
-    truth: pd.DataFrame, proposal: pd.DataFrame, aoi: str, months: set[str], *, threshold: float = 0.25, beta: float = 2.0
+    truth: pd.DataFrame,
+    proposal: pd.DataFrame,
+    aoi: str,
+    months: set[str],
+    *,
+    threshold: float = IOU_THRESHOLD,
+    beta: float = BETA,
 ) -> AOIScore:
     """:func:`score_aoi`, with an empty score for each of the truth's ``months`` that has no polygon."""
     score = score_aoi(truth, proposal, aoi, threshold=threshold, beta=beta)
