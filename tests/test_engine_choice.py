@@ -71,6 +71,12 @@ def test_pick_skips_a_missing_or_changed_file(tmp_path):
     f.write_text("changed")
     none, reasons = pick([(good, tmp_path)], lambda e: True)
     assert none is None and "differs from the SHA-256" in reasons[0]
+    # the weights (.bin) count too: a changed .bin beside an unchanged .xml is a changed model
+    f = model_file(tmp_path, "w.xml")
+    good = cand("openvino", "fp32", 80.0, file="w.xml", sha256=engine_choice.sha256(f))
+    assert pick([(good, tmp_path)], lambda e: True)[0] is not None
+    f.with_suffix(".bin").write_bytes(b"other weights")
+    assert "differs from the SHA-256" in pick([(good, tmp_path)], lambda e: True)[1][0]
     f.with_suffix(".bin").unlink()
     assert ".bin is missing" in pick([(good, tmp_path)], lambda e: True)[1][0]
     assert "is missing" in pick([(cand(file="absent.xml"), tmp_path)], lambda e: True)[1][0]

@@ -199,11 +199,13 @@ def installed(engine: str) -> bool:
 
 
 def sha256(path: str | Path) -> str:
-    """The SHA-256 of a file, hex."""
+    """The SHA-256 of a model file, hex; an OpenVINO ``.xml`` counts with its ``.bin`` (the weights) after it."""
+    path = Path(path)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for part in (path, path.with_suffix(".bin")) if path.suffix == ".xml" else (path,):
+        with open(part, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
