@@ -140,23 +140,21 @@ def run(cfg: ChipConfig) -> dict[str, Path]:
         for aoi, recs in records.items():
             shifts[aoi] = _registration(recs, cfg, by_aoi.get(aoi))
             cuts[aoi] = dataclasses.replace(cut, label_shift=(shifts[aoi][0], shifts[aoi][1]))
-    if cfg.cluster.mode is ClusterMode.none:
+    if cfg.cluster.mode is ClusterMode.none:  # in process: a progress bar over months
         for rec in tqdm(jobs, desc="chip", disable=not cfg.progress):
             rows += month_fn(rec, cuts[rec.aoi], out, by_aoi.get(rec.aoi), reuse)
     else:  # one Dask task per AOI (its months in order); rows in the same order as in process
         by_name: dict[str, list] = {}
         for rec in jobs:
             by_name.setdefault(rec.aoi, []).append(rec)
-        try:
-            per_aoi = map_aois(
-                chip_aoi,
-                [(a, (month_fn, recs, cuts[a], out, by_aoi.get(a), reuse)) for a, recs in by_name.items()],
-                cfg.cluster,
-                stage="chip",
-                progress=cfg.progress,
-            )
-        finally:
-            clear_partials(out)  # a killed worker's
+        per_aoi = map_aois(
+            chip_aoi,
+            [(a, (month_fn, recs, cuts[a], out, by_aoi.get(a), reuse)) for a, recs in by_name.items()],
+            cfg.cluster,
+            stage="chip",
+            progress=cfg.progress,
+            cleanup=lambda: clear_partials(out),  # a killed worker's
+        )
         rows = [row for aoi_rows in per_aoi for row in aoi_rows]
     index = pd.DataFrame(rows)
     if index.empty:

@@ -89,9 +89,16 @@ def connect(cluster: ClusterConfig) -> Iterator[Any]:
 
 
 def map_aois(
-    fn: Callable[..., T], items: Sequence[tuple[str, tuple]], cluster: ClusterConfig, *, stage: str, progress: bool = True
+    fn: Callable[..., T],
+    items: Sequence[tuple[str, tuple]],
+    cluster: ClusterConfig,
+    *,
+    stage: str,
+    progress: bool = True,
+    cleanup: Callable[[], object] | None = None,
 ) -> list[T]:
-    """``fn(*args)`` for every ``(aoi, args)`` of ``items``, in process or one Dask task per AOI.
+    """``fn(*args)`` for every ``(aoi, args)`` of ``items``, in process or one Dask task per AOI: the per-AOI
+    executor of every stage that works AOI by AOI.
 
     Args:
         fn: a module-level function (workers import it by name).
@@ -99,6 +106,8 @@ def map_aois(
         cluster: where to run.
         stage: names the tasks (``<stage>-<aoi>-<run>``) and the error.
         progress: a progress bar over finished AOIs (on a cluster).
+        cleanup: on a cluster, run here once the tasks are done, whatever happened (removes what a killed
+            worker left: ``.partial`` files, scratch folders).
 
     Returns:
         The results, in the order of ``items``.
@@ -109,6 +118,17 @@ def map_aois(
     """
     if cluster.mode is ClusterMode.none:
         return [fn(*args) for _, args in items]
+    try:
+        return _on_cluster(fn, items, cluster, stage=stage, progress=progress)
+    finally:
+        if cleanup is not None:
+            cleanup()
+
+
+def _on_cluster(
+    fn: Callable[..., T], items: Sequence[tuple[str, tuple]], cluster: ClusterConfig, *, stage: str, progress: bool
+) -> list[T]:
+    """:func:`map_aois` on a Dask cluster."""
     from distributed import as_completed
 
     run = uuid.uuid4().hex[:8]

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from spacenet7.cluster import map_aois
-from spacenet7.config import ClusterMode, ExportConfig, Regularize
+from spacenet7.config import ExportConfig, Regularize
 from spacenet7.data.months import is_dated, month_date, month_label
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.artifacts import load_vectors
@@ -57,13 +57,13 @@ def run(cfg: ExportConfig) -> dict[str, list[Path]]:
         raise SN7DataError(Path(cfg.vec_dir), "no vectorize outputs (<AOI>.parquet); run `spacenet7 vectorize` first")
     out: dict[str, list[Path]] = {"geojson": [], "gpkg": [], "qml": [], "submission": []}
     rows = []
-    if cfg.cluster.mode is ClusterMode.none:
-        per_aoi = [export_aoi(path, cfg) for path in vec]
-    else:
-        try:  # one Dask task per AOI; the submission is written here, in AOI order
-            per_aoi = map_aois(export_aoi, [(path.stem, (path, cfg)) for path in vec], cfg.cluster, stage="export")
-        finally:
-            clear_partials(cfg.out_dir)  # a killed worker's
+    per_aoi = map_aois(  # on a cluster one task per AOI; the submission is written here, in AOI order
+        export_aoi,
+        [(path.stem, (path, cfg)) for path in vec],
+        cfg.cluster,
+        stage="export",
+        cleanup=lambda: clear_partials(cfg.out_dir),  # a killed worker's
+    )
     for paths, aoi_rows in per_aoi:
         out["geojson"] += paths["geojson"]
         out["gpkg"] += paths["gpkg"]

@@ -197,16 +197,18 @@ def predict_aoi_task(aoi: str, recs: list[MonthRecord], cfg: PredictConfig) -> l
 def _predict_distributed(records: dict[str, list[MonthRecord]], cfg: PredictConfig) -> list[Path]:
     """One Dask task per AOI (``cfg.cluster``); then no scratch or partial file of a killed worker stays."""
     quiet = dataclasses.replace(cfg, progress=False)  # one bar over AOIs here, none per month on the workers
-    try:
-        per_aoi = map_aois(
-            predict_aoi_task,
-            [(aoi, (aoi, recs, quiet)) for aoi, recs in records.items()],
-            cfg.cluster,
-            stage="predict",
-            progress=cfg.progress,
-        )
-    finally:
+
+    def cleanup() -> None:
         clear_partials(cfg.out_dir)
         for scratch in Path(cfg.out_dir).glob("*/.raw"):
             shutil.rmtree(scratch, ignore_errors=True)
+
+    per_aoi = map_aois(
+        predict_aoi_task,
+        [(aoi, (aoi, recs, quiet)) for aoi, recs in records.items()],
+        cfg.cluster,
+        stage="predict",
+        progress=cfg.progress,
+        cleanup=cleanup,
+    )
     return [p for paths in per_aoi for p in paths]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spacenet7.cluster import map_aois
-from spacenet7.config import ClusterMode, VectorizeConfig
+from spacenet7.config import VectorizeConfig
 from spacenet7.errors import SN7DataError
 from spacenet7.footprints import vectorize_aoi
 from spacenet7.io.atomic import clear_partials, ensure_writable_dir
@@ -28,9 +28,10 @@ def run(cfg: VectorizeConfig) -> list[Path]:
         aoi_dirs = [p for p in aoi_dirs if p.name in cfg.aois]
     if not aoi_dirs:
         raise SN7DataError(pred_dir, "no prediction folders (<AOI>/<stem>.tif) found; run `spacenet7 predict` first")
-    if cfg.cluster.mode is ClusterMode.none:
-        return [vectorize_aoi(d, cfg) for d in aoi_dirs]
-    try:  # one Dask task per AOI
-        return map_aois(vectorize_aoi, [(d.name, (d, cfg)) for d in aoi_dirs], cfg.cluster, stage="vectorize")
-    finally:
-        clear_partials(cfg.out_dir)  # a killed worker's
+    return map_aois(
+        vectorize_aoi,
+        [(d.name, (d, cfg)) for d in aoi_dirs],
+        cfg.cluster,
+        stage="vectorize",
+        cleanup=lambda: clear_partials(cfg.out_dir),  # a killed worker's
+    )
