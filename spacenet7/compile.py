@@ -37,6 +37,7 @@ from spacenet7.config import CompileConfig, Engine, ModelFormat, OverflowFix, Ve
 from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.atomic import ensure_writable_dir
+from spacenet7.io.layout import RunLayout
 from spacenet7.metrics.matching import match
 from spacenet7.models import engine_choice
 from spacenet7.models.bundle import bundle_dir, is_bundle, read_card, record_runtime
@@ -281,7 +282,7 @@ def training_imagery(checkpoint: str | Path) -> tuple[list, float | None]:
         aois, band_frac = meta.get("aois"), None
         run = run_folder(Path(checkpoint))
         if run is not None:
-            config = (json.loads((run / "pipeline.json").read_text()).get("config")) or {}
+            config = (json.loads(RunLayout(run).manifest.read_text()).get("config")) or {}
             band_frac = config.get("band_frac") if config.get("holdout") == "band" else None
     if not isinstance(roots, str) or not roots:
         raise SN7Error(

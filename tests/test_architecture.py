@@ -94,7 +94,6 @@ def test_a_stage_runs_through_the_registry(monkeypatch):
 
 PACKAGE = Path(__file__).resolve().parent.parent / "spacenet7"
 TOP = {"spacenet7.__main__", "spacenet7.cli", "spacenet7.api"}  # the command line and the Python facade: above every stage
-TEST_SUPPORT = {"spacenet7.serve.testing"}  # runs the pipeline's stages to build the server's test runs
 
 
 def _import_graph() -> dict[str, set[str]]:
@@ -138,7 +137,7 @@ def test_no_stage_imports_another_stage_and_nothing_imports_the_cli():
         (m, t)
         for m, targets in graph.items()
         for t in targets
-        if m not in TOP | TEST_SUPPORT and _stage_of(t) is not None and _stage_of(t) != _stage_of(m)
+        if m not in TOP and _stage_of(t) is not None and _stage_of(t) != _stage_of(m)
     )
     assert sideways == [], sideways
     assert sorted(m for m, targets in graph.items() if "spacenet7.cli" in targets) == ["spacenet7.__main__"]
@@ -206,3 +205,20 @@ def test_the_scot_constants_live_in_one_place():
             if name in want:
                 assert p.default is want[name], f"{fn.__name__}({name}={p.default})"
     assert inspect.signature(reference.reference_scot).parameters["min_truth_area"].default is rules.MIN_TRUTH_AREA
+
+
+def test_only_the_run_layout_joins_a_run_folders_paths():
+    """``run_dir / "predictions"`` and the like are written in spacenet7/io/layout.py only."""
+    import re
+
+    # (a chip folder's own chips/ and targets/ are chip's; a run folder's chips/ is RunLayout.chips)
+    names = "pipeline.json|metrics.json|submission.csv|checkpoints|best.ckpt|last.ckpt|predictions|vectors|footprints|pretrain"
+    joined = re.compile(r'[\w)\]] / "(' + names.replace(".", r"\.") + ')"')
+    offenders = [
+        f"{path.relative_to(PACKAGE.parent)}:{n}"
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "layout.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if joined.search(line)
+    ]
+    assert offenders == [], offenders

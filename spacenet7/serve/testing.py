@@ -17,11 +17,13 @@ import numpy as np
 import rasterio
 import shapely
 
-from spacenet7 import evaluate, export, vectorize
 from spacenet7.config import EvaluateConfig, ExportConfig, VectorizeConfig
 from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan
 from spacenet7.data.targets import make_targets
 from spacenet7.io import probability
+from spacenet7.io.artifacts import write_vectors
+from spacenet7.io.layout import RunLayout
+from spacenet7.stages import run_stage
 
 
 def oracle_predictions(root: Path, aoi: str, out: Path) -> None:
@@ -41,21 +43,19 @@ def oracle_run(src: Path, dst: Path) -> Path:
     """A copy of the pipeline run ``src`` (manifest, checkpoints) whose held-out predictions are the oracle's,
     vectorized, exported and scored by the pipeline's own stages: a run with buildings that appear month by month
     (a 1-epoch model predicts next to none), and the real checkpoint for the inference API."""
-    manifest = json.loads((src / "pipeline.json").read_text())
+    old, new = RunLayout(src), RunLayout(dst)
+    manifest = json.loads(old.manifest.read_text())
     root = Path(manifest["data_root"])
     dst.mkdir(parents=True)
-    shutil.copy(src / "pipeline.json", dst / "pipeline.json")
-    shutil.copytree(src / "train" / "checkpoints", dst / "train" / "checkpoints")
+    shutil.copy(old.manifest, new.manifest)
+    shutil.copytree(old.train.checkpoints, new.train.checkpoints)
     for aoi in manifest["test_aois"]:
-        oracle_predictions(root, aoi, dst / "predictions")
-    vectorize.run(VectorizeConfig(pred_dir=str(dst / "predictions"), out_dir=str(dst / "vectors")))
-    export.run(
-        ExportConfig(vec_dir=str(dst / "vectors"), out_dir=str(dst / "footprints"), submission=str(dst / "submission.csv"))
-    )
-    evaluate.run(
-        EvaluateConfig(
-            data_root=str(root), aois=manifest["test_aois"], submission=str(dst / "submission.csv"), out=str(dst / "metrics.json")
-        )
+        oracle_predictions(root, aoi, new.predictions)
+    run_stage("vectorize", VectorizeConfig(pred_dir=str(new.predictions), out_dir=str(new.vectors)))
+    run_stage("export", ExportConfig(vec_dir=str(new.vectors), out_dir=str(new.footprints), submission=str(new.submission)))
+    run_stage(
+        "evaluate",
+        EvaluateConfig(data_root=str(root), aois=manifest["test_aois"], submission=str(new.submission), out=str(new.metrics)),
     )
     return dst
 
@@ -92,23 +92,20 @@ def large_month_run(dst: Path, n_buildings: int, size: int = 2048, aoi: str = "L
         geometry=np.r_[geoms[:half], geoms],
         crs="EPSG:3857",
     )
-    (dst / "vectors").mkdir(parents=True)
-    gdf.to_parquet(dst / "vectors" / f"{aoi}.parquet", index=False)
-    (dst / "vectors" / f"{aoi}.json").write_text(
-        json.dumps(
-            {
-                "aoi": aoi,
-                "crs": "EPSG:3857",
-                "transform": list(transform)[:6],
-                "months": [{"stem": s, "month": m} for s, m in zip(stems, months)],
-            }
-        )
-    )
+    run = RunLayout(dst)
+    run.vectors.mkdir(parents=True)
+    meta = {
+        "aoi": aoi,
+        "crs": "EPSG:3857",
+        "transform": list(transform)[:6],
+        "months": [{"stem": s, "month": m} for s, m in zip(stems, months)],
+    }
+    write_vectors(run.vector_file(aoi), gdf, meta)
     coarse = 256  # the probability rasters only place the AOI on the map: a coarse grid over the same extent
     for stem in stems:
-        (dst / "predictions" / aoi).mkdir(parents=True, exist_ok=True)
+        run.prediction(aoi, stem).parent.mkdir(parents=True, exist_ok=True)
         prof = probability.profile("EPSG:3857", transform * rasterio.Affine.scale(size / coarse), coarse, coarse)
-        with rasterio.open(dst / "predictions" / aoi / f"{stem}.tif", "w", **prof) as ds:
+        with rasterio.open(run.prediction(aoi, stem), "w", **prof) as ds:
             ds.write(np.full((3, coarse, coarse), 127, np.uint8))
     return dst
 
