@@ -234,7 +234,9 @@ def score_place(place: Place, pred_dir: Path, work: Path, settings_bundle: str) 
     )
     scores = {k: v for k, v in building_scores(score, inter, union).items() if k in engine_choice.PARITY_SCORES}
     if place.months > 1:
+        scores["tracking"] = score.tracking
         scores["scot"] = score.scot
+        scores.update({k: float(getattr(score, k)) for k in engine_choice.CHANGE_COUNTS})
     return scores
 
 
@@ -482,7 +484,7 @@ def report(
                 "predict_s": r.predict_s,
                 "scores": r.scores,
                 "deltas": deltas,
-                "max_abs_delta": max((abs(v) for d in deltas.values() for v in d.values()), default=0.0),
+                "max_abs_delta": max((abs(v) for d in deltas.values() for v in d.values()), default=0.0),  # scores only
             }
         )
     at = [e for e in entries if e["parity"]]
@@ -556,13 +558,16 @@ def print_table(doc: dict[str, Any]) -> None:
             for k in (*engine_choice.PARITY_SCORES, "scot"):
                 if k in s:
                     delta = f" ({d[k]:+.3f})" if e["key"] != "torch-fp32" and k in d else ""
+                    if k == "scot" and all(c in s for c in engine_choice.CHANGE_COUNTS):  # new: true / false / missed
+                        delta += " new " + "/".join(str(int(s[c])) for c in engine_choice.CHANGE_COUNTS)
                     line += f" {s[k]:.4f}{delta} |"
         line += f" {e['max_abs_delta']:.4f} | {'yes' if e['parity'] else 'no'} |"
         print(line)
     t = doc["target"]
     speed = f"{t['fastest_at_parity_speedup']:.2f}x" if t["fastest_at_parity_speedup"] else "-"
     print(
-        f"\nfastest at truth parity (within {doc['tolerance']:g} of torch fp32 on every score and place): "
+        f"\nfastest at truth parity (within {doc['tolerance']:g} of torch fp32 on every score and place; SCOT also "
+        f"when its new-building counts differ by at most {engine_choice.CHANGE_SLACK}): "
         f"{doc['fastest_at_parity']}, {speed} torch bf16 channels-last; target >= 1.5x: {'met' if t['met'] else 'NOT met'}"
     )
     print(f"timed part {doc['timed_s']:.0f} s, whole run {doc['total_s']:.0f} s")
