@@ -216,7 +216,7 @@ def download_wheels(dest: Path) -> list[str]:
 def prepare(args: argparse.Namespace) -> dict:
     """Build the carried folder; returns the manifest."""
     from spacenet7 import chip
-    from spacenet7.config import compose
+    from spacenet7.compose import compose
 
     out, repo = Path(args.out), Path(args.repo_root)
     if out.exists():

@@ -52,7 +52,8 @@ from rasterio.windows import Window
 
 from spacenet7 import export, vectorize
 from spacenet7.compile import calibration_tiles, calibration_tiles_of, resolve_overflow_fix, training_imagery
-from spacenet7.config import Engine, EvaluateConfig, ModelFormat, OverflowFix, PredictConfig, compose
+from spacenet7.compose import compose
+from spacenet7.config import Engine, EvaluateConfig, ModelFormat, OverflowFix, PredictConfig
 from spacenet7.data.fusion import fuse, same_grid
 from spacenet7.data.sn7 import Image, MonthRecord, band_regions, image_grid, read_image, scan
 from spacenet7.data.targets import CHANNELS

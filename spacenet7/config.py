@@ -767,25 +767,3 @@ SCHEMAS: dict[str, type] = {name: globals()[stage.schema] for name, stage in STA
 composition schema ``_<stage>_schema`` (:func:`spacenet7.compose.register`), except the pipeline's, which
 is generated from :class:`PipelineConfig` (:func:`spacenet7.compose._pipeline_schema`) and resolved into
 one by :func:`spacenet7.compose.resolve`."""
-
-
-_COMPOSE = (
-    "compose",
-    "compose_checked",
-    "compose_node",
-    "to_config",
-    "register",
-    "override_value",
-    "to_overrides",
-    "node_schema",
-)
-
-
-def __getattr__(name: str) -> Any:
-    """The composition helpers' former home: ``spacenet7.config.compose`` and the rest still resolve to
-    :mod:`spacenet7.compose` for code written before they moved (remove once nothing imports them here)."""
-    if name in _COMPOSE:
-        import importlib
-
-        return getattr(importlib.import_module("spacenet7.compose"), name)
-    raise AttributeError(f"module 'spacenet7.config' has no attribute {name!r}")

@@ -153,9 +153,6 @@ KNOWN_CYCLES = {
     frozenset({"spacenet7.config", "spacenet7.models.bundle"}),
     # a checkpoint may be a bundle (task reads bundles); a bundle's card is checked against the architecture (task)
     frozenset({"spacenet7.models.bundle", "spacenet7.models.task"}),
-    # config.__getattr__: spacenet7.config.compose (and the other helpers) still resolve, for code written before
-    # they moved to spacenet7.compose; goes once nothing imports them from config
-    frozenset({"spacenet7.config", "spacenet7.compose"}),
 }
 
 

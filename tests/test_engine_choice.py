@@ -10,7 +10,8 @@ from model_fixtures import random_checkpoint
 
 from spacenet7 import compile as compile_stage
 from spacenet7 import predict
-from spacenet7.config import Engine, PredictConfig, compose
+from spacenet7.compose import compose
+from spacenet7.config import Engine, PredictConfig
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.models import engine_choice
 from spacenet7.models.bundle import read_card, record_runtime, write_bundle
