@@ -4,15 +4,13 @@ import json
 
 import numpy as np
 import pytest
-import rasterio
 
 from spacenet7 import evaluate, export, vectorize
 from spacenet7.config import EvaluateConfig, ExportConfig, VectorizeConfig
-from spacenet7.data.sn7 import instance_raster, read_image, read_labels, scan
-from spacenet7.data.targets import make_targets
-from spacenet7.io import probability
+from spacenet7.data.sn7 import scan
 from spacenet7.io.artifacts import load_vectors
 from spacenet7.metrics.table import read_table
+from spacenet7.serve.testing import oracle_predictions
 from spacenet7.stages import PIPELINE_STAGES
 
 
@@ -58,22 +56,9 @@ def test_pipeline_runs_every_stage_and_holds_out_an_aoi(tiny_run, tmp_path):
     assert cfg["evaluate"]["out"] == str(run / "metrics.json")
 
 
-def _oracle_predictions(root, aoi, out):
-    """Probability rasters made from the truth: what a perfect model would predict."""
-    for rec in scan(root)[aoi]:
-        img = read_image(rec)
-        inst = instance_raster(read_labels(rec, img.crs), img.shape, img.transform)
-        stored = probability.encode(make_targets(inst).astype(np.float32), img.valid)
-        prof = probability.profile(img.crs, img.transform, img.shape[1], img.shape[0])
-        (out / aoi).mkdir(parents=True, exist_ok=True)
-        with rasterio.open(out / aoi / f"{rec.stem}.tif", "w", **prof) as ds:
-            ds.write(stored)
-    probability.mark_complete(out / aoi, sorted((out / aoi).glob("*.tif")))  # as predict does: vectorize requires it
-
-
 def test_oracle_probabilities_score_high_through_vectorize_export_evaluate(synth_root, tmp_path):
     aoi = sorted(scan(synth_root))[-1]
-    _oracle_predictions(synth_root, aoi, tmp_path / "pred")
+    oracle_predictions(synth_root, aoi, tmp_path / "pred")
     vectorize.run(VectorizeConfig(pred_dir=str(tmp_path / "pred"), out_dir=str(tmp_path / "vec")))
     export.run(ExportConfig(vec_dir=str(tmp_path / "vec"), out_dir=str(tmp_path / "fp"), submission=str(tmp_path / "sub.csv")))
     evaluate.run(
