@@ -61,6 +61,23 @@ _RUNTIME_KEYS: dict[str, tuple[type, ...]] = {
 }
 
 
+def _check_fields(doc: Any, fields: Mapping[str, tuple[type, ...]], where: str) -> None:
+    """``doc`` is a map of known keys, each present one of its types (a bool only where ``bool`` is listed).
+
+    Raises:
+        ValueError: naming the key.
+    """
+    if not isinstance(doc, dict):
+        raise ValueError(f"{where} is {type(doc).__name__}, expected a map")
+    unknown = sorted(str(k) for k in doc if k not in fields)
+    if unknown:
+        raise ValueError(f"{where} has unknown key(s) {unknown}; it has {sorted(fields)}")
+    for key, kinds in fields.items():
+        value = doc.get(key)
+        if key in doc and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+            raise ValueError(f"{where}.{key}={str(value)[:40]!r} is {type(value).__name__}")
+
+
 def check_candidate(doc: Any, where: str = "runtime", need_file: bool = True) -> dict[str, Any]:
     """One engine candidate, validated as data.
 
@@ -73,18 +90,10 @@ def check_candidate(doc: Any, where: str = "runtime", need_file: bool = True) ->
     Raises:
         ValueError: naming the key.
     """
-    if not isinstance(doc, dict):
-        raise ValueError(f"{where} is {type(doc).__name__}, expected a map")
-    unknown = sorted(str(k) for k in doc if k not in _CANDIDATE_KEYS)
-    if unknown:
-        raise ValueError(f"{where} has unknown key(s) {unknown}; it has {sorted(_CANDIDATE_KEYS)}")
+    _check_fields(doc, _CANDIDATE_KEYS, where)
     for key in ("engine", "precision"):
         if key not in doc:
             raise ValueError(f"{where}.{key} is missing")
-    for key, kinds in _CANDIDATE_KEYS.items():
-        value = doc.get(key)
-        if key in doc and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
-            raise ValueError(f"{where}.{key}={str(value)[:40]!r} is {type(value).__name__}")
     if doc["engine"] not in ENGINES:
         raise ValueError(f"{where}.engine={doc['engine'][:40]!r} is not one of {list(ENGINES)}")
     if doc["precision"] not in PRECISIONS:
@@ -107,14 +116,7 @@ def check_runtime(doc: Any) -> dict[str, Any]:
     Raises:
         ValueError: naming the key.
     """
-    if not isinstance(doc, dict):
-        raise ValueError(f"runtime is {type(doc).__name__}, expected a map")
-    unknown = sorted(str(k) for k in doc if k not in _RUNTIME_KEYS)
-    if unknown:
-        raise ValueError(f"runtime has unknown key(s) {unknown}; it has {sorted(_RUNTIME_KEYS)}")
-    for key, kinds in _RUNTIME_KEYS.items():
-        if key in doc and (not isinstance(doc[key], kinds) or isinstance(doc[key], bool)):
-            raise ValueError(f"runtime.{key} is {type(doc[key]).__name__}")
+    _check_fields(doc, _RUNTIME_KEYS, "runtime")
     candidates = [check_candidate(c, f"runtime.candidates[{i}]") for i, c in enumerate(doc.get("candidates", []))]
     if "chosen" in doc:
         check_candidate(doc["chosen"], "runtime.chosen")
@@ -160,9 +162,7 @@ def report_entries(doc: Any) -> list[dict[str, Any]]:
         check_candidate(cand, where, need_file=False)
         plan = {k: e.get(k) for k in _PLAN_KEYS}
         plan["int8"] = bool(plan["int8"])
-        for k, kinds in _PLAN_KEYS.items():
-            if not isinstance(plan[k], kinds) or (isinstance(plan[k], bool) and bool not in kinds):
-                raise ValueError(f"{where}.{k}={str(plan[k])[:40]!r} is {type(plan[k]).__name__}")
+        _check_fields(plan, _PLAN_KEYS, where)
         expected = {"torch": None, "onnxruntime": "onnx", "openvino": "openvino"}[cand["engine"]]
         if plan["format"] != expected:
             raise ValueError(f"{where}: engine {cand['engine']} with format {plan['format']!r}, expected {expected!r}")
