@@ -35,7 +35,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import platform
 import tempfile
@@ -55,7 +54,7 @@ from spacenet7.compile import calibration_tiles, calibration_tiles_of, resolve_o
 from spacenet7.compose import compose
 from spacenet7.config import Engine, EvaluateConfig, ModelFormat, OverflowFix, PredictConfig
 from spacenet7.data.fusion import fuse, same_grid
-from spacenet7.data.sn7 import Image, MonthRecord, band_regions, image_grid, read_image, scan
+from spacenet7.data.sn7 import Image, MonthRecord, band_regions, read_image, scan
 from spacenet7.data.targets import CHANNELS
 from spacenet7.evaluate import building_scores, evaluate_aoi, ground_truth_table
 from spacenet7.io import probability
@@ -64,6 +63,7 @@ from spacenet7.metrics.table import read_table
 from spacenet7.models import engine_choice
 from spacenet7.models.bundle import SHIPPED, is_bundle, read_card
 from spacenet7.models.inference import LoadedModel, load_model, load_model_file, sliding_window
+from spacenet7.models.mosaic import band_window
 from spacenet7.models.precision import cpu_has_fast_bf16, cpu_has_vnni
 from spacenet7.models.runtime import ModelMeta, net_stride, write_model_files
 from spacenet7.models.task import read_checkpoint
@@ -154,28 +154,14 @@ def machine_before(seconds: float = 2.0) -> dict[str, Any]:
 # --- places and predictions ---
 
 
-def tile_align(upscale: float, tile: int, overlap: int) -> int:
-    """Source pixels between the full mosaic's tile columns: a window starting on a multiple of it sees the same tiles."""
-    step = tile - overlap
-    for k in range(1, step + 1):
-        if abs(k * upscale - round(k * upscale)) < 1e-9 and round(k * upscale) % step == 0:
-            return k
-    return 1
-
-
 def load_place(root: str, model: LoadedModel, band_frac: float, tile: int, overlap: int, months: int | None) -> list[Place]:
-    """Each AOI of ``root``: its band, the window predicted (band + one tile of margin, on the tile grid), its months."""
+    """Each AOI of ``root``: its band, the window predicted (:func:`band_window`: band + one tile of margin, on the
+    tile grid), its months."""
     out = []
     for aoi, recs in scan(root).items():
         recs = recs[:months] if months else recs
-        h, w = image_grid(recs[0])[2]
         region = band_regions(root, [aoi], band_frac)[aoi]
-        align = tile_align(model.upscale, tile, overlap)
-        margin = math.ceil(tile / model.upscale)  # every tile that reaches the band lies inside
-        r0 = max(0, math.floor((region[0] - margin) / align) * align)
-        c0 = max(0, math.floor((region[2] - margin) / align) * align)
-        r1, c1 = min(h, int(math.ceil(region[1])) + margin), min(w, int(math.ceil(region[3])) + margin)
-        win = Window(c0, r0, c1 - c0, r1 - r0)
+        win = band_window(recs[0], band_frac, model.upscale, tile, overlap)  # as predict band_frac= reads it
         images = [read_image(rec, window=win, upscale=model.upscale, spec=model.spec) for rec in recs]
         truth = ground_truth_table(root, "train", [aoi])
         truth = truth[truth["month"].isin({r.month_key for r in recs})]

@@ -347,6 +347,9 @@ class PredictConfig:
     fusion: bool = True  # blend each month with the AOI's all-month mean
     fusion_weight: float = 0.35
     grid: Grid = Grid.source  # source | upscaled
+    # predict only each mosaic's right band of this width fraction (evaluate's band_frac: a scoring run's held-out
+    # band), plus the margin its tiles need (the band's probabilities are the whole mosaic's); null = the whole mosaic
+    band_frac: Optional[float] = None
     device: str = "auto"  # auto (a CUDA GPU when there is one) | cpu | cuda[:N]
     model: Any = None  # expected architecture; None = the one stored in the checkpoint
     progress: bool = True  # a progress bar per AOI
@@ -376,6 +379,11 @@ class PredictConfig:
         )
         self.tta_views = choice(self.tta_views, TTAViews, "predict", "tta_views")
         check(self.tile > 0, "predict", f"tile={self.tile} must be > 0")
+        check(
+            self.band_frac is None or 0 < self.band_frac < 1,
+            "predict",
+            f"band_frac={self.band_frac} must be between 0 and 1",
+        )
         check(
             len(self.tta_scales) > 0 and all(0.25 <= float(s) <= 4 for s in self.tta_scales),
             "predict",

@@ -26,7 +26,7 @@ from spacenet7.config import VectorizeConfig
 from spacenet7.data.sn7 import parse_stem
 from spacenet7.errors import SN7DataError
 from spacenet7.io.artifacts import write_vectors
-from spacenet7.io.probability import completed_rasters, read_prediction
+from spacenet7.io.probability import completed_rasters, read_prediction, source_offset
 from spacenet7.io.raster import open_raster
 from spacenet7.io.vector import pixel_to_map
 from spacenet7.polygonize import instances, polygons
@@ -116,8 +116,13 @@ def vectorize_aoi(aoi_dir: Path, cfg: VectorizeConfig) -> Path:
         rows = _onset_rows(ref / np.maximum(ref_valid, 1), ref_valid > 0, preds, cfg)
     else:
         rows = track_months(months, preds, cfg.track)
-    if any(cfg.shift_px) and len(rows):  # onto the labels' registration (VectorizeConfig.shift_px)
-        rows["geometry"] = shapely.transform(rows["geometry"].to_numpy(), lambda xy: xy + np.asarray(cfg.shift_px))
+    # onto the labels' registration (VectorizeConfig.shift_px), and from a raster of part of a mosaic (predict
+    # band_frac=) into the mosaic's pixels, where the map transform starts
+    col0, row0 = source_offset(files[0])
+    src_transform = src_transform * Affine.translation(-col0, -row0)
+    move = np.asarray(cfg.shift_px, np.float64) + [col0, row0]
+    if move.any() and len(rows):
+        rows["geometry"] = shapely.transform(rows["geometry"].to_numpy(), lambda xy: xy + move)
     stems = [p.stem for p in preds]
     keys = [p.month_key for p in preds]
     gdf = gpd.GeoDataFrame(

@@ -115,6 +115,8 @@ def test_recipe_real_sample_chooses_its_experiment_and_a_pretraining_run(tmp_pat
     assert cfg.train.optimizer["lr"] == experiment["optimizer"]["lr"] != default_lr  # the experiment's, not adamw.yaml's
     assert cfg.train.max_epochs == recipe["train"]["max_epochs"] and cfg.chip.layout == "rasters"
     assert cfg.predict.fusion  # the default: a no-op on the one-month sample, the winners' blend on many months
+    assert cfg.predict.band_frac == cfg.band_frac == cfg.evaluate.band_frac  # only the scored band is predicted
+    assert _pipeline(tmp_path, "recipe=real_sample", "band_frac=0.4").predict.band_frac == 0.4  # it follows the band
     # the budget caps do not bind on one month (the sample), so they change nothing there
     w = cfg.train.windows
     assert w.max_per_epoch == w.per_mosaic and w.max_val_windows is not None

@@ -327,8 +327,9 @@ def test_the_bench_report_feeds_compile(synth_root, tmp_path):
     import runtime_parity as rp
 
     from spacenet7.models.inference import load_model
+    from spacenet7.models.mosaic import tile_align
 
-    assert rp.tile_align(3.0, 256, 64) == 64 and rp.tile_align(2.0, 256, 64) == 96
+    assert tile_align(3.0, 256, 64) == 64 and tile_align(2.0, 256, 64) == 96
     model = load_model(random_checkpoint(tmp_path / "m.ckpt"), device="cpu")
     places = rp.load_place(str(synth_root), model, 0.25, 256, 64, 2)
     for p in places:  # the window starts on the mosaic's tile grid, a tile's reach left of the band

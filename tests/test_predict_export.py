@@ -17,8 +17,9 @@ from spacenet7.config import ExportConfig, Grid, PredictConfig, VectorizeConfig
 from spacenet7.data.bands import InputSpec
 from spacenet7.data.sn7 import scan
 from spacenet7.errors import SN7DataError
+from spacenet7.io import probability
 from spacenet7.io.artifacts import load_vectors
-from spacenet7.io.vector import area_m2
+from spacenet7.io.vector import area_m2, pixel_to_map
 from spacenet7.metrics.table import read_table
 from spacenet7.models import inference
 from spacenet7.models.mosaic import predict_mosaic
@@ -335,3 +336,67 @@ def test_the_vector_stages_import_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_band_prediction_is_the_whole_mosaics_band(run, tmp_path):
+    """``band_frac``: only the right band (plus its tiles' margin, on the whole mosaic's tile grid) is predicted,
+    its offset in the mosaic recorded; its probabilities are the whole mosaic's there."""
+    common = {**run["pcfg"].__dict__, "tile": 64, "overlap": 16, "block": 1024, "amp": False}
+    predict.run(PredictConfig(**{**common, "out_dir": str(tmp_path / "whole")}))
+    predict.run(PredictConfig(**{**common, "out_dir": str(tmp_path / "band"), "band_frac": 0.25}))
+    whole = sorted((tmp_path / "whole" / run["aoi"]).glob("*.tif"))
+    assert whole and [p.name for p in whole] == sorted(p.name for p in (tmp_path / "band" / run["aoi"]).glob("*.tif"))
+    for a in whole:
+        with rasterio.open(a) as da, rasterio.open(tmp_path / "band" / run["aoi"] / a.name) as db:
+            # band cols 192-256 of 256; one 64 px tile of margin, floored to the tile step (48 px): from col 96
+            assert db.tags()["source_offset"] == "96 0" and (db.width, db.height) == (160, da.height)
+            assert db.transform == da.window_transform(rasterio.windows.Window(96, 0, 160, da.height))
+            pa, pb = da.read().astype(int), db.read().astype(int)
+        assert np.abs(pa[:, :, 192:] - pb[:, :, 192 - 96 :]).max() <= 1  # fusion's rounding of the all-month mean
+
+
+def test_vectorizing_part_of_a_mosaic_writes_the_mosaics_pixels(synth_root, tmp_path):
+    """A probability raster of part of a mosaic (``source_offset``) gives the footprints the whole mosaic's
+    raster gives there, in the whole mosaic's pixel and map coordinates."""
+    from spacenet7.serve.testing import oracle_predictions
+
+    aoi = sorted(scan(synth_root))[-1]
+    oracle_predictions(synth_root, aoi, tmp_path / "whole")
+    (tmp_path / "part" / aoi).mkdir(parents=True)
+    c0, r0 = 100, 60
+    for src in sorted((tmp_path / "whole" / aoi).glob("*.tif")):
+        with rasterio.open(src) as ds:
+            win = rasterio.windows.Window(c0, r0, ds.width - c0, ds.height - r0)
+            prof = probability.profile(ds.crs, ds.window_transform(win), int(win.width), int(win.height))
+            with rasterio.open(tmp_path / "part" / aoi / src.name, "w", **prof) as dst:
+                dst.write(ds.read(window=win))
+                probability.describe(dst, 1.0, "source", offset=(c0, r0))
+    probability.mark_complete(tmp_path / "part" / aoi, sorted((tmp_path / "part" / aoi).glob("*.tif")))
+    vecs = {}
+    for name in ("whole", "part"):
+        vectorize.run(
+            VectorizeConfig(
+                pred_dir=str(tmp_path / name), out_dir=str(tmp_path / f"vec_{name}"), shift_px=[0.25, 0.5], simplify_px=0
+            )
+        )
+        vecs[name] = load_vectors(tmp_path / f"vec_{name}" / f"{aoi}.parquet")
+
+    def inside(gdf):  # footprints clear of the part's edges: month, pixel and map polygons
+        pix = shapely.from_wkt(gdf["pix_wkt"].to_numpy())
+        keep = (shapely.bounds(pix)[:, 0] > c0 + 2) & (shapely.bounds(pix)[:, 1] > r0 + 2)
+        return gdf["month"].to_numpy()[keep], pix[keep], gdf.geometry.values[keep]
+
+    (wm, wp, _), (pm, pp, pg) = inside(vecs["whole"][0]), inside(vecs["part"][0])
+    assert len(wp) > 5 and len(wp) == len(pp)
+    same = 0
+    for month, poly in zip(wm, wp):  # each one is the part's footprint there (the oracle's flat probabilities
+        # leave the watershed ties, which it breaks by position in the array: a pixel may go to the neighbour)
+        cand = [k for k in np.flatnonzero(pm == month) if shapely.intersects(pp[k], poly)]
+        k = max(cand, key=lambda k: shapely.area(shapely.intersection(pp[k], poly)))
+        assert shapely.area(shapely.intersection(pp[k], poly)) / shapely.area(shapely.union(pp[k], poly)) > 0.5
+        same += bool(shapely.equals(pp[k], poly))
+    # map coordinates: the whole mosaic's transform applied to the mosaic's pixel coordinates
+    whole_transform = rasterio.Affine(*vecs["whole"][1]["transform"])
+    assert np.allclose(shapely.get_coordinates(pg), shapely.get_coordinates(pixel_to_map(pp, whole_transform)))
+    assert same >= len(wp) // 2  # a shift of even one pixel would leave none the same
+    assert vecs["part"][1]["transform"] == vecs["whole"][1]["transform"]

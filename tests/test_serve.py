@@ -236,6 +236,13 @@ def test_settings_are_the_pipelines(app, manifest):
     assert Path(d["checkpoint"]).name == "best.ckpt" and d["upscale"] == 2.0
 
 
+def test_uploads_are_predicted_whole_even_for_a_band_scoring_run(tmp_path):
+    """A run that predicted only its held-out band (recipe=real: predict.band_frac) serves uploads whole."""
+    (tmp_path / "pipeline.json").write_text(json.dumps({"config": {"predict": {"band_frac": 0.25, "tile": 128}}}))
+    pcfg, _ = run_settings(tmp_path)
+    assert pcfg.band_frac is None and pcfg.tile == 128
+
+
 def test_predict_and_track_match_the_pipeline(client, run, months, uploads, tmp_path):
     _, recs = months
     r = _post(client, "/api/predict", [("month.tif", recs[1].image.read_bytes())])

@@ -14,7 +14,7 @@ import numpy as np
 import rasterio
 
 from spacenet7.data.targets import CHANNELS
-from spacenet7.io.probability import NODATA, describe, grid_tags
+from spacenet7.io.probability import NODATA, describe, grid_tags, offset_tag
 from spacenet7.io.raster import cog_profile, iter_windows, to_cog
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def fuse(raw: list[Path], finals: list[Path], weight: float, block: int, scratch
                 fused = np.round((1 - weight) * a + weight * mean)
                 dst.write(np.where(ok, fused, NODATA).astype(np.uint8), window=win)
         for dst in tmps:
-            describe(dst, *grid_tags(ref))
+            describe(dst, *grid_tags(ref), offset=offset_tag(ref))
             dst.close()
         for dst, final in zip(tmps, finals):
             to_cog(dst.name, final)

@@ -2,7 +2,9 @@
 
 One band per target channel (:data:`spacenet7.data.targets.CHANNELS`), uint8 ``round(p * 254)``
 with nodata 255 (masked pixels) and a GDAL scale of 1/254, so GIS tools show probabilities.
-Tags record the grid: ``grid=source`` (the mosaic's) or ``grid=upscaled`` with ``upscale=<f>``.
+Tags record the grid: ``grid=source`` (the mosaic's) or ``grid=upscaled`` with ``upscale=<f>``, and,
+for a raster of part of a mosaic (``predict band_frac=``), ``source_offset=<col> <row>``: where its first
+pixel lies in the mosaic's source pixels (vectorize writes pixel coordinates in the mosaic's).
 
 Each AOI folder also holds a completion record, :data:`COMPLETE`, listing the months of the last
 prediction: ``predict`` removes it before it writes anything for the AOI and writes it last,
@@ -60,11 +62,39 @@ def profile(crs: Any, transform: Affine, width: int, height: int) -> dict:
     )
 
 
-def describe(dst: rasterio.io.DatasetWriter, upscale: float, grid: str) -> None:
-    """Band names, scales and grid tags of an open probability raster being written."""
+def describe(dst: rasterio.io.DatasetWriter, upscale: float, grid: str, offset: tuple[int, int] = (0, 0)) -> None:
+    """Band names, scales and grid tags of an open probability raster being written; ``offset``: its first
+    pixel's (column, row) in the predicted mosaic's source pixels, for a raster of part of one."""
     dst.descriptions = CHANNELS
     dst.scales = [1 / SCALE] * len(CHANNELS)
     dst.update_tags(upscale=str(upscale), grid=grid, encoding=ENCODING)
+    if any(offset):
+        dst.update_tags(source_offset=f"{int(offset[0])} {int(offset[1])}")
+
+
+def offset_tag(ds: rasterio.io.DatasetReader) -> tuple[int, int]:
+    """(column, row) of an open probability raster's first pixel in its mosaic's source pixels (``(0, 0)``: the
+    whole mosaic).
+
+    Raises:
+        SN7DataError: a ``source_offset`` tag that is not two non-negative integers.
+    """
+    tag = ds.tags().get("source_offset")
+    if tag is None:
+        return 0, 0
+    try:
+        col, row = (int(v) for v in tag.split())
+        if col < 0 or row < 0:
+            raise ValueError
+    except ValueError:
+        raise SN7DataError(ds.name, f"source_offset tag {tag!r} is not two non-negative integers (column row)") from None
+    return col, row
+
+
+def source_offset(path: str | Path) -> tuple[int, int]:
+    """:func:`offset_tag` of the probability raster at ``path``."""
+    with open_raster(path, bands=len(CHANNELS)) as ds:
+        return offset_tag(ds)
 
 
 def grid_tags(ds: rasterio.io.DatasetReader) -> tuple[float, str]:

@@ -10,6 +10,7 @@ temporal fusion is :mod:`spacenet7.data.fusion`'s.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,6 +86,9 @@ def predict_aoi(model: LoadedModel, aoi: str, recs: list[MonthRecord], cfg: Pred
                         scales=cfg.tta_scales,
                         block=cfg.block,
                         grid=cfg.grid,
+                        region=None
+                        if cfg.band_frac is None
+                        else band_window(rec, cfg.band_frac, model.upscale, cfg.tile, cfg.overlap),
                     )
                 )
                 kept.append(rec)
@@ -118,8 +122,9 @@ def predict_mosaic(
     scales: Sequence[float] = (1.0,),
     block: int = 1024,
     grid: Grid = Grid.source,
+    region: Window | None = None,
 ) -> Path:
-    """Predict one mosaic block by block into a tiled uint8 GeoTIFF at ``out``.
+    """Predict one mosaic (or a ``region`` of it) block by block into a tiled uint8 GeoTIFF at ``out``.
 
     Args:
         model: the loaded network.
@@ -133,12 +138,19 @@ def predict_mosaic(
             its probabilities resized back to the model's grid).
         block: output block side in source pixels (bounds memory).
         grid: write on the source grid or the model's upscaled grid.
+        region: the part of the mosaic to predict, in source pixels (the whole mosaic when ``None``); the
+            output covers it alone, its offset in the mosaic recorded (:func:`spacenet7.io.probability.describe`).
+            Tiles start on its corner and read nothing outside it (:func:`band_window` places it).
 
     Raises:
         NoValidPixels: the month has no usable pixel.
     """
     with open_raster(rec.image) as ds:  # read_image checks the file against model.spec
-        h, w, transform, crs = ds.height, ds.width, ds.transform, ds.crs
+        area = Window(0, 0, ds.width, ds.height)
+        if region is not None:
+            area = region.intersection(area)
+        h, w, transform, crs = int(area.height), int(area.width), ds.window_transform(area), ds.crs
+    a_col, a_row = int(area.col_off), int(area.row_off)
     f = model.upscale
     fi = int(round(f))
     if grid is Grid.source and f != fi:
@@ -153,7 +165,7 @@ def predict_mosaic(
             r0, c0 = max(0, int(blk.row_off) - halo), max(0, int(blk.col_off) - halo)
             r1 = min(h, int(blk.row_off + blk.height) + halo)
             c1 = min(w, int(blk.col_off + blk.width) + halo)
-            win = Window(c0, r0, c1 - c0, r1 - r0)
+            win = Window(a_col + c0, a_row + r0, c1 - c0, r1 - r0)  # in the mosaic
             img = read_image(rec, window=win, upscale=f, spec=model.spec)
             prob = _multiscale(model, rec, win, img, scales, tile, overlap, batch_size, tta)
             valid: np.ndarray = img.valid
@@ -169,7 +181,7 @@ def predict_mosaic(
             enc = probability.encode(prob[(slice(None), *sl)], valid[sl])
             any_valid |= bool(valid[sl].any())
             dst.write(enc, window=Window(int(blk.col_off) * k, int(blk.row_off) * k, int(blk.width) * k, int(blk.height) * k))
-        probability.describe(dst, f, grid)
+        probability.describe(dst, f, grid, offset=(a_col, a_row))
     if not any_valid:
         out.unlink()
         raise NoValidPixels(rec.image, "no valid pixel in this month (alpha 0 / UDM everywhere)")
@@ -197,6 +209,31 @@ def _multiscale(
             prob = F.interpolate(torch.from_numpy(prob)[None], size=shape, mode="bilinear", align_corners=False)[0].numpy()
         total += prob
     return total / len(scales)
+
+
+def tile_align(upscale: float, tile: int, overlap: int) -> int:
+    """Source pixels between a whole mosaic's tile columns: a region starting on a multiple of it sees the same tiles."""
+    step = tile - overlap
+    for k in range(1, step + 1):
+        if abs(k * upscale - round(k * upscale)) < 1e-9 and round(k * upscale) % step == 0:
+            return k
+    return 1
+
+
+def band_window(rec: MonthRecord, frac: float, upscale: float, tile: int, overlap: int) -> Window:
+    """The region predicted for a mosaic's held-out right band of width ``frac`` (evaluate's ``band_frac``).
+
+    The band (:func:`spacenet7.data.sn7.band_regions`'s cut) plus one tile of margin, starting on the
+    whole mosaic's tile grid: every tile that reaches the band lies inside, the same tiles as a one-block
+    prediction of the whole mosaic, so the band's probabilities are the whole mosaic's.
+    """
+    with open_raster(rec.image) as ds:
+        h, w = ds.height, ds.width
+    col0 = float(round(w * (1 - frac)))
+    align = tile_align(upscale, tile, overlap)
+    margin = math.ceil(tile / upscale)
+    c0 = max(0, math.floor((col0 - margin) / align) * align)
+    return Window(c0, 0, w - c0, h)
 
 
 class NoValidPixels(SN7DataError):

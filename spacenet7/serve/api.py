@@ -11,6 +11,7 @@ here: this module only checks uploads and moves files through a temporary folder
 
 from __future__ import annotations
 
+
 import json
 import logging
 import re
@@ -85,7 +86,8 @@ def run_settings(run_dir: Path, overrides: dict[str, Any] | None = None) -> tupl
             out.append(OmegaConf.to_object(node))
         except Exception as exc:  # omegaconf's validation errors: unknown key, wrong type
             raise SN7Error(f"serve: bad {stage} settings for {run_dir} ({str(exc).splitlines()[0]})") from None
-    return out[0], out[1]
+    # an upload is predicted whole: a scoring run's band_frac (only its held-out band predicted) is not the model's
+    return replace(out[0], band_frac=None), out[1]
 
 
 def run_checkpoint(run_dir: Path, predict_cfg: PredictConfig) -> Path | None:
