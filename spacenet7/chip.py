@@ -50,7 +50,7 @@ from spacenet7.data.sn7 import (
     scan,
     shift_labels,
 )
-from spacenet7.data.splits import aoi_split, spatial_split, split_regions
+from spacenet7.data.splits import aoi_split, band_start, spatial_split, split_regions
 from spacenet7.data.targets import CHIP_BANDS, make_targets
 from spacenet7.errors import SN7Error
 from spacenet7.io.artifacts import chip_meta_path, pack_targets, unpack_targets, write_index
@@ -186,7 +186,7 @@ def _registration(recs: list, cfg: ChipConfig, aoi_side: str | None) -> list[flo
     cols = None
     if cfg.split is Split.spatial:
         w = image_grid(recs[0])[2][1]
-        cols = (0, int(round(w * (1 - cfg.val_frac))))
+        cols = (0, band_start(w, cfg.val_frac))
     off = estimate_offset(recs, cols=cols, spec=cfg.input, max_months=cfg.register_months)
     if off.months == 0:
         log.warning("chip: %s: no labelled month to register; label_shift_px=%s kept", recs[0].aoi, cfg.label_shift_px)

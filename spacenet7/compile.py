@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from spacenet7.config import CompileConfig, Engine, ModelFormat, OverflowFix, VectorizeConfig
+from spacenet7.data.splits import band_start
 from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.atomic import ensure_writable_dir
@@ -343,7 +344,7 @@ def calibration_tiles_of(
     what = what or f"{len(records)} training mosaics"
     for rec in records:
         src_h, src_w = image_grid(rec)[2]
-        keep_w = src_w if not band_frac else int(round(src_w * (1 - band_frac)))
+        keep_w = src_w if not band_frac else band_start(src_w, band_frac)
         if keep_w <= 0:
             continue
         img = read_image(rec, window=Window(0, 0, keep_w, src_h), upscale=model.upscale, spec=model.spec)

@@ -38,6 +38,7 @@ from rasterio import features
 from rasterio.windows import Window
 
 from spacenet7.data.bands import InputSpec, Scaling, band_limits, check_fits, nodata_mask, to_uint8
+from spacenet7.data.splits import band_start
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io.raster import open_raster, read_resampled
 from spacenet7.io.vector import read_vector
@@ -366,7 +367,7 @@ def band_regions(root: str | Path, aois: list[str], frac: float, split: str = "t
     out = {}
     for aoi, recs in scan(root, split, aois).items():
         h, w = image_grid(recs[0])[2]
-        out[aoi] = [0.0, float(h), float(round(w * (1 - frac))), float(w)]
+        out[aoi] = [0.0, float(h), float(band_start(w, frac)), float(w)]
     return out
 
 

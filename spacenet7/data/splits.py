@@ -20,12 +20,18 @@ def aoi_split(aois: list[str], val_frac: float, seed: int) -> dict[str, str]:
     return {a: ("val" if a in val else "train") for a in aois}
 
 
+def band_start(width: int, frac: float) -> int:
+    """The first column of a grid's right band of width fraction ``frac``: the spatial split's validation band,
+    the held-out band that ``evaluate band_frac=`` scores and ``predict band_frac=`` predicts."""
+    return int(round(width * (1 - frac)))
+
+
 def spatial_split(window: Window, width: int, val_frac: float) -> str | None:
     """Split inside one AOI by columns: the right ``val_frac`` of the grid is validation.
 
     A chip crossing the boundary belongs to neither side (``None``), so no pixel leaks.
     """
-    edge = int(round(width * (1 - val_frac)))
+    edge = band_start(width, val_frac)
     if window.col_off >= edge:
         return "val"
     if window.col_off + window.width <= edge:
@@ -40,5 +46,5 @@ def split_regions(h: int, w: int, aoi_side: str | None, val_frac: float) -> list
     """
     if aoi_side is not None:
         return [(aoi_side, (0, h, 0, w))]
-    edge = int(round(w * (1 - val_frac)))
+    edge = band_start(w, val_frac)
     return [(side, reg) for side, reg in (("train", (0, h, 0, edge)), ("val", (0, h, edge, w))) if reg[3] > reg[2]]

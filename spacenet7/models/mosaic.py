@@ -25,6 +25,7 @@ from tqdm import tqdm
 from spacenet7.config import Grid, PredictConfig, TTAViews
 from spacenet7.data.fusion import fuse, same_grid
 from spacenet7.data.sn7 import Image, MonthRecord, read_image
+from spacenet7.data.splits import band_start
 from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7DataError, SN7Error
 from spacenet7.io import probability
@@ -223,13 +224,13 @@ def tile_align(upscale: float, tile: int, overlap: int) -> int:
 def band_window(rec: MonthRecord, frac: float, upscale: float, tile: int, overlap: int) -> Window:
     """The region predicted for a mosaic's held-out right band of width ``frac`` (evaluate's ``band_frac``).
 
-    The band (:func:`spacenet7.data.sn7.band_regions`'s cut) plus one tile of margin, starting on the
+    The band (:func:`spacenet7.data.splits.band_start`, as evaluate cuts it) plus one tile of margin, starting on the
     whole mosaic's tile grid: every tile that reaches the band lies inside, the same tiles as a one-block
     prediction of the whole mosaic, so the band's probabilities are the whole mosaic's.
     """
     with open_raster(rec.image) as ds:
         h, w = ds.height, ds.width
-    col0 = float(round(w * (1 - frac)))
+    col0 = band_start(w, frac)
     align = tile_align(upscale, tile, overlap)
     margin = math.ceil(tile / upscale)
     c0 = max(0, math.floor((col0 - margin) / align) * align)

@@ -11,7 +11,6 @@ here: this module only checks uploads and moves files through a temporary folder
 
 from __future__ import annotations
 
-
 import json
 import logging
 import re
