@@ -400,3 +400,17 @@ def test_vectorizing_part_of_a_mosaic_writes_the_mosaics_pixels(synth_root, tmp_
     assert np.allclose(shapely.get_coordinates(pg), shapely.get_coordinates(pixel_to_map(pp, whole_transform)))
     assert same >= len(wp) // 2  # a shift of even one pixel would leave none the same
     assert vecs["part"][1]["transform"] == vecs["whole"][1]["transform"]
+
+
+def test_a_bad_source_offset_tag_is_one_line_naming_the_raster(tmp_path):
+    path = tmp_path / "month.tif"
+    prof = probability.profile("EPSG:3857", rasterio.Affine(4.78, 0, 0, 0, -4.78, 0), 8, 8)
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(np.zeros((3, 8, 8), np.uint8))
+        probability.describe(dst, 1.0, "source", offset=(5, 7))
+    assert probability.source_offset(path) == (5, 7)
+    with rasterio.open(path, "r+") as dst:
+        dst.update_tags(source_offset="5 minus-seven")
+    with pytest.raises(SN7DataError, match="source_offset tag '5 minus-seven' is not two non-negative integers") as exc:
+        probability.source_offset(path)
+    assert str(path) in str(exc.value) and "\n" not in str(exc.value)

@@ -57,6 +57,7 @@ def test_shipped_model_rescores_to_its_card(shipped, tmp_path):
             aois=prov["aois"],
             out_dir=str(tmp_path / "pred"),
             progress=False,
+            band_frac=prov.get("band_frac"),  # only the scored bands, as make real predicts them
             **card.get("predict", {}),
         )
     )
