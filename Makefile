@@ -43,11 +43,15 @@ real: $(STAMP)
 	$(BIN)/spacenet7 pipeline recipe=real
 
 # The shipped model (spacenet7/models/shipped/spacenet7-real.bundle, used by predict and serve without
-# checkpoint=): `make real`'s last checkpoint as a bundle, with that run's vectorize settings and scores.
+# checkpoint=): `make real`'s last checkpoint as a bundle, with that run's vectorize settings and scores,
+# then every inference engine measured on the real held-out bands (~8 min) and the fastest at truth parity
+# compiled into it (predict engine=auto runs it).
 SHIPPED := spacenet7/models/shipped/spacenet7-real.bundle
 model: $(STAMP)
 	test -f runs/real/train/checkpoints/last.ckpt || $(MAKE) real
 	$(BIN)/spacenet7 bundle checkpoint=runs/real/train/checkpoints/last.ckpt out=$(SHIPPED) recipe_name=real name=spacenet7-real
+	$(BIN)/python bench/bench_runtimes.py --checkpoint $(SHIPPED) --json runs/bench/runtime_parity.json
+	$(BIN)/spacenet7 compile checkpoint=$(SHIPPED) parity=runs/bench/runtime_parity.json
 
 # --durations: the slowest tests are listed, so the default run can be kept near 10 minutes on 2 cores
 test: $(STAMP) $(NODE_STAMP) system-packages
