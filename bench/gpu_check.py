@@ -7,9 +7,10 @@ Steps, each timed, with the GPU's utilization sampled every 0.25 s (NVML, else n
 and most important first, each skipped when what is left of ``--budget-s`` (counted from
 ``--started``, the script's start, so the install counts) cannot hold it:
 
-1. ``finetune``: the real recipe's fine-tuning on the GPU: ``spacenet7 train experiment=real_sample
-   trainer=gpu`` (bf16-mixed) from the carried pretraining bundle on the carried chips, the recipe's
-   180 epochs (2,880 steps; capped by time: steps/s and the projected full time are reported);
+1. ``finetune``: the real recipe's training on the GPU: ``spacenet7 train experiment=real_sample
+   trainer=gpu`` (bf16-mixed) on the carried chips, from scratch as recipe=real trains (from the carried
+   pretraining bundle where ``gpu_prepare --pretrain`` made one), the recipe's 240 epochs (3,840 steps;
+   capped by time: steps/s and the projected full time are reported);
 2. ``sn7_full``: a 2-epoch ``experiment=sn7_full`` smoke run (efficientnet-b3 U-Net, 512^2 windows
    at 3x, bf16) on the same chips;
 3. ``predict``: the ``spacenet7 predict device=cuda`` stage on the carried months (the recipe's grid
@@ -444,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--budget-s", type=float, default=560.0, help="everything, install included (the device allows 600 s a command)"
     )
-    ap.add_argument("--epochs", type=int, default=180, help="fine-tuning epochs (the recipe's 180 = 2,880 steps)")
+    ap.add_argument("--epochs", type=int, default=240, help="training epochs (recipe=real: 240 = 3,840 steps)")
     ap.add_argument("--finetune-cap-s", type=float, default=200.0, help="fine-tuning is stopped after this (steps/s projected)")
     ap.add_argument("--workers", type=int, default=8, help="data loader workers")
     ap.add_argument("--mosaic", type=int, default=8192, help="side of the throughput mosaic in source pixels")

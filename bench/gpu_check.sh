@@ -10,7 +10,7 @@
 #    It installs the carried wheels into /tmp/site, then runs bench/gpu_check.py, whose report lands in
 #    $OUT (gpu_check.md, gpu_check.json, gpu_check.log, gpu_util.csv, nvidia-smi.txt).
 # Options after the script name go to gpu_prepare.py (--prepare-only) or gpu_check.py (device), e.g.
-#      bash bench/gpu_check.sh --budget-s 480 --epochs 180
+#      bash bench/gpu_check.sh --budget-s 480 --epochs 240
 #      bash bench/gpu_check.sh --dry-run                  # print the plan (commands) without a GPU
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 """CPU side of the GPU check (bench/gpu_check.sh): everything the device needs, in one folder under 64 MiB.
 
     python bench/gpu_prepare.py [--out runs/gpu_carry] [--places ROOT ...] [--months 4]
-        [--pretrain runs/real/pretrain/train/checkpoints/best.ckpt | none] [--no-wheels]
+        [--pretrain none | CHECKPOINT] [--no-wheels]
     (or: bash bench/gpu_check.sh --prepare-only [the same options])
 
 The device (an H200 machine, no network) has torch, lightning, timm, onnxruntime and opencv but not
@@ -12,8 +12,10 @@ the geo stack, so the folder holds:
 - ``chips/``: ``spacenet7 chip`` of that data with the real recipe's chip settings (target rasters
   at 3x, labels registered, the right quarter for validation), made here because reading the labels
   needs pyogrio (a 33 MB wheel); the index names the mosaics relative to the repository root;
-- ``pretrain.bundle``: the recipe's synthetic pretraining checkpoint as a bundle (fine-tuning's
-  ``init_from``; 3 MB instead of the checkpoint's 10);
+- ``pretrain.bundle``, only with ``--pretrain CHECKPOINT``: a pretraining checkpoint as a bundle (training's
+  ``init_from``; 3 MB instead of the checkpoint's 10). recipe=real trains from scratch, so the default is none;
+  ``recipe=real_sample``'s synthetic pretraining is ``runs/real/pretrain/train/checkpoints/best.ckpt`` after
+  ``spacenet7 pipeline recipe=real_sample``;
 - ``wheels/``: the packages the device lacks (cp312 manylinux wheels, ``pip download``: rasterio's
   alone is 34 MiB), and ``stubs/``: importable stand-ins for pyogrio and geopandas (with pyproj 43 MB
   of wheels; nothing on the device reads or writes vector files);
@@ -37,7 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PLACES = ["../shared/data/sn7_real_sample", "../shared/data/sn7_real_timeseries"]
-PRETRAIN = "runs/real/pretrain/train/checkpoints/best.ckpt"
+PRETRAIN = "none"  # recipe=real trains from scratch (conf/recipe/real.yaml: pretrain null)
 # what spacenet7 train / predict import that the device image lacks (its package list: torch, lightning,
 # timm, onnxruntime, opencv, numpy, pandas, scipy, scikit-image, pyarrow, pyyaml, pillow, safetensors, ...);
 # pyogrio (33 MB), geopandas and pyproj (9 MB) are imported but never used there: stubs stand in for them
@@ -219,6 +221,8 @@ def prepare(args: argparse.Namespace) -> dict:
     from spacenet7.compose import compose
 
     out, repo = Path(args.out), Path(args.repo_root)
+    if args.pretrain != "none" and not Path(args.pretrain).is_file():
+        raise SystemExit(f"gpu_prepare: {args.pretrain}: no such pretraining checkpoint (--pretrain none trains from scratch)")
     if out.exists():
         shutil.rmtree(out)
     (out / "data").mkdir(parents=True)
@@ -234,12 +238,10 @@ def prepare(args: argparse.Namespace) -> dict:
         for d in (out / "data").glob(f"*/train/*/{sub}"):
             shutil.rmtree(d)
     pretrain = None
-    if args.pretrain != "none" and Path(args.pretrain).exists():
+    if args.pretrain != "none":
         from spacenet7.models.bundle import write_bundle
 
         pretrain = str(write_bundle(args.pretrain, out / "pretrain.bundle", name="real-pretrain"))
-    elif args.pretrain != "none":
-        print(f"gpu_prepare: no pretraining checkpoint at {args.pretrain}: the device fine-tunes from scratch", file=sys.stderr)
     for name, files in {
         "pyogrio": {"__init__.py": PYOGRIO_STUB, "errors.py": PYOGRIO_STUB_ERRORS},
         "geopandas": {"__init__.py": GEOPANDAS_STUB},
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="runs/gpu_carry", help="the folder to carry (ignored by git: runs/)")
     ap.add_argument("--places", nargs="+", default=PLACES, help="data roots (default: both real places)")
     ap.add_argument("--months", type=int, default=3, help="months of a time series (evenly spread; 4 would not fit)")
-    ap.add_argument("--pretrain", default=PRETRAIN, help="the synthetic pretraining checkpoint, or none")
+    ap.add_argument("--pretrain", default=PRETRAIN, help="a pretraining checkpoint for init_from, or none (the default: from scratch, as recipe=real)")
     ap.add_argument("--no-wheels", dest="wheels", action="store_false", help="do not download the device's wheels")
     ap.add_argument("--limit-mib", type=float, default=64.0)
     ap.add_argument("--repo-root", default=str(REPO), help="where the device runs (mosaic paths are relative to it)")

@@ -28,8 +28,6 @@ def carry(synth_root, tmp_path_factory) -> Path:
         str(synth_root),
         "--months",
         "2",
-        "--pretrain",
-        "none",
         "--no-wheels",
         carry=carry,
         out=carry.parent / "out",
@@ -86,7 +84,7 @@ def test_the_device_plan_runs_the_issue_steps(carry, tmp_path):
     r = sh("--dry-run", "--budget-s", "600", carry=carry, out=tmp_path / "out", timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     plan = r.stdout
-    assert "[dry-run] finetune:" in plan and "train experiment=real_sample trainer=gpu" in plan and "max_epochs=180" in plan
+    assert "[dry-run] finetune:" in plan and "train experiment=real_sample trainer=gpu" in plan and "max_epochs=240" in plan and "init_from" not in plan
     assert f"chip_dir={os.path.relpath(carry / 'chips', REPO)}" in plan
     assert "[dry-run] sn7_full:" in plan and "experiment=sn7_full" in plan and "max_epochs=2" in plan
     assert "[dry-run] predict:" in plan and "device=cuda" in plan and "grid=upscaled" in plan and "tta=true" in plan
@@ -110,6 +108,21 @@ def test_prepare_refuses_what_would_not_travel(synth_root, tmp_path):
         out=tmp_path / "out",
     )
     assert r.returncode == 1 and "would travel, over 0.01 MiB; largest:" in r.stderr
+
+
+def test_prepare_refuses_a_missing_pretraining_checkpoint_before_any_work(synth_root, tmp_path):
+    r = sh(
+        "--prepare-only",
+        "--places",
+        str(synth_root),
+        "--pretrain",
+        str(tmp_path / "absent.ckpt"),
+        "--no-wheels",
+        carry=tmp_path / "carry",
+        out=tmp_path / "out",
+    )
+    assert r.returncode == 1 and f"{tmp_path / 'absent.ckpt'}: no such pretraining checkpoint" in r.stderr
+    assert not (tmp_path / "carry").exists()
 
 
 def test_the_device_side_refuses_without_a_carried_folder(tmp_path):

@@ -66,6 +66,19 @@ class ChipDataset(Dataset):
         return {"image": x, "target": target, "ignore": ignore}
 
 
+def loader(ds: Dataset, batch_size: int, num_workers: int, seed: int, train: bool) -> DataLoader:
+    """The training (shuffled with ``seed``; the last partial batch dropped) or validation loader of ``ds``."""
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=train,
+        num_workers=num_workers,
+        drop_last=train and len(ds) > batch_size,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=num_workers > 0,
+    )
+
+
 class ChipDataModule(L.LightningDataModule):
     """Train/val loaders from the chip index (``split`` column)."""
 
@@ -96,17 +109,7 @@ class ChipDataModule(L.LightningDataModule):
                 self.cache,
                 self.crop if train else None,
             )
-        ds = self._datasets[split]
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=train,
-            num_workers=self.num_workers,
-            drop_last=train and len(ds) > self.batch_size,
-            generator=gen,
-            persistent_workers=self.num_workers > 0,
-        )
+        return loader(self._datasets[split], self.batch_size, self.num_workers, self.seed, train)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training chips (augmented)."""

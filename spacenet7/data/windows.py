@@ -35,7 +35,7 @@ from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset
 
 from spacenet7.data.bands import InputSpec, band_limits, to_uint8
-from spacenet7.data.dataset import IGNORE
+from spacenet7.data.dataset import IGNORE, loader
 from spacenet7.io.artifacts import BITS, unpack_targets
 from spacenet7.io.raster import iter_windows, read_checked
 
@@ -393,15 +393,7 @@ class WindowDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
     def _loader(self, ds: RandomWindows | GridWindows, train: bool) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=train,
-            num_workers=self.num_workers,
-            drop_last=train and len(ds) > self.batch_size,
-            generator=torch.Generator().manual_seed(self.seed),
-            persistent_workers=self.num_workers > 0,
-        )
+        return loader(ds, self.batch_size, self.num_workers, self.seed, train)
 
     def train_dataloader(self) -> DataLoader:
         """Random windows, reshuffled every epoch."""

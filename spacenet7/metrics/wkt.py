@@ -110,29 +110,30 @@ def _word(d: np.ndarray, i: int, end: int, w: np.ndarray) -> bool:
 
 
 @numba.njit(cache=True)
+def _digits(d: np.ndarray, i: int, end: int) -> int:
+    """End of the run of ASCII digits at ``i`` (``i`` itself where there is none)."""
+    while i < end and 48 <= d[i] <= 57:
+        i += 1
+    return i
+
+
+@numba.njit(cache=True)
 def _number(d: np.ndarray, i: int, end: int) -> int:
     """End of the number at ``i`` (``-?digits(.digits)?([eE][+-]?digits)?``, then a delimiter), or -1."""
     if i < end and d[i] == 45:  # -
         i += 1
-    s = i
-    while i < end and 48 <= d[i] <= 57:
-        i += 1
+    s, i = i, _digits(d, i, end)
     if i == s:
         return -1
     if i < end and d[i] == 46:  # .
-        i += 1
-        s = i
-        while i < end and 48 <= d[i] <= 57:
-            i += 1
+        s, i = i + 1, _digits(d, i + 1, end)
         if i == s:
             return -1
     if i < end and (d[i] == 101 or d[i] == 69):  # e E
         i += 1
         if i < end and (d[i] == 43 or d[i] == 45):
             i += 1
-        s = i
-        while i < end and 48 <= d[i] <= 57:
-            i += 1
+        s, i = i, _digits(d, i, end)
         if i == s:
             return -1
     if i < end and not (d[i] == 32 or d[i] == 44 or d[i] == 41):  # space , )
