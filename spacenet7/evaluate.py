@@ -111,6 +111,18 @@ def format_buildings(metrics: dict) -> str:
     )
 
 
+def format_sizes(by_size: list[dict]) -> str:
+    """One line of recall at IoU >= 0.5 by truth area (``metrics.json``'s ``by_size``), with each bin's truth count."""
+    cells = []
+    for b in by_size:
+        if not b["n_truth"]:
+            continue
+        lo, hi = b["min_area"], b["max_area"]
+        name = f"<{hi:g}" if lo == 0 else (f">={lo:g}" if hi is None else f"{lo:g}-{hi:g}")
+        cells.append(f"{name} {b['recall']:.2f} ({b['n_truth']})")
+    return "recall@0.5 by truth area (px^2, count): " + " | ".join(cells)
+
+
 def format_table(result: ScotResult) -> str:
     """A plain-text per-AOI table followed by the overall scores."""
     head = f"{'AOI':<34} {'SCOT':>6} {'track':>6} {'change':>6} {'tp':>6} {'fp':>6} {'fn':>6} {'mism':>5} {'cTP':>5} {'cFP':>5} {'cFN':>5}"
@@ -238,7 +250,10 @@ def _run(cfg: EvaluateConfig) -> dict[str, Path]:
     if len(scored) > 1:
         for score, _, _ in scored:
             print(f"{score.aoi:<34} " + format_buildings(metrics["per_aoi"][score.aoi]) + _region_note(regions.get(score.aoi)))
+        for score, _, _ in scored:
+            print(f"{score.aoi:<34} " + format_sizes(metrics["per_aoi"][score.aoi]["by_size"]))
     print(format_buildings(metrics) + ("   (held-out bands)" if cfg.band_frac is not None else _region_note(metrics["region"])))
+    print(format_sizes(metrics["by_size"]))
     out = Path(cfg.out)
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))

@@ -152,6 +152,43 @@ def test_fast_scot_equals_the_reference(seed):
     assert fast.change == pytest.approx(ref["change"])
 
 
+def test_scores_by_size_count_each_building_in_its_area_bin():
+    small, mid, big = box(0, 0, 2, 3), box(20, 0, 25, 4), box(40, 0, 50, 10)  # 6, 20 and 100 px^2
+    truth = [(0, 1, small), (0, 2, mid), (1, 2, mid)]
+    # month 0: mid found exactly, small missed, a false big one; month 1: mid found at IoU 0.35 (> 0.25, < 0.5)
+    prop = [(0, 5, mid), (0, 6, big), (1, 5, box(20, 0, 22, 3.5))]
+    rows = {(r["min_area"], r["max_area"]): r for r in scot(table(truth), table(prop)).to_dict()["by_size"]}
+    assert rows[(0.0, 8.0)] == {
+        "min_area": 0.0,
+        "max_area": 8.0,
+        "n_truth": 1,
+        "recall": 0.0,
+        "recall_iou25": 0.0,
+        "n_proposal": 1,  # the 7 px^2 proposal of month 1, matched at IoU 0.35 only
+        "precision": 0.0,
+        "precision_iou25": 1.0,
+    }
+    assert (rows[(16.0, 32.0)]["n_truth"], rows[(16.0, 32.0)]["recall"], rows[(16.0, 32.0)]["recall_iou25"]) == (2, 0.5, 1.0)
+    assert (rows[(16.0, 32.0)]["n_proposal"], rows[(16.0, 32.0)]["precision"]) == (1, 1.0)
+    assert (rows[(64.0, 128.0)]["n_truth"], rows[(64.0, 128.0)]["recall"]) == (0, None)
+    assert (rows[(64.0, 128.0)]["n_proposal"], rows[(64.0, 128.0)]["precision"]) == (1, 0.0)
+    assert rows[(256.0, None)]["n_truth"] == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000))
+def test_scores_by_size_add_up_to_the_pooled_counts(seed):
+    rng = np.random.default_rng(seed)
+    truth = _random_aoi(rng, 3, 12)
+    prop = [(m, i, g) for m, i, g in _random_aoi(rng, 3, 12) + truth if rng.random() < 0.5]
+    prop = list({(m, i): (m, i, g) for m, i, g in prop}.values()) or [(0, 1, box(500, 500, 501, 501))]
+    a = scot(table(truth), table(prop)).per_aoi[0]
+    s = a.sizes
+    assert s.n_truth.sum() == sum(m.n_truth for m in a.months) and s.n_proposal.sum() == sum(m.n_proposal for m in a.months)
+    assert s.truth_tp50.sum() == s.proposal_tp50.sum() == sum(m.tp50 for m in a.months)
+    assert s.truth_tp25.sum() == s.proposal_tp25.sum() == sum(m.tp for m in a.months)
+
+
 def _csv(path, rows):
     pd.DataFrame(rows, columns=["filename", "id", "geometry"]).to_csv(path, index=False)
     return str(path)
@@ -170,8 +207,10 @@ def test_evaluate_stage_writes_json_and_table(tmp_path, capsys):
     evaluate.run(EvaluateConfig(truth=t, proposal=t, out=str(out)))
     d = json.loads(out.read_text())
     assert d["scot"] == 1.0 and d["f1"] == 1.0
-    assert set(d["per_aoi"][AOI]) >= {"scot", "tracking", "change", "tp", "fp", "fn", "mismatches"}
-    assert AOI in capsys.readouterr().out
+    assert set(d["per_aoi"][AOI]) >= {"scot", "tracking", "change", "tp", "fp", "fn", "mismatches", "by_size"}
+    assert d["by_size"] == d["per_aoi"][AOI]["by_size"] and sum(b["n_truth"] for b in d["by_size"]) == 3
+    out = capsys.readouterr().out
+    assert AOI in out and "recall@0.5 by truth area (px^2, count): 64-128 1.00 (3)" in out
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,61 @@ class MonthScore:
     f1_50: float
 
 
+# the building-size bins of the scores by size (px^2, source pixels): each doubles the area; the last is open
+SIZE_EDGES = (0.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
+
+
+@dataclass
+class SizeScores:
+    """Matches by building area (:data:`SIZE_EDGES`): truth per bin with its matches (recall), proposals per bin
+    with theirs (precision), at IoU >= 0.5 and > 0.25, summed over months."""
+
+    n_truth: np.ndarray = field(default_factory=lambda: np.zeros(len(SIZE_EDGES), np.int64))
+    truth_tp50: np.ndarray = field(default_factory=lambda: np.zeros(len(SIZE_EDGES), np.int64))
+    truth_tp25: np.ndarray = field(default_factory=lambda: np.zeros(len(SIZE_EDGES), np.int64))
+    n_proposal: np.ndarray = field(default_factory=lambda: np.zeros(len(SIZE_EDGES), np.int64))
+    proposal_tp50: np.ndarray = field(default_factory=lambda: np.zeros(len(SIZE_EDGES), np.int64))
+    proposal_tp25: np.ndarray = field(default_factory=lambda: np.zeros(len(SIZE_EDGES), np.int64))
+
+    def __add__(self, other: SizeScores) -> SizeScores:
+        return SizeScores(*(getattr(self, k) + getattr(other, k) for k in SizeScores.__dataclass_fields__))
+
+    def to_list(self) -> list[dict]:
+        """One dict per bin: its area range (``max_area`` null for the last), counts, recall and precision."""
+        rows = []
+        for i, lo in enumerate(SIZE_EDGES):
+            nt, npr = int(self.n_truth[i]), int(self.n_proposal[i])
+            rows.append(
+                {
+                    "min_area": lo,
+                    "max_area": SIZE_EDGES[i + 1] if i + 1 < len(SIZE_EDGES) else None,
+                    "n_truth": nt,
+                    "recall": float(self.truth_tp50[i] / nt) if nt else None,
+                    "recall_iou25": float(self.truth_tp25[i] / nt) if nt else None,
+                    "n_proposal": npr,
+                    "precision": float(self.proposal_tp50[i] / npr) if npr else None,
+                    "precision_iou25": float(self.proposal_tp25[i] / npr) if npr else None,
+                }
+            )
+        return rows
+
+
+def size_bins(geoms: np.ndarray) -> np.ndarray:
+    """Each polygon's :data:`SIZE_EDGES` bin by its area."""
+    return np.clip(np.searchsorted(SIZE_EDGES, shapely.area(geoms), side="right") - 1, 0, len(SIZE_EDGES) - 1)
+
+
+def _size_scores(
+    t_bin: np.ndarray, p_bin: np.ndarray, t50: np.ndarray, p50: np.ndarray, t25: np.ndarray, p25: np.ndarray
+) -> SizeScores:
+    n = len(SIZE_EDGES)
+
+    def count(bins: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(bins if rows is None else bins[rows], minlength=n).astype(np.int64)
+
+    return SizeScores(count(t_bin), count(t_bin, t50), count(t_bin, t25), count(p_bin), count(p_bin, p50), count(p_bin, p25))
+
+
 @dataclass
 class AOIScore:
     """One AOI's SCOT with its tracking and change terms and their counts."""
@@ -67,6 +122,7 @@ class AOIScore:
     change_fn: int
     n_new_truth: int
     months: list[MonthScore] = field(default_factory=list)
+    sizes: SizeScores = field(default_factory=SizeScores)  # recall and precision by building area
 
     @property
     def no_new_buildings(self) -> bool:
@@ -96,7 +152,7 @@ def score_aoi(
     t_geoms, p_geoms = truth["geometry"].to_numpy()[t_rows], proposal["geometry"].to_numpy()[p_rows]
     t_ids = pd.factorize(truth["id"].to_numpy()[t_rows])[0].astype(np.int64)
     p_ids = pd.factorize(proposal["id"].to_numpy()[p_rows])[0].astype(np.int64)
-    matched_t, matched_p, month_scores = [], [], []
+    matched_t, matched_p, matched50_t, matched50_p, month_scores = [], [], [], [], []
     for i, month_key in enumerate(month_keys):
         tg, pg = t_geoms[t_start[i] : t_start[i + 1]], p_geoms[p_start[i] : p_start[i + 1]]
         pairs = pairwise_iou(tg, pg)
@@ -104,6 +160,8 @@ def score_aoi(
         matched_t.append(t_start[i] + m.a)
         matched_p.append(p_start[i] + m.b)
         m50 = match_above(*pairs, len(tg), len(pg), 0.5, inclusive=True)
+        matched50_t.append(t_start[i] + m50.a)
+        matched50_p.append(p_start[i] + m50.b)
         nt, npr, n = len(tg), len(pg), len(m)
         month_scores.append(MonthScore(aoi, month_key, nt, npr, n, *_prf(n, nt, npr), len(m50), *_prf(len(m50), nt, npr)))
     m_start = np.zeros(len(month_keys) + 1, np.int64)
@@ -123,7 +181,11 @@ def score_aoi(
     )
     tracking = f_score(tp, fp, fn)
     change = f_score(ctp, cfp, cfn)
-    return AOIScore(aoi, combine(change, tracking, beta), tracking, change, tp, fp, fn, mism, ctp, cfp, cfn, n_new, month_scores)
+    rows = [np.concatenate([both, *m]).astype(np.int64) for m in (matched50_t, matched50_p, matched_t, matched_p)]
+    sizes = _size_scores(size_bins(t_geoms), size_bins(p_geoms), *rows)
+    return AOIScore(
+        aoi, combine(change, tracking, beta), tracking, change, tp, fp, fn, mism, ctp, cfp, cfn, n_new, month_scores, sizes
+    )
 
 
 def _codes(values: pd.Series, keys: pd.Index) -> np.ndarray:
@@ -234,8 +296,9 @@ class ScotResult:
         """The JSON written by ``spacenet7 evaluate``."""
         per_aoi = {}
         for a in self.per_aoi:
-            d = {k: v for k, v in asdict(a).items() if k not in ("aoi", "months")}
+            d = {k: v for k, v in asdict(a).items() if k not in ("aoi", "months", "sizes")}
             d["no_new_buildings"] = a.no_new_buildings
+            d["by_size"] = a.sizes.to_list()
             per_aoi[a.aoi] = d
         per_month = [
             {("month" if k == "month_key" else k): v for k, v in asdict(m).items()} for a in self.per_aoi for m in a.months
@@ -251,6 +314,7 @@ class ScotResult:
             "precision_iou25": self.precision_25,
             "recall_iou25": self.recall_25,
             "n_aois": len(self.per_aoi),
+            "by_size": sum((a.sizes for a in self.per_aoi), SizeScores()).to_list(),
             "per_aoi": per_aoi,
             "per_month": per_month,
         }
