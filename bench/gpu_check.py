@@ -1,6 +1,6 @@
 """The GPU path check, device side (``bash bench/gpu_check.sh`` runs it after installing the carried wheels).
 
-    python bench/gpu_check.py --carry runs/gpu_carry --out $OUT [--budget-s 560] [--epochs 180]
+    python bench/gpu_check.py --carry runs/gpu_carry --out $OUT [--budget-s 560] [--epochs 240]
         [--mosaic 8192] [--batch 32] [--dry-run]
 
 Steps, each timed, with the GPU's utilization sampled every 0.25 s (NVML, else nvidia-smi), cheapest

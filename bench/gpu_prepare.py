@@ -286,7 +286,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="runs/gpu_carry", help="the folder to carry (ignored by git: runs/)")
     ap.add_argument("--places", nargs="+", default=PLACES, help="data roots (default: both real places)")
     ap.add_argument("--months", type=int, default=3, help="months of a time series (evenly spread; 4 would not fit)")
-    ap.add_argument("--pretrain", default=PRETRAIN, help="a pretraining checkpoint for init_from, or none (the default: from scratch, as recipe=real)")
+    ap.add_argument(
+        "--pretrain",
+        default=PRETRAIN,
+        help="a pretraining checkpoint for init_from, or none (the default: from scratch, as recipe=real)",
+    )
     ap.add_argument("--no-wheels", dest="wheels", action="store_false", help="do not download the device's wheels")
     ap.add_argument("--limit-mib", type=float, default=64.0)
     ap.add_argument("--repo-root", default=str(REPO), help="where the device runs (mosaic paths are relative to it)")

@@ -120,7 +120,7 @@ def format_sizes(by_size: list[dict]) -> str:
         lo, hi = b["min_area"], b["max_area"]
         name = f"<{hi:g}" if lo == 0 else (f">={lo:g}" if hi is None else f"{lo:g}-{hi:g}")
         cells.append(f"{name} {b['recall']:.2f} ({b['n_truth']})")
-    return "recall@0.5 by truth area (px^2, count): " + " | ".join(cells)
+    return "recall@0.5 by truth area (px^2, count): " + (" | ".join(cells) or "no truth")
 
 
 def format_table(result: ScotResult) -> str:

@@ -84,7 +84,12 @@ def test_the_device_plan_runs_the_issue_steps(carry, tmp_path):
     r = sh("--dry-run", "--budget-s", "600", carry=carry, out=tmp_path / "out", timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     plan = r.stdout
-    assert "[dry-run] finetune:" in plan and "train experiment=real_sample trainer=gpu" in plan and "max_epochs=240" in plan and "init_from" not in plan
+    assert (
+        "[dry-run] finetune:" in plan
+        and "train experiment=real_sample trainer=gpu" in plan
+        and "max_epochs=240" in plan
+        and "init_from" not in plan
+    )
     assert f"chip_dir={os.path.relpath(carry / 'chips', REPO)}" in plan
     assert "[dry-run] sn7_full:" in plan and "experiment=sn7_full" in plan and "max_epochs=2" in plan
     assert "[dry-run] predict:" in plan and "device=cuda" in plan and "grid=upscaled" in plan and "tta=true" in plan

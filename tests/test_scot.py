@@ -14,7 +14,7 @@ from spacenet7.config import EvaluateConfig
 from spacenet7.errors import SN7DataError
 from spacenet7.metrics.matching import match
 from spacenet7.metrics.reference import reference_scot
-from spacenet7.metrics.scot import scot
+from spacenet7.metrics.scot import SIZE_EDGES, SizeScores, scot, size_bins
 from spacenet7.metrics.table import check_table
 
 AOI = "L15-0001E-0001N_1_1_13"
@@ -175,18 +175,48 @@ def test_scores_by_size_count_each_building_in_its_area_bin():
     assert rows[(256.0, None)]["n_truth"] == 0
 
 
+def _area_bin(area: float) -> int:
+    """The size bin by a plain scan of the edges (independent of :func:`size_bins`)."""
+    return max(i for i, lo in enumerate(SIZE_EDGES) if area >= lo)
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 10_000))
-def test_scores_by_size_add_up_to_the_pooled_counts(seed):
+def test_scores_by_size_equal_a_month_by_month_count(seed):
     rng = np.random.default_rng(seed)
-    truth = _random_aoi(rng, 3, 12)
-    prop = [(m, i, g) for m, i, g in _random_aoi(rng, 3, 12) + truth if rng.random() < 0.5]
-    prop = list({(m, i): (m, i, g) for m, i, g in prop}.values()) or [(0, 1, box(500, 500, 501, 501))]
-    a = scot(table(truth), table(prop)).per_aoi[0]
-    s = a.sizes
-    assert s.n_truth.sum() == sum(m.n_truth for m in a.months) and s.n_proposal.sum() == sum(m.n_proposal for m in a.months)
-    assert s.truth_tp50.sum() == s.proposal_tp50.sum() == sum(m.tp50 for m in a.months)
-    assert s.truth_tp25.sum() == s.proposal_tp25.sum() == sum(m.tp for m in a.months)
+    truth, prop = [], []
+    for m in range(3):
+        for i in range(1, 15):
+            x, y, w, h = *rng.uniform(0, 150, 2), *rng.uniform(1.5, 20, 2)  # 2-400 px^2: every bin, some truth dropped
+            truth.append((m, i, box(x, y, x + w, y + h)))
+            if rng.random() < 0.7:  # a proposal near it, of a size near its own
+                dx, dy, sw, sh = *rng.normal(0, 1.0, 2), *rng.uniform(0.7, 1.4, 2)
+                prop.append((m, 100 + i, box(x + dx, y + dy, x + dx + w * sw, y + dy + h * sh)))
+    got = scot(table(truth), table(prop)).per_aoi[0].sizes
+    want = {k: np.zeros(len(SIZE_EDGES), np.int64) for k in ("nt", "t50", "t25", "np", "p50", "p25")}
+    for m in range(3):
+        tg = np.array([g for mm, _, g in truth if mm == m and g.area >= 4], dtype=object)  # SCOT drops truth < 4 px^2
+        pg = np.array([g for mm, _, g in prop if mm == m], dtype=object)
+        for g in tg:
+            want["nt"][_area_bin(g.area)] += 1
+        for g in pg:
+            want["np"][_area_bin(g.area)] += 1
+        for key, mt in (("50", match(tg, pg, 0.5, inclusive=True)), ("25", match(tg, pg))):
+            for a, b in zip(mt.a, mt.b):
+                want["t" + key][_area_bin(tg[a].area)] += 1
+                want["p" + key][_area_bin(pg[b].area)] += 1
+    np.testing.assert_array_equal(got.n_truth, want["nt"])
+    np.testing.assert_array_equal(got.n_proposal, want["np"])
+    np.testing.assert_array_equal(got.truth_tp50, want["t50"])
+    np.testing.assert_array_equal(got.truth_tp25, want["t25"])
+    np.testing.assert_array_equal(got.proposal_tp50, want["p50"])
+    np.testing.assert_array_equal(got.proposal_tp25, want["p25"])
+
+
+def test_size_bins_are_closed_below_and_the_last_is_open():
+    sq = [box(0, 0, 1, a) for a in (0.5, 7.999, 8.0, 255.9, 256.0, 5000.0)]
+    np.testing.assert_array_equal(size_bins(np.array(sq, dtype=object)), [0, 0, 1, 5, 6, 6])
+    assert evaluate.format_sizes(SizeScores().to_list()).endswith("no truth")
 
 
 def _csv(path, rows):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -67,13 +68,24 @@ class ChipDataset(Dataset):
 
 
 def loader(ds: Dataset, batch_size: int, num_workers: int, seed: int, train: bool) -> DataLoader:
-    """The training (shuffled with ``seed``; the last partial batch dropped) or validation loader of ``ds``."""
+    """The training or validation loader of a sized data set (chips or windows).
+
+    Args:
+        ds: the data set (with ``__len__``).
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes (0 = in the main process; else kept between epochs).
+        seed: seeds the shuffling generator.
+        train: shuffle and drop the last partial batch (when there is more than one batch).
+
+    Returns:
+        The DataLoader.
+    """
     return DataLoader(
         ds,
         batch_size=batch_size,
         shuffle=train,
         num_workers=num_workers,
-        drop_last=train and len(ds) > batch_size,
+        drop_last=train and len(cast(Sized, ds)) > batch_size,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=num_workers > 0,
     )

@@ -50,7 +50,8 @@ class MonthScore:
     f1_50: float
 
 
-# the building-size bins of the scores by size (px^2, source pixels): each doubles the area; the last is open
+# the lower edges of the building-size bins of the scores by size (px^2, source pixels; [lo, hi), the last open):
+# each doubles the area. The first holds truth of 4-8 px^2 (smaller truth is dropped) and proposals of 0-8 px^2
 SIZE_EDGES = (0.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
 
 
@@ -70,7 +71,12 @@ class SizeScores:
         return SizeScores(*(getattr(self, k) + getattr(other, k) for k in SizeScores.__dataclass_fields__))
 
     def to_list(self) -> list[dict]:
-        """One dict per bin: its area range (``max_area`` null for the last), counts, recall and precision."""
+        """The scores as JSON-ready rows.
+
+        Returns:
+            One dict per bin: ``min_area``, ``max_area`` (None for the last), ``n_truth``, ``recall``,
+            ``recall_iou25``, ``n_proposal``, ``precision``, ``precision_iou25`` (None where a bin is empty).
+        """
         rows = []
         for i, lo in enumerate(SIZE_EDGES):
             nt, npr = int(self.n_truth[i]), int(self.n_proposal[i])
@@ -90,7 +96,14 @@ class SizeScores:
 
 
 def size_bins(geoms: np.ndarray) -> np.ndarray:
-    """Each polygon's :data:`SIZE_EDGES` bin by its area."""
+    """The area bins of polygons.
+
+    Args:
+        geoms: shapely polygons (pixel coordinates).
+
+    Returns:
+        (n,) int index into :data:`SIZE_EDGES`: the bin ``[lo, hi)`` holding each polygon's area.
+    """
     return np.clip(np.searchsorted(SIZE_EDGES, shapely.area(geoms), side="right") - 1, 0, len(SIZE_EDGES) - 1)
 
 
