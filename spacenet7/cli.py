@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         except OSError as exc:  # the OS's reason, with the file it concerns, as one line
             fail(stage, os_error_line(exc))
 
-    sys.argv = [f"spacenet7-{stage}", *argv, *hydra_overrides(stage, argv)]
+    sys.argv = [f"spacenet7-{stage}", *with_hydra_overrides(stage, argv)]
     with stop_on_sigterm(stage):
         _app()
 
@@ -182,6 +182,14 @@ def hydra_overrides(stage: str, argv: list[str]) -> list[str]:
     if stage == "train" and "run_dir" in given and "hydra.run.dir" not in given:
         out.append(f"hydra.run.dir={given['run_dir']}")
     return out
+
+
+def with_hydra_overrides(stage: str, argv: list[str]) -> list[str]:
+    """``argv`` with :func:`hydra_overrides` put before its first override, not after its flags: Hydra's
+    parser takes the overrides as one run of arguments, so ``recipe=real --cfg job`` followed by an
+    appended override would be refused ("unrecognized arguments")."""
+    first = next((i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")), len(argv))
+    return [*argv[:first], *hydra_overrides(stage, argv), *argv[first:]]
 
 
 if __name__ == "__main__":

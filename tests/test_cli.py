@@ -36,6 +36,15 @@ def test_every_stage_has_a_primary_config_that_composes(stage):
     assert isinstance(cfg, SCHEMAS[stage])
 
 
+@pytest.mark.parametrize("order", ["overrides first", "flag first"])
+def test_cfg_job_prints_the_composed_config_with_overrides(order):
+    """``--cfg job`` beside overrides (the stage's own hydra.job.name goes with them, not after the flag)."""
+    overrides, flag = ["recipe=real", "train.optimizer.lr=0.004"], ["--cfg", "job"]
+    r = _run("pipeline", *(overrides + flag if order == "overrides first" else flag + overrides))
+    assert r.returncode == 0, r.stderr
+    assert "lr: 0.004" in r.stdout and "run_dir: runs/real" in r.stdout
+
+
 def test_bad_input_is_one_clear_line_and_nonzero(tmp_path):
     (tmp_path / "train").mkdir()
     r = _run("chip", f"data_root={tmp_path}", f"out_dir={tmp_path / 'chips'}")
