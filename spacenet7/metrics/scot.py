@@ -180,22 +180,11 @@ def score_aoi(
     m_start = np.zeros(len(month_keys) + 1, np.int64)
     np.cumsum([len(a) for a in matched_t], out=m_start[1:])
     both = np.zeros(0, np.int64)
-    tp, fp, fn, mism, ctp, cfp, cfn, n_new = (
-        int(v)
-        for v in _track(
-            t_ids,
-            t_start,
-            p_ids,
-            p_start,
-            np.concatenate([both, *matched_t]).astype(np.int64),
-            np.concatenate([both, *matched_p]).astype(np.int64),
-            m_start,
-        )
-    )
+    t25, p25, t50, p50 = (np.concatenate([both, *m]).astype(np.int64) for m in (matched_t, matched_p, matched50_t, matched50_p))
+    tp, fp, fn, mism, ctp, cfp, cfn, n_new = (int(v) for v in _track(t_ids, t_start, p_ids, p_start, t25, p25, m_start))
     tracking = f_score(tp, fp, fn)
     change = f_score(ctp, cfp, cfn)
-    rows = [np.concatenate([both, *m]).astype(np.int64) for m in (matched50_t, matched50_p, matched_t, matched_p)]
-    sizes = _size_scores(size_bins(t_geoms), size_bins(p_geoms), *rows)
+    sizes = _size_scores(size_bins(t_geoms), size_bins(p_geoms), t50, p50, t25, p25)
     return AOIScore(
         aoi, combine(change, tracking, beta), tracking, change, tp, fp, fn, mism, ctp, cfp, cfn, n_new, month_scores, sizes
     )
