@@ -82,6 +82,40 @@ def run(cfg: CompileConfig) -> dict[str, Path]:
             int8_overflow_fix=OverflowFix(plan["int8_overflow_fix"] or cfg.int8_overflow_fix),
             int8_max_drop=plan["int8_max_drop"],
         )
+    out, files, meta = export(cfg, plan)
+    if cfg.int8 and cfg.format is ModelFormat.openvino:
+        n_int8, n_conv = int8_convolutions(out)
+        print(
+            f"compile: {n_int8} of {n_conv} convolutions run in int8, the rest in float (bf16 where the CPU has it); "
+            f"int8_overflow_fix={meta.int8_overflow_fix}"
+        )
+    print(
+        f"compile: wrote {', '.join(map(str, files))} (stride {meta.stride}, upscale {meta.upscale:g}); run it with\n"
+        f"  spacenet7 predict engine={'onnxruntime' if cfg.format is ModelFormat.onnx else 'openvino'} model_file={out} ..."
+        + (f" (amp={str(meta.runtime['amp']).lower()})" if cfg.format is ModelFormat.openvino else "")
+    )
+    print(f"compile: recorded in {out.name}: {engine_choice.describe(meta.runtime)}")
+    card = _record_in_bundle(cfg, out, meta.runtime, plan)
+    if card is not None:
+        print(f"compile: recorded in {card}; `spacenet7 predict engine=auto checkpoint={bundle_dir(cfg.checkpoint)}` picks it")
+    return {"model_file": out}
+
+
+def export(cfg: CompileConfig, plan: dict | None = None) -> tuple[Path, list[Path], ModelMeta]:
+    """Write ``cfg.checkpoint``'s network as ``cfg.format`` (int8 as ``cfg`` asks) with its metadata, and
+    check an fp32 export against torch (``cfg.verify``); nothing is printed or recorded in a bundle.
+
+    Args:
+        cfg: what to export, and where (``out``; None: :func:`default_out`).
+        plan: the parity report's choice (:func:`parity_plan`), recorded in the metadata; None: not measured.
+
+    Returns:
+        The model file (``.onnx`` or ``.xml``), every file written, and the metadata written into it.
+
+    Raises:
+        SN7Error: a network predict cannot feed, or an fp32 export that differs from torch (then nothing
+            is left written).
+    """
     require("onnx", "onnx")
     if cfg.format is ModelFormat.openvino:
         require("openvino", "openvino")
@@ -148,22 +182,7 @@ def run(cfg: CompileConfig) -> dict[str, Path]:
                 f"compile: the exported model differs from the checkpoint by {diff:.3g} (> {VERIFY_TOLERANCE}) "
                 "on a random tile; nothing written"
             )
-    if cfg.int8 and cfg.format is ModelFormat.openvino:
-        n_int8, n_conv = int8_convolutions(out)
-        print(
-            f"compile: {n_int8} of {n_conv} convolutions run in int8, the rest in float (bf16 where the CPU has it); "
-            f"int8_overflow_fix={overflow_fix}"
-        )
-    print(
-        f"compile: wrote {', '.join(map(str, files))} (stride {meta.stride}, upscale {meta.upscale:g}); run it with\n"
-        f"  spacenet7 predict engine={'onnxruntime' if cfg.format is ModelFormat.onnx else 'openvino'} model_file={out} ..."
-        + (f" (amp={str(meta.runtime['amp']).lower()})" if cfg.format is ModelFormat.openvino else "")
-    )
-    print(f"compile: recorded in {out.name}: {engine_choice.describe(meta.runtime)}")
-    card = _record_in_bundle(cfg, out, meta.runtime, plan)
-    if card is not None:
-        print(f"compile: recorded in {card}; `spacenet7 predict engine=auto checkpoint={bundle_dir(cfg.checkpoint)}` picks it")
-    return {"model_file": out}
+    return out, files, meta
 
 
 def parity_plan(report: str | Path) -> dict:

@@ -358,8 +358,10 @@ class PredictConfig:
     # the imagery's band layout and scaling (InputSpec keys) over the checkpoint's, e.g. for 4-band
     # uint16 BGRN: +input={rgb:[3,2,1],alpha:null,scaling:percentile}; empty = the checkpoint's
     input: Dict[str, Any] = field(default_factory=dict)
-    # torch: the checkpoint; onnxruntime / openvino: model_file (spacenet7 compile); auto: the fastest engine at
-    # truth parity that compile recorded in the bundle's card or model_file and that is installed, else torch
+    # torch: the checkpoint; onnxruntime / openvino: model_file (spacenet7 compile), or without one the checkpoint
+    # exported on the fly (fp32 weights checked against torch; OpenVINO runs bf16 where amp and the CPU allow: 1.7x
+    # torch on the make-real network at truth parity, README "Runtimes"); auto: the fastest engine at truth parity
+    # that compile recorded in the bundle's card or model_file and that is installed, else torch
     engine: Engine = Engine.torch
     model_file: Optional[str] = None  # an exported .onnx or OpenVINO .xml; engine=onnxruntime|openvino|auto only
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # per-AOI work on Dask: cluster.mode=local|address
@@ -368,9 +370,16 @@ class PredictConfig:
         self.grid = choice(self.grid, Grid, "predict", "grid")
         self.engine = choice(self.engine, Engine, "predict", "engine")
         check(
-            self.engine in (Engine.torch, Engine.auto) or bool(self.model_file),
+            self.engine in (Engine.torch, Engine.auto) or bool(self.model_file) or bool(self.checkpoint),
             "predict",
-            f"engine={self.engine} runs an exported model: set model_file= (spacenet7 compile checkpoint=... format=...)",
+            f"engine={self.engine} runs an exported model: set model_file= (spacenet7 compile checkpoint=... format=...) "
+            "or checkpoint= (exported on the fly)",
+        )
+        check(
+            self.engine in (Engine.torch, Engine.auto) or bool(self.model_file) or self.cluster.mode != ClusterMode.address,
+            "predict",
+            f"engine={self.engine} without model_file= exports the checkpoint on this machine, where workers at "
+            f"{self.cluster.address} may not read it: export it first (spacenet7 compile checkpoint=... format=...)",
         )
         check(
             self.engine is not Engine.torch or not self.model_file,

@@ -17,13 +17,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import rasterio
 import torch
 
 from spacenet7.cluster import map_aois, once_per_process
-from spacenet7.config import ClusterMode, Engine, PredictConfig
+from spacenet7.config import ClusterMode, CompileConfig, Engine, ModelFormat, PredictConfig
 from spacenet7.data.bands import InputSpec, check_fits, rgb_fallback
 from spacenet7.data.months import is_dated, month_label
 from spacenet7.data.sn7 import MonthRecord, records_from_files, scan
@@ -55,6 +57,36 @@ def run(cfg: PredictConfig) -> list[Path]:
         torch.set_num_threads(cfg.threads)
     if cfg.engine is Engine.auto:
         cfg = resolve_auto(cfg)
+    if cfg.engine is not Engine.torch and not cfg.model_file:  # the checkpoint, exported for the engine on the fly
+        with tempfile.TemporaryDirectory(prefix="spacenet7-export-") as folder:
+            return _predict(exported(cfg, Path(folder)))
+    return _predict(cfg)
+
+
+def exported(cfg: PredictConfig, folder: Path) -> PredictConfig:
+    """``cfg`` with ``model_file``: its checkpoint exported for its engine (ONNX or OpenVINO IR) into ``folder``,
+    the fp32 export checked against torch on a random tile as ``spacenet7 compile`` checks it.
+
+    Raises:
+        SN7Error: the engine's package is not installed, or the export differs from torch.
+    """
+    from spacenet7 import compile as compile_stage
+
+    fmt = ModelFormat.onnx if cfg.engine is Engine.onnxruntime else ModelFormat.openvino
+    out = folder / ("model.onnx" if fmt is ModelFormat.onnx else "model.xml")
+    start = time.perf_counter()
+    compile_stage.export(CompileConfig(checkpoint=str(cfg.checkpoint), format=fmt, out=str(out)))
+    log.info(
+        "predict: %s exported for %s in %.1f s (kept only while predict runs)",
+        cfg.checkpoint,
+        cfg.engine,
+        time.perf_counter() - start,
+    )
+    return dataclasses.replace(cfg, model_file=str(out))
+
+
+def _predict(cfg: PredictConfig) -> list[Path]:
+    """:func:`run` once the engine and its model file are settled."""
     if cfg.engine is Engine.torch and cfg.checkpoint is None:
         cfg = dataclasses.replace(cfg, checkpoint=str(shipped_or_fail("predict")))
         log.info("predict: the shipped model %s", cfg.checkpoint)

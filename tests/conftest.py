@@ -12,6 +12,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Dask's scheduler logs "Close client connection" at INFO from its own thread, sometimes after pytest has
+# closed the captured stream its handler writes to: a "--- Logging error ---" traceback in the test log
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 from spacenet7 import synth  # noqa: E402
 from spacenet7.config import SynthConfig  # noqa: E402

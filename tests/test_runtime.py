@@ -91,10 +91,12 @@ def test_predict_engines_give_the_same_rasters_and_footprints(trained, compiled,
         "torch": [f"checkpoint={trained}"],
         "onnxruntime": [f"model_file={compiled['onnx']}"],
         "openvino": [f"model_file={compiled['openvino']}"],
+        "openvino_exported": [f"checkpoint={trained}"],  # no model_file: the checkpoint exported on the fly
     }
     vectors = {}
     for name, args in runs.items():
-        predict.run(compose("predict", [*common, *args, f"engine={name}", f"out_dir={tmp_path / name / 'pred'}"]))
+        engine = name.removesuffix("_exported")
+        predict.run(compose("predict", [*common, *args, f"engine={engine}", f"out_dir={tmp_path / name / 'pred'}"]))
         vectorize.run(compose("vectorize", [f"pred_dir={tmp_path / name / 'pred'}", f"out_dir={tmp_path / name / 'vec'}"]))
         vectors[name] = load_vectors(tmp_path / name / "vec" / f"{aoi}.parquet")[0]
     stems = sorted(p.name for p in (tmp_path / "torch" / "pred" / aoi).glob("*.tif"))
@@ -113,6 +115,15 @@ def test_predict_engines_give_the_same_rasters_and_footprints(trained, compiled,
 
             tp = len(match(np.asarray(ref.geometry), np.asarray(got.geometry), 0.5, inclusive=True))
             assert 2 * tp / (len(ref) + len(got)) >= 0.99
+    # the checkpoint exported on the fly is the compiled model file: the same rasters, and nothing of it is left
+    for stem in stems:
+        a = read_prediction(tmp_path / "openvino" / "pred" / aoi / stem)[0]
+        np.testing.assert_array_equal(read_prediction(tmp_path / "openvino_exported" / "pred" / aoi / stem)[0], a)
+
+    def listing(name: str) -> list[str]:
+        return sorted(p.relative_to(tmp_path / name).as_posix() for p in (tmp_path / name).rglob("*"))
+
+    assert listing("openvino_exported") == listing("openvino")
 
 
 def test_openvino_int8_is_quantized_and_accuracy_control_keeps_fp32_footprints(trained, synth_root, tmp_path):
@@ -253,6 +264,8 @@ def test_model_file_errors_are_one_line(trained, compiled, synth_root, tmp_path)
         load_model_file(compiled["openvino"], Engine.onnxruntime)
     with pytest.raises(SN7Error, match="set model_file="):
         compose("predict", ["engine=openvino"])
+    with pytest.raises(SN7Error, match="exports the checkpoint on this machine.*export it first"):
+        compose("predict", ["engine=openvino", f"checkpoint={trained}", "cluster.mode=address", "cluster.address=tcp://h:8786"])
     with pytest.raises(SN7Error, match="model file not found"):
         read_meta(tmp_path / "missing.xml")
 

@@ -8,7 +8,7 @@ import torch
 
 from spacenet7 import chip
 from spacenet7.compose import compose
-from spacenet7.data.bands import InputSpec
+from spacenet7.data.bands import InputSpec, to_uint8
 from spacenet7.data.sn7 import read_image, records_from_files
 from spacenet7.data.targets import CHANNELS
 from spacenet7.data.windows import GridWindows, MosaicReader, RandomWindows
@@ -361,3 +361,18 @@ def test_window_caps_must_be_positive():
         WindowsConfig(max_per_epoch=0)
     with pytest.raises(SN7Error, match=r"windows.max_val_windows=-1 must be > 0 or null"):
         WindowsConfig(max_val_windows=-1)
+
+
+def test_percentile_scaling_of_8_bit_imagery_by_table_equals_the_formula():
+    """``to_uint8`` scales uint8 bands through a 256-entry table per band: every value, any array shape,
+    must come out as the float formula gives it (the same values for float imagery holding them)."""
+    rng = np.random.default_rng(0)
+    limits = np.array([[3.7, 180.2], [0.0, 255.0], [40.5, 41.0]])  # a narrow band clips most values
+    values = rng.integers(0, 256, (3, 37, 53), dtype=np.uint8)
+    values[:, 0, :3] = [[0, 255, 41], [0, 255, 41], [0, 255, 41]]
+    by_table = to_uint8(values, limits)
+    by_formula = to_uint8(values.astype(np.float32), limits)
+    assert by_table.dtype == np.uint8 and by_table.shape == values.shape
+    np.testing.assert_array_equal(by_table, by_formula)
+    assert by_table[2].min() == 0 and by_table[2].max() == 255 and 0 < by_table[0].mean() < 255
+    np.testing.assert_array_equal(to_uint8(values[:, 5], limits), by_formula[:, 5])

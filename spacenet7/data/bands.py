@@ -178,6 +178,13 @@ def to_uint8(values: np.ndarray, limits: np.ndarray | None) -> np.ndarray:
     """Scale (3, ...) band values to uint8 with per-band ``limits`` (``None``: already 8 bit)."""
     if limits is None:
         return values.astype(np.uint8, copy=False)
+    if values.dtype == np.uint8:  # 8-bit imagery (SN7): one 256-entry table per band, the same values ~20x faster
+        table = _scaled(np.arange(256, dtype=np.uint8)[None, :].repeat(3, axis=0), limits)
+        return np.stack([table[b][values[b]] for b in range(3)])
+    return _scaled(values, limits)
+
+
+def _scaled(values: np.ndarray, limits: np.ndarray) -> np.ndarray:
     shape = (3,) + (1,) * (values.ndim - 1)
     lo, hi = limits[:, 0].reshape(shape), limits[:, 1].reshape(shape)
     scaled = np.round((values.astype(np.float32) - lo) * (255.0 / (hi - lo)))
