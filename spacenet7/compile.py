@@ -68,8 +68,14 @@ def default_out(checkpoint: str | Path, fmt: ModelFormat, int8: bool = False) ->
     return path.with_suffix(suffix)
 
 
-def run(cfg: CompileConfig) -> dict[str, Path]:
-    """Export ``cfg.checkpoint``; returns the written model file(s) (none when ``parity`` chooses torch)."""
+def run(cfg: CompileConfig, quiet: bool = False) -> dict[str, Path]:
+    """Export ``cfg.checkpoint``; returns the written model file(s) (none when ``parity`` chooses torch).
+
+    Args:
+        cfg: what to export, and where.
+        quiet: only export and verify: print nothing and record nothing in a bundle (``predict``'s export of
+            a checkpoint on the fly, into a folder it deletes afterwards).
+    """
     plan = None
     if cfg.parity:
         plan = parity_plan(cfg.parity)
@@ -82,7 +88,9 @@ def run(cfg: CompileConfig) -> dict[str, Path]:
             int8_overflow_fix=OverflowFix(plan["int8_overflow_fix"] or cfg.int8_overflow_fix),
             int8_max_drop=plan["int8_max_drop"],
         )
-    out, files, meta = export(cfg, plan)
+    out, files, meta = _export(cfg, plan)
+    if quiet:
+        return {"model_file": out}
     if cfg.int8 and cfg.format is ModelFormat.openvino:
         n_int8, n_conv = int8_convolutions(out)
         print(
@@ -101,7 +109,7 @@ def run(cfg: CompileConfig) -> dict[str, Path]:
     return {"model_file": out}
 
 
-def export(cfg: CompileConfig, plan: dict | None = None) -> tuple[Path, list[Path], ModelMeta]:
+def _export(cfg: CompileConfig, plan: dict | None = None) -> tuple[Path, list[Path], ModelMeta]:
     """Write ``cfg.checkpoint``'s network as ``cfg.format`` (int8 as ``cfg`` asks) with its metadata, and
     check an fp32 export against torch (``cfg.verify``); nothing is printed or recorded in a bundle.
 

@@ -35,6 +35,7 @@ from spacenet7.io.raster import open_raster
 from spacenet7.models.bundle import shipped_or_fail
 from spacenet7.models.inference import LoadedModel, load_model, load_model_file
 from spacenet7.models.mosaic import check_overlap, predict_all, predict_aoi
+from spacenet7.stages import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,10 @@ def exported(cfg: PredictConfig, folder: Path) -> PredictConfig:
     Raises:
         SN7Error: the engine's package is not installed, or the export differs from torch.
     """
-    from spacenet7 import compile as compile_stage
-
     fmt = ModelFormat.onnx if cfg.engine is Engine.onnxruntime else ModelFormat.openvino
     out = folder / ("model.onnx" if fmt is ModelFormat.onnx else "model.xml")
     start = time.perf_counter()
-    compile_stage.export(CompileConfig(checkpoint=str(cfg.checkpoint), format=fmt, out=str(out)))
+    run_stage("compile", CompileConfig(checkpoint=str(cfg.checkpoint), format=fmt, out=str(out)), quiet=True)
     log.info(
         "predict: %s exported for %s in %.1f s (kept only while predict runs)",
         cfg.checkpoint,
