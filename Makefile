@@ -36,11 +36,13 @@ system-packages:
 demo: $(STAMP)
 	$(BIN)/spacenet7 pipeline run_dir=$(RUN_DIR)
 
-# The real SN7 data beside the repository (../shared): synthetic pretraining, fine-tuning on all but
+# The real SN7 data beside the repository (../shared): training from scratch on all but
 # the right quarter of each AOI (all 25 months of the time series), then those bands predicted,
-# tracked and scored: SCOT and per-place F1 / pixel IoU (conf/recipe/real.yaml).
+# tracked and scored: SCOT and per-place F1 / pixel IoU (conf/recipe/real.yaml). REAL_ARGS: Hydra overrides on
+# top, e.g. make real REAL_ARGS=train.max_epochs=120 (a CPU without native bf16: README, "Real data").
+REAL_ARGS ?=
 real: $(STAMP)
-	$(BIN)/spacenet7 pipeline recipe=real
+	$(BIN)/spacenet7 pipeline recipe=real $(REAL_ARGS)
 
 # The shipped model (spacenet7/models/shipped/spacenet7-real.bundle, used by predict and serve without
 # checkpoint=): `make real`'s last checkpoint as a bundle, with that run's vectorize settings and scores,

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -374,6 +375,23 @@ class PredictConfig:
             "predict",
             f"engine={self.engine} runs an exported model: set model_file= (spacenet7 compile checkpoint=... format=...) "
             "or checkpoint= (exported on the fly)",
+        )
+        missing = [
+            pkg
+            for pkg in ("onnx", str(self.engine))
+            if self.engine in (Engine.onnxruntime, Engine.openvino) and not self.model_file and find_spec(pkg) is None
+        ]
+        check(
+            not missing,
+            "predict",
+            f"engine={self.engine} exports the checkpoint with {' and '.join(missing)}, not installed: "
+            "pip install 'spacenet7[fast]', or predict.engine=torch",
+        )
+        check(
+            self.engine in (Engine.torch, Engine.auto) or self.model is None,
+            "predict",
+            f"model= (the architecture the checkpoint must have) is checked by engine=torch only; engine={self.engine} "
+            "runs the network the checkpoint or model file holds: drop model=",
         )
         check(
             self.engine in (Engine.torch, Engine.auto) or bool(self.model_file) or self.cluster.mode != ClusterMode.address,

@@ -32,7 +32,7 @@ def ckpt(tmp_path_factory) -> Path:
             {
                 "config": {
                     "vectorize": {**vec, "out_dir": "x"},
-                    "predict": {"grid": "upscaled", "tta_views": "flips", "out_dir": "y", "threads": 2},
+                    "predict": {"grid": "upscaled", "tta_views": "flips", "out_dir": "y", "threads": 2, "engine": "openvino"},
                     "train": {"seed": 7},
                     "holdout": "band",
                     "band_frac": 0.25,
@@ -61,6 +61,7 @@ def test_bundle_card_describes_the_model(made):
     assert card["vectorize"]["track"] == {"min_persist": 3} and "out_dir" not in card["vectorize"]
     assert card["predict"] == {"grid": "upscaled", "tta_views": "flips"}  # what its scores were measured with
     assert card["provenance"]["recipe"] == "real" and card["provenance"]["seed"] == 7
+    assert card["provenance"]["scores_engine"] == "openvino"  # the engine the scores were predicted with
     assert card["provenance"]["checkpoint"] == "last.ckpt" and card["provenance"]["git_commit"]
     assert card["scores"] == {"scot": 0.41, "f1": 0.58, "pixel_iou": 0.52}
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ def test_engine_matches_torch_fp32_on_the_same_tiles(trained, compiled, synth_ro
     assert np.abs(a - b).max() < 1e-2
 
 
-def test_predict_engines_give_the_same_rasters_and_footprints(trained, compiled, synth_root, tmp_path):
+def test_predict_engines_give_the_same_rasters_and_footprints(trained, compiled, synth_root, tmp_path, monkeypatch):
     aoi = sorted(scan(synth_root))[-1]
     common = [
         f"data_root={synth_root}",
@@ -92,7 +93,12 @@ def test_predict_engines_give_the_same_rasters_and_footprints(trained, compiled,
         "onnxruntime": [f"model_file={compiled['onnx']}"],
         "openvino": [f"model_file={compiled['openvino']}"],
         "openvino_exported": [f"checkpoint={trained}"],  # no model_file: the checkpoint exported on the fly
+        "onnxruntime_exported": [f"checkpoint={trained}"],
     }
+    scratch = tmp_path / "system-temp"  # where the on-the-fly exports go: nothing of them may be left there
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    beside = sorted(Path(trained).parent.iterdir())
     vectors = {}
     for name, args in runs.items():
         engine = name.removesuffix("_exported")
@@ -116,14 +122,18 @@ def test_predict_engines_give_the_same_rasters_and_footprints(trained, compiled,
             tp = len(match(np.asarray(ref.geometry), np.asarray(got.geometry), 0.5, inclusive=True))
             assert 2 * tp / (len(ref) + len(got)) >= 0.99
     # the checkpoint exported on the fly is the compiled model file: the same rasters, and nothing of it is left
-    for stem in stems:
-        a = read_prediction(tmp_path / "openvino" / "pred" / aoi / stem)[0]
-        np.testing.assert_array_equal(read_prediction(tmp_path / "openvino_exported" / "pred" / aoi / stem)[0], a)
+    # in the outputs, in the temporary folder or beside the checkpoint
+    for engine in ("openvino", "onnxruntime"):
+        for stem in stems:
+            a = read_prediction(tmp_path / engine / "pred" / aoi / stem)[0]
+            np.testing.assert_array_equal(read_prediction(tmp_path / f"{engine}_exported" / "pred" / aoi / stem)[0], a)
 
-    def listing(name: str) -> list[str]:
-        return sorted(p.relative_to(tmp_path / name).as_posix() for p in (tmp_path / name).rglob("*"))
+        def listing(name: str) -> list[str]:
+            return sorted(p.relative_to(tmp_path / name).as_posix() for p in (tmp_path / name).rglob("*"))
 
-    assert listing("openvino_exported") == listing("openvino")
+        assert listing(f"{engine}_exported") == listing(engine)
+    assert not list(scratch.iterdir())
+    assert sorted(Path(trained).parent.iterdir()) == beside
 
 
 def test_openvino_int8_is_quantized_and_accuracy_control_keeps_fp32_footprints(trained, synth_root, tmp_path):
@@ -264,6 +274,8 @@ def test_model_file_errors_are_one_line(trained, compiled, synth_root, tmp_path)
         load_model_file(compiled["openvino"], Engine.onnxruntime)
     with pytest.raises(SN7Error, match="set model_file="):
         compose("predict", ["engine=openvino"])
+    with pytest.raises(SN7Error, match="model= .* is checked by engine=torch only"):
+        compose("predict", ["engine=openvino", f"checkpoint={trained}", "model={encoder_depth:3}"])
     with pytest.raises(SN7Error, match="exports the checkpoint on this machine.*export it first"):
         compose("predict", ["engine=openvino", f"checkpoint={trained}", "cluster.mode=address", "cluster.address=tcp://h:8786"])
     with pytest.raises(SN7Error, match="model file not found"):
@@ -283,6 +295,19 @@ def test_missing_runtime_package_names_the_extra(compiled, tmp_path):
         env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"},
     )
     assert r.returncode != 0 and "onnxruntime package is not installed: pip install 'spacenet7[fast]'" in r.stderr
+
+
+def test_an_on_the_fly_export_without_its_package_is_refused_when_composed(trained, monkeypatch):
+    """recipe=real predicts with OpenVINO: without the package the pipeline must stop before training, not at predict."""
+    import spacenet7.config as config
+
+    real = config.find_spec
+    monkeypatch.setattr(config, "find_spec", lambda name: None if name == "openvino" else real(name))
+    with pytest.raises(SN7Error, match=r"engine=openvino exports the checkpoint with openvino, not installed: pip install"):
+        compose("predict", ["engine=openvino", f"checkpoint={trained}"])
+    with pytest.raises(SN7Error, match=r"engine=openvino exports the checkpoint with openvino, not installed"):
+        compose("pipeline", ["recipe=real", "run_dir=unused"])
+    compose("predict", ["engine=onnxruntime", f"checkpoint={trained}"])  # onnx and onnxruntime are there
 
 
 def test_compile_cli_refuses_a_bad_checkpoint_in_one_line(tmp_path):

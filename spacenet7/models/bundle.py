@@ -332,6 +332,9 @@ def make_card(
         "run": str(run) if run else None,
         "holdout": config.get("holdout"),
         "band_frac": config.get("band_frac") if config.get("holdout") == "band" else None,
+        # the engine that predicted for the scores (recipe=real: OpenVINO, within 0.004 of torch); the card's
+        # readers (the Python API, serve) run torch
+        "scores_engine": (config.get("predict") or {}).get("engine") if run else None,
     }
     prov.update(provenance or {})
     if scores is None:
