@@ -74,6 +74,10 @@ class TTAViews(StrEnum):
     flips = "flips"  # identity + 2 mirrors (3x)
 
 
+FAST_EXTRA = "pip install 'spacenet7[fast]'"
+"""How to install the fast runtimes (onnx, onnxruntime, openvino, nncf): named by every error about a missing one."""
+
+
 class Engine(StrEnum):
     """Which runtime executes the network in ``predict`` (:mod:`spacenet7.models.runtime`)."""
 
@@ -370,31 +374,29 @@ class PredictConfig:
     def __post_init__(self) -> None:
         self.grid = choice(self.grid, Grid, "predict", "grid")
         self.engine = choice(self.engine, Engine, "predict", "engine")
+        exported = self.engine in (Engine.onnxruntime, Engine.openvino)  # runs an exported model
+        on_the_fly = exported and not self.model_file  # exported from the checkpoint by predict itself
         check(
-            self.engine in (Engine.torch, Engine.auto) or bool(self.model_file) or bool(self.checkpoint),
+            not exported or bool(self.model_file) or bool(self.checkpoint),
             "predict",
             f"engine={self.engine} runs an exported model: set model_file= (spacenet7 compile checkpoint=... format=...) "
             "or checkpoint= (exported on the fly)",
         )
-        missing = [
-            pkg
-            for pkg in ("onnx", str(self.engine))
-            if self.engine in (Engine.onnxruntime, Engine.openvino) and not self.model_file and find_spec(pkg) is None
-        ]
+        missing = [pkg for pkg in ("onnx", str(self.engine)) if on_the_fly and find_spec(pkg) is None]
         check(
             not missing,
             "predict",
             f"engine={self.engine} exports the checkpoint with {' and '.join(missing)}, not installed: "
-            "pip install 'spacenet7[fast]', or predict.engine=torch",
+            f"{FAST_EXTRA}, or predict.engine=torch",
         )
         check(
-            self.engine in (Engine.torch, Engine.auto) or self.model is None,
+            not exported or self.model is None,
             "predict",
             f"model= (the architecture the checkpoint must have) is checked by engine=torch only; engine={self.engine} "
             "runs the network the checkpoint or model file holds: drop model=",
         )
         check(
-            self.engine in (Engine.torch, Engine.auto) or bool(self.model_file) or self.cluster.mode != ClusterMode.address,
+            not on_the_fly or self.cluster.mode != ClusterMode.address,
             "predict",
             f"engine={self.engine} without model_file= exports the checkpoint on this machine, where workers at "
             f"{self.cluster.address} may not read it: export it first (spacenet7 compile checkpoint=... format=...)",

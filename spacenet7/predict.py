@@ -60,7 +60,7 @@ def run(cfg: PredictConfig) -> list[Path]:
         cfg = resolve_auto(cfg)
     if cfg.engine is not Engine.torch and not cfg.model_file:  # the checkpoint, exported for the engine on the fly
         with tempfile.TemporaryDirectory(prefix="spacenet7-export-") as folder:
-            return _predict(exported(cfg, Path(folder)), exported=True)
+            return _predict(exported(cfg, Path(folder)), on_the_fly=True)
     return _predict(cfg)
 
 
@@ -84,8 +84,8 @@ def exported(cfg: PredictConfig, folder: Path) -> PredictConfig:
     return dataclasses.replace(cfg, model_file=str(out))
 
 
-def _predict(cfg: PredictConfig, exported: bool = False) -> list[Path]:
-    """:func:`run` once the engine and its model file are settled (``exported``: the model file is the checkpoint,
+def _predict(cfg: PredictConfig, on_the_fly: bool = False) -> list[Path]:
+    """:func:`run` once the engine and its model file are settled (``on_the_fly``: the model file is the checkpoint,
     exported on the fly)."""
     if cfg.engine is Engine.torch and cfg.checkpoint is None:
         cfg = dataclasses.replace(cfg, checkpoint=str(shipped_or_fail("predict")))
@@ -114,7 +114,7 @@ def _predict(cfg: PredictConfig, exported: bool = False) -> list[Path]:
             except SN7DataError as exc:
                 if cfg.engine is Engine.torch or cfg.input:
                     raise
-                source = f"the model file {cfg.model_file} was exported" if not exported else f"{cfg.checkpoint} was trained"
+                source = f"the model file {cfg.model_file} was exported" if not on_the_fly else f"{cfg.checkpoint} was trained"
                 raise SN7DataError(exc.path, f"{exc.problem}; {source} for input {model.spec.to_dict()}") from None
     ensure_writable_dir(cfg.out_dir)
     clear_partials(cfg.out_dir)

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from spacenet7.config import Engine, ModelFormat, OverflowFix
+from spacenet7.config import FAST_EXTRA, Engine, ModelFormat, OverflowFix
 from spacenet7.data.bands import InputSpec
 from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7DataError, SN7Error
@@ -45,7 +45,6 @@ META_FORMAT = "spacenet7-model/1"
 INPUT_NAME, OUTPUT_NAME = "image", "prob"
 # OverflowFix -> nncf.OverflowFix's value (nncf is imported only in the quantizing process)
 NNCF_OVERFLOW_FIX = {OverflowFix.disable: "disable", OverflowFix.first_layer: "first_layer_only", OverflowFix.enable: "enable"}
-FAST_EXTRA = "pip install 'spacenet7[fast]'"
 
 
 class Runtime(Protocol):
