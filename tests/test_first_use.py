@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from model_fixtures import geotiff, random_checkpoint
 
+from spacenet7.models.precision import cpu_has_fast_bf16
 from spacenet7.stages import STAGES
 
 EXE = [sys.executable, "-m", "spacenet7"]
@@ -78,7 +81,11 @@ def test_train_logs_a_line_per_epoch_and_no_doubles_adverts_or_wandb_warning(chi
     text = r.stdout + r.stderr
     epochs = [line for line in text.splitlines() if "train: epoch " in line]
     assert len(epochs) == 2 and "train: epoch 1/2  loss " in epochs[0] and "val IoU " in epochs[0]
-    assert epochs[1].rstrip().endswith("s)")  # elapsed time
+    assert re.search(r"\(\d+m\d\ds, ~\d+m\d\ds left\)$", epochs[0].rstrip())  # elapsed, and the estimate of the rest
+    assert re.search(r"\(\d+m\d\ds\)$", epochs[1].rstrip())  # the last epoch: elapsed only
+    # precision auto on a CPU without native bf16 says why it trains in fp32
+    if not cpu_has_fast_bf16() and not torch.cuda.is_available():
+        assert "train: precision 32-true (auto: no GPU, and no native bf16 on this CPU" in text
     assert "Seed set to 0" in text and text.count("Seed set to 0") == 1  # Lightning's records once, in Hydra's format
     assert not [line for line in text.splitlines() if line.startswith("INFO: ")]
     assert "litlogger" not in text and "💡" not in text
