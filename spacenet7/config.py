@@ -371,18 +371,25 @@ class PredictConfig:
     model_file: Optional[str] = None  # an exported .onnx or OpenVINO .xml; engine=onnxruntime|openvino|auto only
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # per-AOI work on Dask: cluster.mode=local|address
 
+    @property
+    def on_the_fly(self) -> bool:
+        """Whether predict exports the checkpoint for its engine itself: an exported-model engine without ``model_file``.
+
+        A property, not a field: :func:`spacenet7.predict.resolve_auto` settles ``engine=auto`` after the config is built.
+        """
+        return self.engine in (Engine.onnxruntime, Engine.openvino) and not self.model_file
+
     def __post_init__(self) -> None:
         self.grid = choice(self.grid, Grid, "predict", "grid")
         self.engine = choice(self.engine, Engine, "predict", "engine")
         exported = self.engine in (Engine.onnxruntime, Engine.openvino)  # runs an exported model
-        on_the_fly = exported and not self.model_file  # exported from the checkpoint by predict itself
         check(
             not exported or bool(self.model_file) or bool(self.checkpoint),
             "predict",
             f"engine={self.engine} runs an exported model: set model_file= (spacenet7 compile checkpoint=... format=...) "
             "or checkpoint= (exported on the fly)",
         )
-        missing = [pkg for pkg in ("onnx", str(self.engine)) if on_the_fly and find_spec(pkg) is None]
+        missing = [pkg for pkg in ("onnx", str(self.engine)) if self.on_the_fly and find_spec(pkg) is None]
         check(
             not missing,
             "predict",
@@ -396,7 +403,7 @@ class PredictConfig:
             "runs the network the checkpoint or model file holds: drop model=",
         )
         check(
-            not on_the_fly or self.cluster.mode != ClusterMode.address,
+            not self.on_the_fly or self.cluster.mode != ClusterMode.address,
             "predict",
             f"engine={self.engine} without model_file= exports the checkpoint on this machine, where workers at "
             f"{self.cluster.address} may not read it: export it first (spacenet7 compile checkpoint=... format=...)",

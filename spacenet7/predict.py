@@ -58,7 +58,7 @@ def run(cfg: PredictConfig) -> list[Path]:
         torch.set_num_threads(cfg.threads)
     if cfg.engine is Engine.auto:
         cfg = resolve_auto(cfg)
-    if cfg.engine is not Engine.torch and not cfg.model_file:  # the checkpoint, exported for the engine on the fly
+    if cfg.on_the_fly:  # the checkpoint, exported for the engine on the fly
         with tempfile.TemporaryDirectory(prefix="spacenet7-export-") as folder:
             return _predict(exported(cfg, Path(folder)), on_the_fly=True)
     return _predict(cfg)

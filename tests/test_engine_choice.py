@@ -1,5 +1,6 @@
 """Truth parity and predict engine=auto: the choice as data (model file metadata, bundle card), its selection."""
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -183,6 +184,22 @@ def test_compile_into_a_bundle_records_the_choice_and_auto_runs_it(bundle_dir, t
     caplog.clear()
     assert predict.resolve_auto(PredictConfig(checkpoint=str(bundle_dir), engine=Engine.auto)).engine is Engine.torch
     assert "compile parity=REPORT" in caplog.text
+
+
+def test_on_the_fly_is_read_from_the_engine_once_auto_is_settled(bundle_dir, tmp_path):
+    """predict exports the checkpoint itself only for an exported-model engine without model_file; engine=auto
+    decides after the config is built, so the answer follows the resolved config."""
+    ckpt = str(bundle_dir)
+    assert PredictConfig(checkpoint=ckpt, engine=Engine.onnxruntime).on_the_fly
+    assert not PredictConfig(checkpoint=ckpt, engine=Engine.torch).on_the_fly
+    auto = PredictConfig(checkpoint=ckpt, engine=Engine.auto)
+    assert not auto.on_the_fly  # not settled yet
+    assert not predict.resolve_auto(auto).on_the_fly  # no runtime recorded: torch
+    b = fresh_bundle(bundle_dir, tmp_path)
+    compile_stage.run(compose("compile", [f"checkpoint={b}", "format=onnx"]))
+    settled = predict.resolve_auto(PredictConfig(checkpoint=str(b), engine=Engine.auto))
+    assert settled.engine is Engine.onnxruntime and not settled.on_the_fly  # the compiled model file runs
+    assert dataclasses.replace(settled, model_file=None).on_the_fly
 
 
 def test_auto_with_a_model_file_only(bundle_dir, tmp_path):
