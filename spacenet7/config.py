@@ -372,19 +372,23 @@ class PredictConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # per-AOI work on Dask: cluster.mode=local|address
 
     @property
+    def exported(self) -> bool:
+        """Whether the engine runs an exported model (ONNX or OpenVINO IR), not the checkpoint itself."""
+        return self.engine in (Engine.onnxruntime, Engine.openvino)
+
+    @property
     def on_the_fly(self) -> bool:
         """Whether predict exports the checkpoint for its engine itself: an exported-model engine without ``model_file``.
 
-        A property, not a field: :func:`spacenet7.predict.resolve_auto` settles ``engine=auto`` after the config is built.
+        Properties, not fields: :func:`spacenet7.predict.resolve_auto` settles ``engine=auto`` after the config is built.
         """
-        return self.engine in (Engine.onnxruntime, Engine.openvino) and not self.model_file
+        return self.exported and not self.model_file
 
     def __post_init__(self) -> None:
         self.grid = choice(self.grid, Grid, "predict", "grid")
         self.engine = choice(self.engine, Engine, "predict", "engine")
-        exported = self.engine in (Engine.onnxruntime, Engine.openvino)  # runs an exported model
         check(
-            not exported or bool(self.model_file) or bool(self.checkpoint),
+            not self.exported or bool(self.model_file) or bool(self.checkpoint),
             "predict",
             f"engine={self.engine} runs an exported model: set model_file= (spacenet7 compile checkpoint=... format=...) "
             "or checkpoint= (exported on the fly)",
@@ -397,7 +401,7 @@ class PredictConfig:
             f"{FAST_EXTRA}, or predict.engine=torch",
         )
         check(
-            not exported or self.model is None,
+            not self.exported or self.model is None,
             "predict",
             f"model= (the architecture the checkpoint must have) is checked by engine=torch only; engine={self.engine} "
             "runs the network the checkpoint or model file holds: drop model=",
