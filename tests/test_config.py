@@ -151,7 +151,8 @@ def test_recipe_real_sample_chooses_its_experiment_and_a_pretraining_run(tmp_pat
 
 def test_recipe_real_keeps_real_sample_chip_and_windows_and_drops_its_pretraining(tmp_path):
     """recipe=real builds on real_sample: its chip (grid, scaling, Lanczos, label shift) and training windows carry
-    over (re-measured on both places: docs/real-data.md, "The one-band knobs"); it trains from scratch, longer."""
+    over, and so do its scale jitter and augmentations (re-measured on both places: docs/real-data.md); it trains
+    from scratch, longer."""
     real = yaml.safe_load((CONF_DIR / "recipe" / "real.yaml").read_text())
     sample = yaml.safe_load((CONF_DIR / "recipe" / "real_sample.yaml").read_text())
     experiment = yaml.safe_load((CONF_DIR / "experiment" / "real_sample.yaml").read_text())
@@ -164,7 +165,12 @@ def test_recipe_real_keeps_real_sample_chip_and_windows_and_drops_its_pretrainin
         base.chip.input.scaling,
         base.chip.label_shift_px,
     )
-    assert cfg.train.windows.scale_jitter == base.train.windows.scale_jitter
+    # scale jitter and the planet photometric augmentations carry over too ("Scale jitter and the photometric
+    # augmentations")
+    assert cfg.train.windows.scale_jitter == base.train.windows.scale_jitter == experiment["windows"]["scale_jitter"] > 0
+    planet = yaml.safe_load((CONF_DIR / "augment" / "planet.yaml").read_text())
+    assert {"override /augment": "planet"} in experiment["defaults"]
+    assert cfg.train.augment == base.train.augment == planet
     assert cfg.pretrain is None and base.pretrain is not None
     assert cfg.train.max_epochs == real["train"]["max_epochs"] != base.train.max_epochs
 
