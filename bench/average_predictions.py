@@ -23,7 +23,7 @@ import rasterio
 
 from spacenet7.errors import SN7DataError
 from spacenet7.io.atomic import atomic_path
-from spacenet7.io.probability import completed_rasters, decode, encode, mark_complete
+from spacenet7.io.probability import completed_rasters, decode, encode, mark_complete, unmark_complete
 
 
 def average_aoi(aoi_dirs: list[Path], out_dir: Path) -> int:
@@ -34,6 +34,7 @@ def average_aoi(aoi_dirs: list[Path], out_dir: Path) -> int:
         if [p.name for p in files] != names:
             raise SN7DataError(d, f"holds other months than {aoi_dirs[0]}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    unmark_complete(out_dir)  # an earlier average's record goes first: vectorize never mixes two sets of months
     written = []
     for name in names:
         probs, valids, grids = [], [], []

@@ -75,7 +75,8 @@ def test_runs_with_other_months_or_another_grid_are_refused(tmp_path, capsys):
 
     assert average_predictions.main([str(tmp_path / "ens"), str(tmp_path / "a"), str(tmp_path / "b")]) == 1
     assert "holds other months" in capsys.readouterr().err
+    assert average_predictions.main([str(tmp_path / "ens2"), str(tmp_path / "a"), str(tmp_path / "a")]) == 0
     assert average_predictions.main([str(tmp_path / "ens2"), str(tmp_path / "a"), str(tmp_path / "c")]) == 1
     assert "another grid" in capsys.readouterr().err
-    with pytest.raises(SN7DataError):  # no completion record: vectorize would refuse the folder
+    with pytest.raises(SN7DataError):  # the failed rerun took the first average's record away: vectorize refuses the folder
         completed_rasters(tmp_path / "ens2" / "predictions" / AOI)
