@@ -21,9 +21,21 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
+from spacenet7.data.targets import CHANNELS
 from spacenet7.errors import SN7DataError
 from spacenet7.io.atomic import atomic_path
-from spacenet7.io.probability import completed_rasters, decode, encode, mark_complete, unmark_complete
+from spacenet7.io.probability import (
+    completed_rasters,
+    decode,
+    describe,
+    encode,
+    grid_tags,
+    mark_complete,
+    offset_tag,
+    profile,
+    unmark_complete,
+)
+from spacenet7.io.raster import open_raster
 
 
 def average_aoi(aoi_dirs: list[Path], out_dir: Path) -> int:
@@ -39,19 +51,17 @@ def average_aoi(aoi_dirs: list[Path], out_dir: Path) -> int:
     for name in names:
         probs, valids, grids = [], [], []
         for d in aoi_dirs:
-            with rasterio.open(d / name) as ds:
+            with open_raster(d / name, bands=len(CHANNELS)) as ds:
                 prob, valid = decode(ds.read())
-                grids.append((ds.transform, ds.shape))
-                prof, tags, desc, scales = ds.profile, ds.tags(), ds.descriptions, ds.scales
+                grids.append((ds.crs, ds.transform, ds.shape, grid_tags(ds), offset_tag(ds)))
             if grids[-1] != grids[0]:
                 raise SN7DataError(d / name, f"lies on another grid than {aoi_dirs[0] / name}")
             probs.append(prob)
             valids.append(valid)
-        valid = np.logical_and.reduce(valids)
-        with atomic_path(out_dir / name) as tmp, rasterio.open(tmp, "w", **prof) as dst:
-            dst.write(encode(np.mean(probs, axis=0), valid))
-            dst.update_tags(**tags)
-            dst.descriptions, dst.scales = desc, scales
+        crs, transform, (height, width), (upscale, grid), offset = grids[0]
+        with atomic_path(out_dir / name) as tmp, rasterio.open(tmp, "w", **profile(crs, transform, width, height)) as dst:
+            dst.write(encode(np.mean(probs, axis=0), np.logical_and.reduce(valids)))
+            describe(dst, upscale, grid, offset)
         written.append(out_dir / name)
     mark_complete(out_dir, written)
     return len(written)
